@@ -1,0 +1,197 @@
+//! Reading what a credential is, without verifying it: Label Studio signs its JWTs with the server's
+//! own secret, which we never have. We only need the claims (`token_type`, `exp`, `iat`) to tell the
+//! kinds apart and to schedule refreshes from the token's own lifetime.
+
+use base64::Engine;
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Claims we use from a Label Studio JWT. Unknown claims are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Claims {
+    /// `refresh` for a PAT, `access` for an access token.
+    #[serde(default)]
+    pub token_type: Option<String>,
+    /// Expiry, seconds since the epoch.
+    #[serde(default, deserialize_with = "lenient_number")]
+    pub exp: Option<i64>,
+    /// Issued at, seconds since the epoch.
+    #[serde(default, deserialize_with = "lenient_number")]
+    pub iat: Option<i64>,
+}
+
+/// What the user gave us as the "PAT".
+#[derive(Debug, Clone, PartialEq)]
+pub enum CredentialKind {
+    /// A JWT refresh token (a Label Studio Personal Access Token).
+    Pat(Claims),
+    /// A JWT access token: short-lived, cannot be refreshed — a configuration mistake.
+    Access(Claims),
+    /// A JWT whose `token_type` is neither `refresh` nor `access`.
+    OtherJwt(Claims),
+    /// A 40-hex legacy API token (`Authorization: Token …`), which never expires and is never refreshed.
+    Legacy,
+}
+
+/// Why a credential could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    /// Empty after trimming.
+    #[error("the token is empty")]
+    Empty,
+    /// Neither a three-part JWT nor a 40-hex legacy token.
+    #[error("the token is neither a JWT (three dot-separated base64url parts) nor a 40-hex legacy token")]
+    Malformed,
+    /// The payload part is not base64url JSON with the expected claim types.
+    #[error("the token's JWT payload is not valid base64url JSON")]
+    BadPayload,
+}
+
+/// Length of a Label Studio legacy token: 20 random bytes, hex-encoded.
+const LEGACY_TOKEN_LEN: usize = 40;
+/// A JWT payload larger than this is not something Label Studio issues; refusing it bounds memory.
+const MAX_JWT_LEN: usize = 16 * 1024;
+
+/// Decodes the claims of a JWT (no signature check).
+pub fn decode_claims(token: &str) -> Result<Claims, JwtError> {
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(JwtError::Empty);
+    }
+    if token.len() > MAX_JWT_LEN {
+        return Err(JwtError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::Malformed);
+    };
+    if header.is_empty() || payload.is_empty() {
+        return Err(JwtError::Malformed);
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| JwtError::BadPayload)?;
+    serde_json::from_slice::<Claims>(&bytes).map_err(|_| JwtError::BadPayload)
+}
+
+/// Tells which kind of credential `secret` is.
+pub fn classify(secret: &Secret) -> Result<CredentialKind, JwtError> {
+    let value = secret.expose();
+    if value.is_empty() {
+        return Err(JwtError::Empty);
+    }
+    if value.len() == LEGACY_TOKEN_LEN && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(CredentialKind::Legacy);
+    }
+    let claims = decode_claims(value)?;
+    Ok(match claims.token_type.as_deref() {
+        Some("refresh") => CredentialKind::Pat(claims),
+        Some("access") => CredentialKind::Access(claims),
+        _ => CredentialKind::OtherJwt(claims),
+    })
+}
+
+/// `exp`/`iat` are integers in Label Studio's tokens, but RFC 7519 allows any NumericDate (float).
+fn lenient_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match v {
+        Some(serde_json::Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite()).map(|f| f as i64)),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Builds an unsigned JWT with the given payload JSON (tests only).
+    pub(crate) fn make_jwt(payload: &str) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.{}",
+            e.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+            e.encode(payload),
+            e.encode("signature")
+        )
+    }
+
+    #[test]
+    fn decodes_label_studio_pat() {
+        let t = make_jwt(
+            r#"{"token_type":"refresh","exp":8071163563,"iat":1764000000,"jti":"ab","user_id":"1"}"#,
+        );
+        match classify(&Secret::new(t)).unwrap() {
+            CredentialKind::Pat(c) => {
+                assert_eq!(c.exp, Some(8071163563));
+                assert_eq!(c.iat, Some(1764000000));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tells_access_and_legacy_apart() {
+        let access = make_jwt(r#"{"token_type":"access","exp":10,"iat":1}"#);
+        assert!(matches!(
+            classify(&Secret::new(access)),
+            Ok(CredentialKind::Access(_))
+        ));
+        let legacy = "0123456789abcdef0123456789abcdef01234567";
+        assert_eq!(classify(&Secret::new(legacy)), Ok(CredentialKind::Legacy));
+        // 39 hex chars is not a legacy token.
+        assert_eq!(
+            classify(&Secret::new(&legacy[1..])),
+            Err(JwtError::Malformed)
+        );
+        let other = make_jwt(r#"{"exp":10}"#);
+        assert!(matches!(
+            classify(&Secret::new(other)),
+            Ok(CredentialKind::OtherJwt(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(classify(&Secret::new("")), Err(JwtError::Empty));
+        assert_eq!(decode_claims("a.b"), Err(JwtError::Malformed));
+        assert_eq!(decode_claims("a.b.c.d"), Err(JwtError::Malformed));
+        assert_eq!(decode_claims(".b.c"), Err(JwtError::Malformed));
+        assert_eq!(decode_claims("a.!!!.c"), Err(JwtError::BadPayload));
+        let not_json = format!(
+            "a.{}.c",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("hi")
+        );
+        assert_eq!(decode_claims(&not_json), Err(JwtError::BadPayload));
+        let huge = "a".repeat(MAX_JWT_LEN + 1);
+        assert_eq!(decode_claims(&huge), Err(JwtError::Malformed));
+    }
+
+    #[test]
+    fn accepts_float_dates_and_padding() {
+        let t = make_jwt(r#"{"token_type":"access","exp":12.7,"iat":"x"}"#);
+        let c = decode_claims(&t).unwrap();
+        assert_eq!(c.exp, Some(12));
+        assert_eq!(c.iat, None);
+    }
+
+    proptest::proptest! {
+        /// Decoding arbitrary input never panics (the fuzz target for claim decoding).
+        #[test]
+        fn decode_never_panics(s in ".{0,300}") {
+            let _ = decode_claims(&s);
+            let _ = classify(&Secret::new(s));
+        }
+
+        /// Any payload bytes behind a syntactically valid JWT never panic the decoder.
+        #[test]
+        fn decode_arbitrary_payload(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let _ = decode_claims(&format!("h.{}.s", e.encode(&bytes)));
+        }
+    }
+}

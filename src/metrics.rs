@@ -1,0 +1,242 @@
+//! Prometheus metrics, all in one [`Metrics`] struct on an owned registry (no global state), named
+//! `ls_token_refresher_*` with units in the names and absolute `_timestamp_seconds` gauges in the
+//! style of cert-manager, so alerts can say "expires in < 60 s" without knowing our schedule.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::reason::Reason;
+
+/// Namespace prefix of every metric.
+const NS: &str = "ls_token_refresher";
+
+/// Every metric the program exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Refresh attempts by `result` (success|failure).
+    pub refresh_total: IntCounterVec,
+    /// Failed refresh attempts by closed-set `reason`.
+    pub refresh_errors_total: IntCounterVec,
+    /// Duration of a whole refresh attempt (exchange + validation + publish).
+    pub refresh_duration_seconds: Histogram,
+    /// `exp` of the token currently published (0 while none; absent for legacy tokens).
+    pub token_expiration_timestamp_seconds: Gauge,
+    /// When the next refresh (or retry) is planned.
+    pub next_refresh_timestamp_seconds: Gauge,
+    /// When the last refresh succeeded.
+    pub last_success_timestamp_seconds: Gauge,
+    /// `exp` of the PAT in use (0 when unknown or for legacy tokens).
+    pub pat_expiration_timestamp_seconds: Gauge,
+    /// 1 while a valid, unexpired token is published to every sink.
+    pub token_valid: IntGauge,
+    /// Failed writes by `sink` (file|secret).
+    pub sink_write_errors_total: IntCounterVec,
+    /// Outbound HTTP calls to Label Studio by `endpoint` and `code` class (2xx…5xx, error).
+    pub http_requests_total: IntCounterVec,
+    /// Kubernetes API calls by `operation` and `result` (ok|error).
+    pub kube_requests_total: IntCounterVec,
+    /// PAT source reloads by `source` (value|file|secret) and `result` (changed|unavailable).
+    pub source_reloads_total: IntCounterVec,
+    /// 1 for the running version.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric on a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let opts = |name: &str, help: &str| Opts::new(format!("{NS}_{name}"), help);
+        let refresh_total = IntCounterVec::new(
+            opts("refresh_total", "Refresh attempts by result."),
+            &["result"],
+        )
+        .unwrap();
+        let refresh_errors_total = IntCounterVec::new(
+            opts(
+                "refresh_errors_total",
+                "Failed refresh attempts by reason (closed set).",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let refresh_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                format!("{NS}_refresh_duration_seconds"),
+                "Duration of a refresh attempt: exchange, validation and publish.",
+            )
+            // A local exchange takes ~20 ms; the tail covers slow networks up to the default 10 s timeout.
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .unwrap();
+        let gauge = |name: &str, help: &str| Gauge::with_opts(opts(name, help)).unwrap();
+        let token_expiration_timestamp_seconds = gauge(
+            "token_expiration_timestamp_seconds",
+            "Expiry (unix seconds) of the access token currently published; 0 when none.",
+        );
+        let next_refresh_timestamp_seconds = gauge(
+            "next_refresh_timestamp_seconds",
+            "When the next refresh or retry is planned (unix seconds).",
+        );
+        let last_success_timestamp_seconds = gauge(
+            "last_success_timestamp_seconds",
+            "When the last refresh succeeded (unix seconds).",
+        );
+        let pat_expiration_timestamp_seconds = gauge(
+            "pat_expiration_timestamp_seconds",
+            "Expiry (unix seconds) of the PAT in use; 0 when unknown or a legacy token.",
+        );
+        let token_valid = IntGauge::with_opts(opts(
+            "token_valid",
+            "1 while a valid, unexpired token is published to every configured sink.",
+        ))
+        .unwrap();
+        let sink_write_errors_total = IntCounterVec::new(
+            opts("sink_write_errors_total", "Failed writes by sink."),
+            &["sink"],
+        )
+        .unwrap();
+        let http_requests_total = IntCounterVec::new(
+            opts(
+                "http_requests_total",
+                "HTTP requests to Label Studio by endpoint and status class.",
+            ),
+            &["endpoint", "code"],
+        )
+        .unwrap();
+        let kube_requests_total = IntCounterVec::new(
+            opts(
+                "kube_requests_total",
+                "Kubernetes API calls by operation and result.",
+            ),
+            &["operation", "result"],
+        )
+        .unwrap();
+        let source_reloads_total = IntCounterVec::new(
+            opts(
+                "source_reloads_total",
+                "PAT source reloads by source and result.",
+            ),
+            &["source", "result"],
+        )
+        .unwrap();
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .unwrap();
+
+        for c in [
+            Box::new(refresh_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(refresh_errors_total.clone()),
+            Box::new(refresh_duration_seconds.clone()),
+            Box::new(token_expiration_timestamp_seconds.clone()),
+            Box::new(next_refresh_timestamp_seconds.clone()),
+            Box::new(last_success_timestamp_seconds.clone()),
+            Box::new(pat_expiration_timestamp_seconds.clone()),
+            Box::new(token_valid.clone()),
+            Box::new(sink_write_errors_total.clone()),
+            Box::new(http_requests_total.clone()),
+            Box::new(kube_requests_total.clone()),
+            Box::new(source_reloads_total.clone()),
+            Box::new(build_info.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+
+        // Series exist from the start at 0, so `rate()` and `increase()` work in alerts before the first failure.
+        for r in ["success", "failure"] {
+            refresh_total.with_label_values(&[r]);
+        }
+        for r in Reason::ALL {
+            refresh_errors_total.with_label_values(&[r.as_str()]);
+        }
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        Metrics {
+            registry,
+            refresh_total,
+            refresh_errors_total,
+            refresh_duration_seconds,
+            token_expiration_timestamp_seconds,
+            next_refresh_timestamp_seconds,
+            last_success_timestamp_seconds,
+            pat_expiration_timestamp_seconds,
+            token_valid,
+            sink_write_errors_total,
+            http_requests_total,
+            kube_requests_total,
+            source_reloads_total,
+            build_info,
+        }
+    }
+
+    /// Pre-creates the per-sink error series for the configured sinks.
+    pub fn register_sink(&self, sink: &'static str) {
+        self.sink_write_errors_total.with_label_values(&[sink]);
+    }
+
+    /// Counts a failed attempt.
+    pub fn record_failure(&self, reason: Reason) {
+        self.refresh_total.with_label_values(&["failure"]).inc();
+        self.refresh_errors_total
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// Counts a Kubernetes API call.
+    pub fn kube_call(&self, operation: &'static str, ok: bool) {
+        self.kube_requests_total
+            .with_label_values(&[operation, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(8 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_contract_names() {
+        let m = Metrics::new();
+        m.record_failure(Reason::Timeout);
+        m.register_sink("file");
+        let text = m.render();
+        for name in [
+            "ls_token_refresher_refresh_total{result=\"failure\"} 1",
+            "ls_token_refresher_refresh_errors_total{reason=\"timeout\"} 1",
+            "ls_token_refresher_refresh_errors_total{reason=\"revoked_pat\"} 0",
+            "ls_token_refresher_refresh_duration_seconds_bucket",
+            "ls_token_refresher_token_expiration_timestamp_seconds 0",
+            "ls_token_refresher_next_refresh_timestamp_seconds",
+            "ls_token_refresher_last_success_timestamp_seconds",
+            "ls_token_refresher_pat_expiration_timestamp_seconds",
+            "ls_token_refresher_token_valid 0",
+            "ls_token_refresher_sink_write_errors_total{sink=\"file\"} 0",
+            "ls_token_refresher_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}
