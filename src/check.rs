@@ -78,7 +78,7 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
             );
             return Ok(r);
         }
-        PatState::Unavailable(why) => {
+        PatState::Unavailable(why) | PatState::Invalid(why) => {
             r.fail("PAT", why);
             return Ok(r);
         }

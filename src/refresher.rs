@@ -217,6 +217,9 @@ impl<E: Exchange> Refresher<E> {
             PatState::Unavailable(why) => {
                 return Err(AttemptError::failed(Reason::SourceUnavailable, why))
             }
+            PatState::Invalid(why) => {
+                return Err(AttemptError::config(Reason::SourceUnavailable, why))
+            }
         };
         let now = unix_now();
         match jwt::classify(&pat) {
@@ -513,5 +516,425 @@ impl<E: Exchange> Refresher<E> {
                 _ = shutdown.cancelled() => return Err(err),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Mutex,
+        },
+    };
+
+    use super::*;
+    use crate::{
+        exchange::AccessToken,
+        jwt::tests::make_jwt,
+        secret::Secret,
+        sink::SinkError,
+        source::{channel, PatPublisher},
+    };
+
+    /// Scripted Label Studio: answers refreshes and validations from queues, records what it saw.
+    #[derive(Default)]
+    struct FakeLs {
+        refreshes: Mutex<VecDeque<Result<AccessToken, ExchangeError>>>,
+        validations: Mutex<VecDeque<Result<(), ExchangeError>>>,
+        seen_pats: Mutex<Vec<String>>,
+        seen_auth: Mutex<Vec<String>>,
+    }
+
+    impl Exchange for Arc<FakeLs> {
+        async fn refresh(&self, pat: &Secret) -> Result<AccessToken, ExchangeError> {
+            self.seen_pats.lock().unwrap().push(pat.expose().to_owned());
+            self.refreshes
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or_else(|| Ok(access(300)))
+        }
+        async fn validate(&self, auth: &Authorization) -> Result<(), ExchangeError> {
+            self.seen_auth
+                .lock()
+                .unwrap()
+                .push(auth.header_value().expose().to_owned());
+            self.validations
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Ok(()))
+        }
+    }
+
+    /// Records published sets; fails while `fail` is set.
+    #[derive(Default)]
+    struct FakeSink {
+        published: Mutex<Vec<TokenSet>>,
+        fail: AtomicBool,
+    }
+
+    impl Sink for Arc<FakeSink> {
+        fn kind(&self) -> &'static str {
+            "file"
+        }
+        fn describe(&self) -> String {
+            "fake".into()
+        }
+        fn publish<'a>(&'a self, set: &'a TokenSet) -> BoxFuture<'a, Result<(), SinkError>> {
+            Box::pin(async move {
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err(SinkError {
+                        sink: "file",
+                        message: "disk full".into(),
+                    });
+                }
+                self.published.lock().unwrap().push(set.clone());
+                Ok(())
+            })
+        }
+    }
+
+    fn now() -> i64 {
+        unix_now() as i64
+    }
+
+    fn access(ttl: i64) -> AccessToken {
+        let n = now();
+        let token = make_jwt(&format!(
+            r#"{{"token_type":"access","iat":{n},"exp":{},"jti":"{}"}}"#,
+            n + ttl,
+            fastrand::u64(..)
+        ));
+        let claims = jwt::decode_claims(&token).unwrap();
+        AccessToken {
+            token: Secret::new(token),
+            claims,
+        }
+    }
+
+    fn pat() -> String {
+        make_jwt(&format!(
+            r#"{{"token_type":"refresh","iat":{},"exp":{},"jti":"{}"}}"#,
+            now(),
+            now() + 1_000_000,
+            fastrand::u64(..)
+        ))
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            fraction: 0.66,
+            min_lead: Duration::from_secs(30),
+            propagation_margin: Duration::ZERO,
+            jitter: Duration::ZERO,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+        }
+    }
+
+    fn http_err(reason: Reason, status: u16) -> ExchangeError {
+        ExchangeError::Http {
+            reason,
+            what: "token refresh",
+            status,
+            detail: None,
+            retry_after: None,
+        }
+    }
+
+    struct Rig {
+        ls: Arc<FakeLs>,
+        sinks: Vec<Arc<FakeSink>>,
+        publisher: PatPublisher,
+        health: Health,
+        metrics: Arc<Metrics>,
+        refresher: Refresher<Arc<FakeLs>>,
+    }
+
+    fn rig(nsinks: usize, pat_value: &str) -> Rig {
+        let ls = Arc::new(FakeLs::default());
+        let sinks: Vec<Arc<FakeSink>> = (0..nsinks).map(|_| Arc::default()).collect();
+        let (publisher, handle) = channel("file", "test source".into());
+        publisher.set(PatState::Ready(Secret::new(pat_value)));
+        let health = Health::new(&vec!["file"; nsinks]);
+        let metrics = Arc::new(Metrics::new());
+        let refresher = Refresher::new(
+            ls.clone(),
+            sinks
+                .iter()
+                .map(|s| Box::new(s.clone()) as Box<dyn Sink>)
+                .collect(),
+            handle,
+            policy(),
+            Duration::from_millis(50),
+            metrics.clone(),
+            health.clone(),
+            Arc::new(NoNotifier),
+        );
+        Rig {
+            ls,
+            sinks,
+            publisher,
+            health,
+            metrics,
+            refresher,
+        }
+    }
+
+    fn metric(m: &Metrics, needle: &str) -> f64 {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with(needle))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    #[tokio::test]
+    async fn success_validates_then_publishes_everywhere() {
+        let mut r = rig(2, &pat());
+        let p = r.refresher.attempt().await.unwrap();
+        assert_eq!(p.set.auth.scheme, Scheme::Bearer);
+        for s in &r.sinks {
+            assert_eq!(
+                s.published.lock().unwrap().as_slice(),
+                std::slice::from_ref(&p.set)
+            );
+        }
+        assert_eq!(
+            r.ls.seen_auth.lock().unwrap()[0],
+            format!("Bearer {}", p.set.auth.token.expose())
+        );
+        assert!(r.health.is_ready(unix_now()));
+        assert_eq!(
+            metric(
+                &r.metrics,
+                "ls_token_refresher_refresh_total{result=\"success\"}"
+            ),
+            1.0
+        );
+        assert_eq!(metric(&r.metrics, "ls_token_refresher_token_valid"), 1.0);
+        assert_eq!(
+            metric(
+                &r.metrics,
+                "ls_token_refresher_token_expiration_timestamp_seconds"
+            ),
+            p.set.expires_at.unwrap() as f64
+        );
+    }
+
+    #[tokio::test]
+    async fn rejected_token_is_never_published() {
+        let mut r = rig(1, &pat());
+        r.ls.validations
+            .lock()
+            .unwrap()
+            .push_back(Err(ExchangeError::JwtDisabled {
+                status: 401,
+                path: "/x".into(),
+            }));
+        let e = r.refresher.attempt().await.unwrap_err();
+        assert_eq!(e.reason, Reason::JwtDisabled);
+        assert!(
+            e.message.contains("JWT API tokens look disabled"),
+            "{}",
+            e.message
+        );
+        assert!(r.sinks[0].published.lock().unwrap().is_empty());
+        assert!(!r.health.is_ready(unix_now()));
+        assert_eq!(
+            metric(
+                &r.metrics,
+                "ls_token_refresher_refresh_errors_total{reason=\"jwt_disabled\"}"
+            ),
+            1.0
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_kinds_of_token_are_config_errors() {
+        let access_as_pat = make_jwt(r#"{"token_type":"access","exp":99999999999}"#);
+        let expired = make_jwt(r#"{"token_type":"refresh","exp":1000}"#);
+        for (value, reason) in [
+            (access_as_pat.as_str(), Reason::WrongTokenType),
+            (expired.as_str(), Reason::ExpiredPat),
+            ("not a token", Reason::Unauthorized),
+        ] {
+            let mut r = rig(1, value);
+            let e = r.refresher.attempt().await.unwrap_err();
+            assert!(e.config, "{value}");
+            assert_eq!(e.reason, reason);
+            assert!(
+                r.ls.seen_pats.lock().unwrap().is_empty(),
+                "no exchange attempted"
+            );
+            assert!(!e.message.contains(value), "messages never echo the token");
+        }
+    }
+
+    #[tokio::test]
+    async fn legacy_token_is_validated_published_once_and_invalidated() {
+        let legacy = "0123456789abcdef0123456789abcdef01234567";
+        let mut r = rig(1, legacy);
+        let p = r.refresher.attempt().await.unwrap();
+        assert_eq!(p.set.auth.scheme, Scheme::Token);
+        assert_eq!(p.set.expires_at, None);
+        r.refresher.attempt().await.unwrap();
+        assert_eq!(
+            r.sinks[0].published.lock().unwrap().len(),
+            1,
+            "unchanged legacy token is not rewritten"
+        );
+        assert!(
+            r.ls.seen_pats.lock().unwrap().is_empty(),
+            "legacy tokens are never refreshed"
+        );
+        assert_eq!(r.ls.seen_auth.lock().unwrap()[0], format!("Token {legacy}"));
+        r.ls.validations
+            .lock()
+            .unwrap()
+            .push_back(Err(ExchangeError::LegacyDisabled));
+        assert_eq!(
+            r.refresher.attempt().await.unwrap_err().reason,
+            Reason::LegacyDisabled
+        );
+        assert!(r.health.ready(unix_now()).unwrap_err().contains("rejected"));
+    }
+
+    #[tokio::test]
+    async fn sink_failure_is_counted_and_others_still_updated() {
+        let mut r = rig(2, &pat());
+        r.sinks[1].fail.store(true, Ordering::SeqCst);
+        let e = r.refresher.attempt().await.unwrap_err();
+        assert_eq!(e.reason, Reason::PublishFailed);
+        assert_eq!(r.sinks[0].published.lock().unwrap().len(), 1);
+        assert_eq!(
+            metric(
+                &r.metrics,
+                "ls_token_refresher_sink_write_errors_total{sink=\"file\"}"
+            ),
+            1.0
+        );
+        assert!(!r.health.is_ready(unix_now()), "ready needs every sink");
+    }
+
+    #[tokio::test]
+    async fn run_retries_transient_failures_and_keeps_last_good_token() {
+        let r = rig(1, &pat());
+        {
+            let mut q = r.ls.refreshes.lock().unwrap();
+            q.push_back(Err(ExchangeError::Network {
+                what: "token refresh",
+                url: "u".into(),
+                cause: "refused".into(),
+            }));
+            q.push_back(Ok(access(300)));
+        }
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(r.refresher.run(shutdown.clone()));
+        for _ in 0..200 {
+            if !r.sinks[0].published.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(r.sinks[0].published.lock().unwrap().len(), 1);
+        assert_eq!(
+            metric(
+                &r.metrics,
+                "ls_token_refresher_refresh_errors_total{reason=\"network\"}"
+            ),
+            1.0
+        );
+        assert!(r.health.is_ready(unix_now()));
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_stops_at_startup_on_config_error() {
+        let r = rig(1, &make_jwt(r#"{"token_type":"access","exp":99999999999}"#));
+        let e = r.refresher.run(CancellationToken::new()).await.unwrap_err();
+        assert!(e.config && e.reason == Reason::WrongTokenType);
+    }
+
+    #[tokio::test]
+    async fn revoked_pat_triggers_reread_and_new_pat_is_used_at_once() {
+        let first = pat();
+        let r = rig(1, &first);
+        let shutdown = CancellationToken::new();
+        let ls = r.ls.clone();
+        let sink = r.sinks[0].clone();
+        let task = tokio::spawn(r.refresher.run(shutdown.clone()));
+        // First token published; the next refresh is minutes away.
+        for _ in 0..200 {
+            if !sink.published.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The PAT is revoked and rotated: the next exchange fails, and the source must be asked to re-read.
+        ls.refreshes
+            .lock()
+            .unwrap()
+            .push_back(Err(http_err(Reason::RevokedPat, 401)));
+        let second = pat();
+        r.publisher
+            .set(PatState::Ready(Secret::new(second.clone())));
+        tokio::time::timeout(Duration::from_secs(5), r.publisher.reread_requested())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "re-read requested; pats seen {}, published {}",
+                    ls.seen_pats.lock().unwrap().len(),
+                    sink.published.lock().unwrap().len()
+                )
+            });
+        for _ in 0..300 {
+            if sink.published.lock().unwrap().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let pats = ls.seen_pats.lock().unwrap().clone();
+        assert_eq!(pats.first(), Some(&first));
+        assert_eq!(pats.last(), Some(&second));
+        assert_eq!(
+            sink.published.lock().unwrap().len(),
+            2,
+            "new PAT published without waiting for the schedule"
+        );
+        shutdown.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn once_gives_up_on_permanent_errors_and_retries_transient_ones() {
+        let mut r = rig(1, &pat());
+        r.ls.refreshes.lock().unwrap().extend([
+            Err(http_err(Reason::ServerError, 503)),
+            Err(http_err(Reason::ServerError, 500)),
+            Ok(access(300)),
+        ]);
+        let p = r
+            .refresher
+            .once(Duration::from_secs(5), &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(p.set.expires_at.is_some());
+        r.ls.refreshes
+            .lock()
+            .unwrap()
+            .push_back(Err(http_err(Reason::RevokedPat, 401)));
+        let e = r
+            .refresher
+            .once(Duration::from_secs(5), &CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason, Reason::RevokedPat);
+        assert!(e.message.contains("revoked or rotated"));
     }
 }

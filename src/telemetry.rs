@@ -2,6 +2,8 @@
 //! libraries stay at `warn` even when `--log-level trace` is asked for, because HTTP and TLS crates
 //! log request details at trace level and tokens must never reach a log.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{
     filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt, Layer,
 };
@@ -16,6 +18,7 @@ pub fn init(format: LogFormat, level: LogLevel) {
     let layer = match format {
         LogFormat::Plain => fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
             .boxed(),
         LogFormat::Json => fmt::layer()

@@ -20,11 +20,11 @@ pub fn read_pat_file(path: &std::path::Path) -> PatState {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {
-            return PatState::Unavailable(format!("cannot read PAT file {}: {e}", path.display()))
+            return PatState::Invalid(format!("cannot read PAT file {}: {e}", path.display()))
         }
     };
     if meta.len() > MAX_PAT_FILE_BYTES {
-        return PatState::Unavailable(format!(
+        return PatState::Invalid(format!(
             "PAT file {} is {} bytes: not a token (check --pat-file)",
             path.display(),
             meta.len()
@@ -35,16 +35,14 @@ pub fn read_pat_file(path: &std::path::Path) -> PatState {
             Ok(s) => {
                 let pat = Secret::new(s);
                 if pat.is_empty() {
-                    PatState::Unavailable(format!("PAT file {} is empty", path.display()))
+                    PatState::Invalid(format!("PAT file {} is empty", path.display()))
                 } else {
                     PatState::Ready(pat)
                 }
             }
-            Err(_) => {
-                PatState::Unavailable(format!("PAT file {} is not UTF-8 text", path.display()))
-            }
+            Err(_) => PatState::Invalid(format!("PAT file {} is not UTF-8 text", path.display())),
         },
-        Err(e) => PatState::Unavailable(format!("cannot read PAT file {}: {e}", path.display())),
+        Err(e) => PatState::Invalid(format!("cannot read PAT file {}: {e}", path.display())),
     }
 }
 
@@ -78,7 +76,7 @@ async fn poll(
         let p = path.clone();
         let state = tokio::task::spawn_blocking(move || read_pat_file(&p))
             .await
-            .unwrap_or_else(|e| PatState::Unavailable(format!("PAT file reader failed: {e}")));
+            .unwrap_or_else(|e| PatState::Invalid(format!("PAT file reader failed: {e}")));
         let result = match &state {
             PatState::Ready(_) => "changed",
             _ => "unavailable",
@@ -92,7 +90,7 @@ async fn poll(
                 PatState::Ready(_) => {
                     tracing::info!(path = %path.display(), "PAT file changed; using the new PAT")
                 }
-                PatState::Unavailable(why) => {
+                PatState::Invalid(why) | PatState::Unavailable(why) => {
                     tracing::warn!(reason = "source_unavailable", "{why}")
                 }
                 PatState::Pending => {}
@@ -125,13 +123,13 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), h.changed())
             .await
             .unwrap();
-        assert!(matches!(h.current(), PatState::Unavailable(m) if m.contains("cannot read")));
+        assert!(matches!(h.current(), PatState::Invalid(m) if m.contains("cannot read")));
 
         std::fs::write(&path, "  \n").unwrap();
         tokio::time::timeout(Duration::from_secs(5), h.changed())
             .await
             .unwrap();
-        assert!(matches!(h.current(), PatState::Unavailable(m) if m.contains("empty")));
+        assert!(matches!(h.current(), PatState::Invalid(m) if m.contains("empty")));
         shutdown.cancel();
     }
 }

@@ -18,8 +18,12 @@ pub enum PatState {
     Pending,
     /// The current PAT.
     Ready(Secret),
-    /// The source cannot give a PAT right now; a one-line, secret-free explanation.
+    /// The source cannot give a PAT right now (e.g. the Secret does not exist yet); a one-line,
+    /// secret-free explanation. The refresher waits for it.
     Unavailable(String),
+    /// The source has something, but it is not usable (empty, not text, unreadable file): a
+    /// configuration error at start-up, reported and waited out later.
+    Invalid(String),
 }
 
 /// The refresher's end of a source.

@@ -43,8 +43,8 @@ pub fn extract(r: &SecretKeyRef, secret: &K8sSecret) -> PatState {
     match data.and_then(|d| d.get(&r.key)) {
         Some(bytes) => match std::str::from_utf8(&bytes.0) {
             Ok(s) if !s.trim().is_empty() => PatState::Ready(Secret::new(s)),
-            Ok(_) => PatState::Unavailable(format!("{r} is empty")),
-            Err(_) => PatState::Unavailable(format!("{r} is not UTF-8 text")),
+            Ok(_) => PatState::Invalid(format!("{r} is empty")),
+            Err(_) => PatState::Invalid(format!("{r} is not UTF-8 text")),
         },
         None => {
             let keys: Vec<&str> = data
@@ -142,7 +142,7 @@ pub async fn drive<S>(
                 "unavailable"
             };
             let describe = match &state {
-                PatState::Unavailable(m) => Some(m.clone()),
+                PatState::Unavailable(m) | PatState::Invalid(m) => Some(m.clone()),
                 _ => None,
             };
             if publisher.set(state) {
@@ -203,7 +203,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(extract(&kref(), &secret("pat", " ")), PatState::Unavailable(m) if m.contains("empty"))
+            matches!(extract(&kref(), &secret("pat", " ")), PatState::Invalid(m) if m.contains("empty"))
         );
         assert!(matches!(
             extract(&kref(), &K8sSecret::default()),

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# ls-token-refresher: a static-enough Rust binary on distroless (glibc, CA certificates, no shell), non-root.
+#
+#   docker build -t ls-token-refresher .
+#   docker run --rm ls-token-refresher --help
+#
+# The builder's Rust must satisfy Cargo.toml's rust-version (1.89); bookworm matches the runtime's glibc.
+ARG RUST_VERSION=1.89
+
+FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+# Cache mounts keep the registry and target dir between builds; the binary is copied out of the cached target.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin ls-token-refresher \
+ && install -D -m 0755 target/release/ls-token-refresher /out/ls-token-refresher
+
+# distroless/cc: glibc + libgcc + ca-certificates (/etc/ssl/certs/ca-certificates.crt) + tzdata, nothing else.
+# The :nonroot variant runs as uid/gid 65532, which the chart and deploy/ manifests also set.
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=builder /out/ls-token-refresher /usr/local/bin/ls-token-refresher
+USER 65532:65532
+# Admin endpoint: /livez, /readyz, /metrics.
+EXPOSE 9417
+ENTRYPOINT ["/usr/local/bin/ls-token-refresher"]
+CMD ["run"]

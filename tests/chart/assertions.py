@@ -1,0 +1,378 @@
+"""Semantic assertions on the rendered chart and on deploy/: what schema validation and checkov cannot see.
+
+Usage: python assertions.py RENDER_DIR DEPLOY_DIR CHART_DIR
+RENDER_DIR holds one <value-set>.yaml per chart value set (helm template output).
+Prints one line per assertion, "ok   <name>" or "FAIL <name>: <why>", and exits 1 if any failed.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+# The program's metric contract (README of the issue); alerts may use nothing else.
+CONTRACT_METRICS = {
+    "ls_token_refresher_refresh_total",
+    "ls_token_refresher_refresh_errors_total",
+    "ls_token_refresher_refresh_duration_seconds",
+    "ls_token_refresher_token_expiration_timestamp_seconds",
+    "ls_token_refresher_next_refresh_timestamp_seconds",
+    "ls_token_refresher_last_success_timestamp_seconds",
+    "ls_token_refresher_pat_expiration_timestamp_seconds",
+    "ls_token_refresher_token_valid",
+    "ls_token_refresher_sink_write_errors_total",
+    "ls_token_refresher_build_info",
+}
+CONTRACT_REASONS = {
+    "unauthorized", "expired_pat", "revoked_pat", "wrong_token_type", "inactive_user", "bad_request",
+    "server_error", "rate_limited", "timeout", "network", "tls", "invalid_response", "validation_failed",
+    "jwt_disabled", "legacy_disabled", "source_unavailable",
+}
+REQUIRED_ALERTS = {
+    "LSTokenRefresherRefreshFailing",
+    "LSTokenRefresherTokenExpiringSoon",
+    "LSTokenRefresherTokenExpired",
+    "LSTokenRefresherNoRecentSuccess",
+    "LSTokenRefresherPATExpiringSoon",
+}
+
+results = []
+
+
+def check(name):
+    def wrap(fn):
+        try:
+            fn()
+            results.append((name, None))
+        except AssertionError as e:
+            results.append((name, str(e) or "assertion failed"))
+        except Exception as e:  # a crash in an assertion is a failure too
+            results.append((name, f"{type(e).__name__}: {e}"))
+        return fn
+    return wrap
+
+
+def load(path):
+    return [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+
+
+def kind(docs, k):
+    return [d for d in docs if d.get("kind") == k]
+
+
+def one(docs, k):
+    found = kind(docs, k)
+    assert len(found) == 1, f"expected one {k}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(obj):
+    spec = obj["spec"]
+    return spec["template"]["spec"] if "template" in spec else spec
+
+
+def env_of(container):
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def all_containers(ps):
+    return ps.get("initContainers", []) + ps.get("containers", [])
+
+
+def hardened(c, where):
+    sc = c.get("securityContext", {})
+    assert sc.get("allowPrivilegeEscalation") is False, f"{where}: allowPrivilegeEscalation is not false"
+    assert sc.get("readOnlyRootFilesystem") is True, f"{where}: readOnlyRootFilesystem is not true"
+    assert sc.get("runAsNonRoot") is True, f"{where}: runAsNonRoot is not true"
+    assert "ALL" in sc.get("capabilities", {}).get("drop", []), f"{where}: capabilities not dropped"
+    assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: no RuntimeDefault seccomp"
+    res = c.get("resources", {})
+    assert res.get("requests") and res.get("limits"), f"{where}: resources incomplete"
+
+
+def http_path(probe):
+    return (probe or {}).get("httpGet", {}).get("path")
+
+
+render_dir, deploy_dir, chart_dir = (Path(a) for a in sys.argv[1:4])
+renders = {p.stem: load(p) for p in sorted(render_dir.glob("*.yaml"))}
+chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
+values = yaml.safe_load((chart_dir / "values.yaml").read_text())
+
+# --- the chart's Deployment (secret mode) -------------------------------------------------------------------------
+for name, docs in renders.items():
+    if not kind(docs, "Deployment"):
+        continue
+
+    @check(f"{name}: Deployment runs `run`, hardened, with /livez /readyz and startup probes on the admin port")
+    def _():
+        dep = one(docs, "Deployment")
+        ps = pod_spec(dep)
+        (c,) = ps["containers"]
+        assert c["args"][0] == "run", c["args"]
+        hardened(c, c["name"])
+        psc = ps["securityContext"]
+        assert psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        assert http_path(c.get("livenessProbe")) == "/livez"
+        assert http_path(c.get("readinessProbe")) == "/readyz"
+        assert c.get("startupProbe"), "no startupProbe"
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for p in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert c[p]["httpGet"]["port"] == "admin", p
+        env = env_of(c)
+        assert env["LS_ADMIN_ADDR"] == f"0.0.0.0:{ports['admin']}", (env["LS_ADMIN_ADDR"], ports)
+        assert env["LS_URL"].startswith("http"), env["LS_URL"]
+        assert env["LS_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env["LS_POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+    @check(f"{name}: the PAT never travels in an environment variable")
+    def _():
+        for d in docs:
+            if d["kind"] in ("Deployment", "Job", "Pod"):
+                for c in all_containers(pod_spec(d)):
+                    for e in c.get("env", []):
+                        assert e["name"] != "LS_PAT", f"{c['name']} sets LS_PAT"
+                        assert "secretKeyRef" not in e.get("valueFrom", {}), f"{c['name']}: {e['name']} from a Secret"
+
+    @check(f"{name}: ServiceAccount token mounted only by the pod (automount false on the ServiceAccount)")
+    def _():
+        dep = one(docs, "Deployment")
+        ps = pod_spec(dep)
+        assert ps["automountServiceAccountToken"] is True
+        for sa in kind(docs, "ServiceAccount"):
+            assert sa["automountServiceAccountToken"] is False
+            assert ps["serviceAccountName"] == sa["metadata"]["name"]
+
+    @check(f"{name}: every object has an explicit namespace")
+    def _():
+        for d in docs:
+            assert d["metadata"].get("namespace"), f"{d['kind']}/{d['metadata']['name']} has no namespace"
+
+    if kind(docs, "Role"):
+
+        @check(f"{name}: Role is least privilege (resourceNames on the PAT and target Secrets, create alone)")
+        def _():
+            role = one(docs, "Role")
+            c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+            env = env_of(c)
+            rules = role["rules"]
+            for r in rules:
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in r[field], f"wildcard in {r}"
+            secrets = [r for r in rules if "secrets" in r["resources"]]
+            by_name = {tuple(r.get("resourceNames", [])): set(r["verbs"]) for r in secrets}
+            assert by_name.get((env["LS_PAT_SECRET"],)) == {"get", "list", "watch"}, by_name
+            assert by_name.get((env["LS_TARGET_SECRET"],)) == {"get", "patch"}, by_name
+            assert by_name.get(()) == {"create"}, f"unrestricted secrets rule must be create only: {by_name}"
+            assert len(secrets) == 3, secrets
+            events = {tuple(r["apiGroups"]): set(r["verbs"]) for r in rules if "events" in r["resources"]}
+            assert events == {("",): {"create", "patch"}, ("events.k8s.io",): {"create", "patch"}}, events
+            assert len(rules) == 5, rules
+            rb = one(docs, "RoleBinding")
+            assert rb["roleRef"]["name"] == role["metadata"]["name"]
+            assert rb["subjects"][0]["name"] == pod_spec(one(docs, "Deployment"))["serviceAccountName"]
+
+    @check(f"{name}: Service exposes the named admin port, also while not ready")
+    def _():
+        svc = one(docs, "Service")
+        (port,) = svc["spec"]["ports"]
+        assert port["name"] == "admin" and port["targetPort"] == "admin"
+        assert svc["spec"]["publishNotReadyAddresses"] is True
+        dep = one(docs, "Deployment")
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
+        for sm in kind(docs, "ServiceMonitor"):
+            assert sm["spec"]["endpoints"][0]["port"] == "admin"
+            assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
+            assert all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+
+    if kind(docs, "NetworkPolicy"):
+
+        @check(f"{name}: NetworkPolicy allows egress to DNS, the API server and Label Studio only")
+        def _():
+            np = one(docs, "NetworkPolicy")
+            spec = np["spec"]
+            assert spec["policyTypes"] == ["Ingress", "Egress"]
+            dep = one(docs, "Deployment")
+            labels = dep["spec"]["template"]["metadata"]["labels"]
+            assert all(labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items())
+            egress_ports = [sorted(p["port"] for p in rule["ports"]) for rule in spec["egress"]]
+            assert egress_ports[0] == [53, 53], egress_ports
+            assert egress_ports[1] == [443, 6443], egress_ports
+            url = env_of(dep["spec"]["template"]["spec"]["containers"][0])["LS_URL"]
+            m = re.match(r"^(https?)://[^/:]+(?::(\d+))?", url)
+            want = int(m.group(2) or (443 if m.group(1) == "https" else 80))
+            assert egress_ports[2] == [want], (egress_ports, url)
+            assert len(spec["egress"]) == 3
+            for rule in spec["egress"]:
+                assert rule.get("ports"), f"egress rule without ports: {rule}"
+            assert [p["port"] for r in spec["ingress"] for p in r["ports"]] == ["admin"]
+
+# --- alerts ---------------------------------------------------------------------------------------------------------
+for name, docs in renders.items():
+    for pr in kind(docs, "PrometheusRule"):
+
+        @check(f"{name}: PrometheusRule has the required alerts on contract metrics only")
+        def _(pr=pr):
+            rules = [r for g in pr["spec"]["groups"] for r in g["rules"]]
+            names = {r["alert"] for r in rules}
+            missing = REQUIRED_ALERTS - names
+            assert not missing, f"missing alerts {missing}"
+            for r in rules:
+                used = set(re.findall(r"\bls_token_refresher_\w+", r["expr"]))
+                assert used, f"{r['alert']} uses no refresher metric"
+                assert used <= CONTRACT_METRICS, f"{r['alert']} uses {used - CONTRACT_METRICS}"
+                for reasons in re.findall(r'reason=~"([^"]+)"', r["expr"]):
+                    assert set(reasons.split("|")) <= CONTRACT_REASONS, reasons
+                assert r["labels"]["severity"] in ("critical", "warning", "info", "none")
+                assert r["annotations"]["summary"] and r["annotations"]["description"]
+
+# --- deploy/ -------------------------------------------------------------------------------------------------------
+deploy = {p.relative_to(deploy_dir).as_posix(): load(p) for p in sorted(deploy_dir.rglob("*.y*ml"))
+          if p.name != "alerts.rules.yml"}
+
+
+def workload(docs):
+    found = [d for d in docs if d["kind"] in ("Deployment", "Job")]
+    assert len(found) == 1, [d["kind"] for d in docs]
+    return found[0]
+
+
+def refresher_containers(ps):
+    return [c for c in all_containers(ps) if "ls-token-refresher" in c["image"]]
+
+
+def file_mode_pod_checks(ps, fname):
+    """What every file-mode pod in deploy/ needs: shared in-memory dir, group-readable, no API token."""
+    assert ps.get("automountServiceAccountToken") is False, f"{fname}: the API token is mounted"
+    fs_group = ps["securityContext"].get("fsGroup")
+    assert fs_group, f"{fname}: no fsGroup"
+    vols = {v["name"]: v for v in ps["volumes"]}
+    refreshers = refresher_containers(ps)
+    assert refreshers, f"{fname}: no refresher"
+    for c in refreshers:
+        env = env_of(c)
+        hardened(c, f"{fname}:{c['name']}")
+        assert env["LS_FILE_MODE"] == "0640", f"{fname}: LS_FILE_MODE={env.get('LS_FILE_MODE')}"
+        assert "LS_PAT" not in env and "LS_PAT_FILE" in env
+        token_dir = env["LS_TOKEN_DIR"]
+        (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == token_dir]
+        vol = vols[mount["name"]]
+        assert vol.get("emptyDir", {}).get("medium") == "Memory", f"{fname}: token volume not in memory"
+        pat_dir = env["LS_PAT_FILE"].rsplit("/", 1)[0]
+        (pat_mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == pat_dir]
+        assert pat_mount.get("readOnly") is True
+        assert "secret" in vols[pat_mount["name"]]
+    token_vol = mount["name"]
+    consumers = [c for c in ps["containers"] if c not in refreshers]
+    assert consumers, f"{fname}: no consumer"
+    for c in consumers:
+        (m,) = [m for m in c["volumeMounts"] if m["name"] == token_vol]
+        assert m.get("readOnly") is True, f"{fname}:{c['name']} token mount is writable"
+        assert m["mountPath"] == token_dir
+        hardened(c, f"{fname}:{c['name']}")
+
+
+@check("deploy/: no subPath mounts anywhere (they never see a new token)")
+def _():
+    for fname, docs in deploy.items():
+        for d in docs:
+            if d["kind"] in ("Deployment", "Job"):
+                for c in all_containers(pod_spec(d)):
+                    for m in c.get("volumeMounts", []):
+                        assert "subPath" not in m and "subPathExpr" not in m, f"{fname}:{c['name']} {m}"
+
+
+@check("deploy/: every object has an explicit namespace and no Helm bookkeeping labels")
+def _():
+    for fname, docs in deploy.items():
+        for d in docs:
+            md = d["metadata"]
+            assert md.get("namespace") == "label-studio", f"{fname}: {d['kind']}/{md['name']}"
+            labels = md.get("labels", {})
+            assert "helm.sh/chart" not in labels and labels.get("app.kubernetes.io/managed-by") != "Helm", fname
+
+
+@check("deploy/native-sidecar.yaml: native sidecar gates the app on /readyz, shares an in-memory dir")
+def _():
+    ps = pod_spec(workload(deploy["native-sidecar.yaml"]))
+    (init,) = ps["initContainers"]
+    assert init["restartPolicy"] == "Always"
+    assert init["args"] == ["run"]
+    assert http_path(init.get("startupProbe")) == "/readyz", init.get("startupProbe")
+    assert http_path(init.get("livenessProbe")) == "/livez"
+    assert http_path(init.get("readinessProbe")) == "/readyz"
+    assert not refresher_containers({"containers": ps["containers"]}), "refresher also in containers"
+    file_mode_pod_checks(ps, "native-sidecar.yaml")
+
+
+@check("deploy/classic-sidecar.yaml: once init container, then a classic sidecar (no 1.28 fields)")
+def _():
+    ps = pod_spec(workload(deploy["classic-sidecar.yaml"]))
+    (init,) = ps["initContainers"]
+    assert init["args"] == ["once"] and "restartPolicy" not in init
+    assert not any(k in init for k in ("startupProbe", "livenessProbe", "readinessProbe", "ports"))
+    (side,) = [c for c in ps["containers"] if "ls-token-refresher" in c["image"]]
+    assert side["args"] == ["run"] and "restartPolicy" not in side
+    assert http_path(side.get("readinessProbe")) == "/readyz"
+    assert http_path(side.get("livenessProbe")) == "/livez"
+    file_mode_pod_checks(ps, "classic-sidecar.yaml")
+
+
+@check("deploy/job-once.yaml: a Job whose init container runs `once` and exits")
+def _():
+    job = workload(deploy["job-once.yaml"])
+    assert job["kind"] == "Job"
+    ps = pod_spec(job)
+    assert ps["restartPolicy"] == "Never"
+    (init,) = ps["initContainers"]
+    assert init["args"] == ["once"] and "restartPolicy" not in init
+    assert not refresher_containers({"containers": ps["containers"]})
+    assert job["spec"]["activeDeadlineSeconds"] < 300, "the task must fit in one 5-minute token"
+    file_mode_pod_checks(ps, "job-once.yaml")
+
+
+@check("deploy/: every example pod has a NetworkPolicy selecting it")
+def _():
+    for fname in ("native-sidecar.yaml", "classic-sidecar.yaml", "job-once.yaml", "secret-mode.yaml"):
+        docs = deploy[fname]
+        w = workload(docs)
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        nps = kind(docs, "NetworkPolicy")
+        assert any(all(labels.get(k) == v for k, v in np["spec"]["podSelector"]["matchLabels"].items())
+                   for np in nps), fname
+
+
+@check("sidecar default image matches the chart's appVersion and values.yaml")
+def _():
+    tpl = (chart_dir / "templates" / "_sidecar.tpl").read_text()
+    m = re.search(r'define "ls-token-refresher.sidecar.defaultImage" -\}\}\n(\S+)\n', tpl)
+    assert m, "defaultImage not found"
+    img = values["image"]
+    want = f"{img['registry']}/{img['repository']}:{chart['appVersion']}"
+    assert m.group(1) == want, (m.group(1), want)
+
+
+@check("values.yaml: every top-level and second-level key has a comment right above it")
+def _():
+    # Children of these keys are plain Kubernetes fields (or the probe triplet) and need no comment each.
+    exempt_children = {"podSecurityContext", "securityContext", "resources", "probes"}
+    undocumented, parent = [], None
+    lines = (chart_dir / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
+        if not m or len(m.group(1)) > 2:
+            continue
+        if not m.group(1):
+            parent = m.group(2)
+        elif parent in exempt_children:
+            continue
+        if not (i and lines[i - 1].lstrip().startswith("#")):
+            undocumented.append(line.strip())
+    assert not undocumented, f"undocumented keys: {undocumented}"
+
+
+for name, why in results:
+    print(f"ok   {name}" if why is None else f"FAIL {name}: {why}")
+sys.exit(1 if any(why for _, why in results) else 0)

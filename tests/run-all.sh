@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs and caches what it needs under
+# /var/tmp/ls-token-refresher (Label Studio 1.23.2 from PyPI, a kube-apiserver + etcd built from
+# Debian's sources, helm/kubectl/promtool/kubernetes-validate/checkov), then runs lints, unit tests,
+# end-to-end tests against the real Label Studio and kube-apiserver, and the chart checks.
+# Cold machine: ~20-30 min (mostly the one-off builds); warm: a few minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export LSTR_CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LSTR_CACHE/target}"
+export CARGO_TERM_COLOR=never
+mkdir -p "$LSTR_CACHE"
+LOGS="$(mktemp -d /tmp/lstr-run-all.XXXXXX)"
+trap 'rm -rf "$LOGS"' EXIT
+failures=()
+step() { echo; echo "==> $*"; }
+
+step "provisioning (cached): Label Studio, kube-apiserver + etcd, chart tools"
+t0=$SECONDS
+pids=()
+bash tests/support/ls/provision.sh >"$LOGS/ls.log" 2>&1 & pids+=("$!:ls")
+bash tests/support/kube/provision.sh >"$LOGS/kube.log" 2>&1 & pids+=("$!:kube")
+bash tests/support/tools/provision.sh >"$LOGS/tools.log" 2>&1 & pids+=("$!:tools")
+for entry in "${pids[@]}"; do
+  pid="${entry%%:*}"; name="${entry##*:}"
+  if ! wait "$pid"; then
+    echo "provisioning $name FAILED; log tail:"; tail -n 40 "$LOGS/$name.log"
+    echo "run-all: 0 passed, 1 failed"
+    exit 1
+  fi
+done
+echo "provisioned in $((SECONDS - t0))s"
+
+step "cargo fmt --check"
+cargo fmt --check || failures+=("fmt")
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings || failures+=("clippy")
+
+step "cargo test (unit, property, wiremock, real Label Studio, real kube-apiserver)"
+# Each end-to-end test starts its own Label Studio / apiserver; four at a time fit 2 cores.
+cargo test --no-fail-fast -- --test-threads="${LSTR_TEST_THREADS:-4}" 2>&1 | tee "$LOGS/cargo-test.log"
+[[ "${PIPESTATUS[0]}" == 0 ]] || failures+=("cargo test")
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$LOGS/cargo-test.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' "$LOGS/cargo-test.log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+
+step "chart, manifests and Prometheus rules"
+bash tests/chart/check.sh 2>&1 | tee "$LOGS/chart.log"
+[[ "${PIPESTATUS[0]}" == 0 ]] || failures+=("chart checks")
+cpassed=$(grep -Eo '^chart-checks: [0-9]+ passed' "$LOGS/chart.log" | grep -Eo '[0-9]+' | head -1)
+cfailed=$(grep -Eo '^chart-checks: [0-9]+ passed, [0-9]+ failed' "$LOGS/chart.log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+')
+
+echo
+echo "==> summary"
+grep -E '^test result:' "$LOGS/cargo-test.log" || true
+grep -E '^chart-checks:' "$LOGS/chart.log" || true
+lint_failed=0
+for f in "${failures[@]:-}"; do [[ "$f" == fmt || "$f" == clippy ]] && lint_failed=$((lint_failed + 1)); done
+total_passed=$((passed + ${cpassed:-0}))
+total_failed=$((failed + ${cfailed:-0} + lint_failed))
+if ((${#failures[@]})); then echo "failed steps: ${failures[*]}"; fi
+echo "run-all: ${total_passed} passed, ${total_failed} failed"
+((${#failures[@]} == 0))

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Provisions a real kube-apiserver (v1.20.2, built from Debian bookworm's source package) and etcd 3.4
+# (Debian's etcd-server, unpacked, not installed as a service) into
+#   ${LSTR_CACHE:-/var/tmp/ls-token-refresher}/kube/bin/{kube-apiserver,etcd}
+# See shared/docs/local-kubernetes.md for why it is done this way.
+#
+# Idempotent and safe to run concurrently (flock). A warm run only checks a stamp and exits (~ms).
+# The cold run takes ~8-10 min on 2 cores (~1.5 GB disk while building, removed afterwards).
+# Prints the bin directory on stdout; progress goes to stderr.
+set -euo pipefail
+
+K8S_SRC_VERSION="1.20.5+really1.20.2-1.1+deb12u1"
+REFLECT2_VERSION="1.0.2-2"
+JSONITER_VERSION="1.1.12-1"
+# Bump when the recipe changes so caches built by an older recipe are rebuilt.
+RECIPE="k8s=${K8S_SRC_VERSION};reflect2=${REFLECT2_VERSION};jsoniter=${JSONITER_VERSION};etcd=debian-bookworm;r1"
+
+CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}/kube"
+BIN="$CACHE/bin"
+STAMP="$BIN/.recipe"
+
+log() { printf '[kube-provision] %s\n' "$*" >&2; }
+
+recipe_ok() { [[ -f "$STAMP" && "$(cat "$STAMP")" == "$RECIPE" ]]; }
+# The harness runs /usr/bin/kubectl (or any kubectl on PATH); only without one do we cache Debian's.
+have_kubectl() { command -v kubectl >/dev/null 2>&1 || [[ -x "$BIN/kubectl" ]]; }
+is_ready() {
+    recipe_ok && [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]] && have_kubectl &&
+        command -v openssl >/dev/null 2>&1
+}
+
+# Fast path without taking the lock.
+if is_ready; then
+    echo "$BIN"
+    exit 0
+fi
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then
+    log "another provisioning run holds $CACHE/.lock; waiting"
+    flock 9
+fi
+if is_ready; then
+    echo "$BIN"
+    exit 0
+fi
+# Leftovers of an interrupted run (we hold the lock, so nobody else is using them).
+rm -rf "$CACHE"/work.*
+if ! recipe_ok; then
+    rm -f "$BIN/kube-apiserver" "$BIN/etcd" "$BIN/kubectl" "$STAMP"
+fi
+mkdir -p "$BIN"
+
+export DEBIAN_FRONTEND=noninteractive
+APT_OPTS=(-o DPkg::Lock::Timeout=900 -o APT::Sandbox::User=root -q)
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then SUDO=(sudo); fi
+
+apt_updated=0
+apt_update() {
+    if [[ $apt_updated -eq 0 ]]; then
+        log "apt-get update"
+        # Third-party lists that are unreachable here must not fail the run: only Debian's matter.
+        "${SUDO[@]}" apt-get "${APT_OPTS[@]}" update >&2 || log "apt-get update reported errors (continuing)"
+        apt_updated=1
+    fi
+}
+
+# Installs the named Debian packages that are missing.
+ensure_pkgs() {
+    local need=() p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            need+=("$p")
+        fi
+    done
+    if ((${#need[@]})); then
+        apt_update
+        log "apt-get install ${need[*]}"
+        "${SUDO[@]}" apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${need[@]}" >&2
+    fi
+}
+
+WORK="$(mktemp -d "$CACHE/work.XXXXXX")"
+cleanup() { chmod -R u+w "$WORK" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+# apt-get download with one retry after an apt-get update (stale or missing lists on a fresh machine).
+apt_download() {
+    local dir="$1"
+    shift
+    if ! (cd "$dir" && apt-get "${APT_OPTS[@]}" download "$@" >&2); then
+        apt_update
+        (cd "$dir" && apt-get "${APT_OPTS[@]}" download "$@" >&2)
+    fi
+}
+
+# Installs $1 (a file in $WORK) as $BIN/$2, atomically.
+install_bin() {
+    cp "$1" "$BIN/.$2.tmp"
+    chmod 755 "$BIN/.$2.tmp"
+    mv -f "$BIN/.$2.tmp" "$BIN/$2"
+}
+
+# openssl makes the per-instance PKI at test time.
+command -v openssl >/dev/null 2>&1 || ensure_pkgs openssl
+
+# ---------------------------------------------------------------- etcd
+if [[ ! -x "$BIN/etcd" ]]; then
+    log "fetching etcd-server"
+    mkdir -p "$WORK/etcd"
+    apt_download "$WORK/etcd" etcd-server
+    dpkg-deb -x "$WORK"/etcd/etcd-server_*.deb "$WORK/etcd/root"
+    "$WORK/etcd/root/usr/bin/etcd" --version >&2
+    install_bin "$WORK/etcd/root/usr/bin/etcd" etcd
+fi
+
+# ---------------------------------------------------------------- kubectl (only if the machine has none)
+if ! have_kubectl; then
+    log "no kubectl on PATH: caching Debian's kubernetes-client"
+    mkdir -p "$WORK/kubectl"
+    apt_download "$WORK/kubectl" kubernetes-client
+    dpkg-deb -x "$WORK"/kubectl/kubernetes-client_*.deb "$WORK/kubectl/root"
+    install_bin "$WORK/kubectl/root/usr/bin/kubectl" kubectl
+fi
+
+# ---------------------------------------------------------------- kube-apiserver
+build_apiserver() {
+    ensure_pkgs golang-1.19-go make rsync dpkg-dev xz-utils patch ca-certificates
+    log "fetching kubernetes source $K8S_SRC_VERSION (private apt config with deb-src; /etc/apt untouched)"
+    APTDIR="$WORK/apt"
+    mkdir -p "$APTDIR/lists/partial" "$APTDIR/src"
+    KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+    printf 'deb-src [signed-by=%s] http://deb.debian.org/%s main\n' \
+        "$KEYRING" "debian bookworm" "$KEYRING" "debian bookworm-updates" \
+        "$KEYRING" "debian-security bookworm-security" >"$APTDIR/sources.list"
+    SRC_APT=(-o "Dir::Etc::sourcelist=$APTDIR/sources.list" -o "Dir::Etc::sourceparts=$APTDIR/none"
+        -o "Dir::State::Lists=$APTDIR/lists" -o "Dir::Cache::archives=$APTDIR/archives")
+    mkdir -p "$APTDIR/none" "$APTDIR/archives/partial"
+    apt-get "${APT_OPTS[@]}" "${SRC_APT[@]}" update >&2
+    (cd "$APTDIR/src" && apt-get "${APT_OPTS[@]}" "${SRC_APT[@]}" source --download-only "kubernetes=$K8S_SRC_VERSION" >&2)
+    log "unpacking source"
+    (cd "$APTDIR/src" && dpkg-source -x ./kubernetes_*.dsc "$WORK/k8s" >&2)
+    rm -rf "$APTDIR/src"
+
+    log "replacing vendored reflect2/json-iterator with Debian's 1.0.2/1.1.12 (Go >= 1.18 fix)"
+    mkdir -p "$WORK/debs"
+    apt_download "$WORK/debs" "golang-github-modern-go-reflect2-dev=$REFLECT2_VERSION" \
+        "golang-github-json-iterator-go-dev=$JSONITER_VERSION"
+    for deb in "$WORK"/debs/*.deb; do dpkg-deb -x "$deb" "$WORK/debs/root"; done
+    GOCODE="$WORK/debs/root/usr/share/gocode/src"
+    for pkg in github.com/modern-go/reflect2 github.com/json-iterator/go; do
+        [[ -d "$GOCODE/$pkg" && -d "$WORK/k8s/vendor/$pkg" ]] || { log "missing $pkg"; exit 1; }
+        rsync -a --delete --exclude '*_test.go' --exclude 'test/' --exclude 'go.mod' --exclude 'go.sum' \
+            "$GOCODE/$pkg/" "$WORK/k8s/vendor/$pkg/"
+    done
+    # (Kubernetes 1.20's build runs in GOPATH mode, GO111MODULE=off: vendor/modules.txt is not checked.)
+
+    log "building kube-apiserver (several minutes)"
+    export PATH="/usr/lib/go-1.19/bin:$PATH"
+    export GOPATH="$WORK/gopath" GOCACHE="$WORK/gocache" GOFLAGS="" GOPROXY=off GOTOOLCHAIN=local
+    export KUBE_GIT_VERSION="v1.20.2" KUBE_GIT_TREE_STATE=clean
+    (cd "$WORK/k8s" && make WHAT=cmd/kube-apiserver >&2)
+    "$WORK/k8s/_output/bin/kube-apiserver" --version >&2
+    install_bin "$WORK/k8s/_output/bin/kube-apiserver" kube-apiserver
+}
+
+if [[ ! -x "$BIN/kube-apiserver" ]]; then
+    build_apiserver
+fi
+
+# Everything is in place: record the recipe last.
+echo "$RECIPE" >"$STAMP.tmp"
+mv -f "$STAMP.tmp" "$STAMP"
+log "ready: $BIN"
+echo "$BIN"
