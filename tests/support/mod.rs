@@ -2,6 +2,7 @@
 //! each started per test on free 127.0.0.1 ports in its own temp dir and stopped (by PID) on drop.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod kube_api;
 pub mod label_studio;
 pub mod refresher;
