@@ -140,6 +140,29 @@ pub async fn build(
     })
 }
 
+impl Parts {
+    /// The refresher owning these parts, and the health state it reports into (one slot per sink).
+    fn into_refresher(
+        self,
+        legacy_recheck: std::time::Duration,
+        notifier: Arc<dyn Notifier>,
+    ) -> (Refresher<HttpExchange>, Health) {
+        let kinds: Vec<&'static str> = self.sinks.iter().map(|s| s.kind()).collect();
+        let health = Health::new(&kinds);
+        let refresher = Refresher::new(
+            self.exchange,
+            self.sinks,
+            self.pat,
+            self.policy,
+            legacy_recheck,
+            self.metrics,
+            health.clone(),
+            notifier,
+        );
+        (refresher, health)
+    }
+}
+
 fn notifier(opts: &Options, parts: &Parts) -> Arc<dyn Notifier> {
     let Some(c) = &parts.cluster else {
         return Arc::new(NoNotifier);
@@ -187,38 +210,32 @@ pub fn spawn_signal_handler(
 pub async fn run(opts: Options) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     let parts = build(&opts, true, &shutdown).await?;
-    let kinds: Vec<&'static str> = parts.sinks.iter().map(|s| s.kind()).collect();
-    let health = Health::new(&kinds);
+    let metrics = parts.metrics.clone();
+    let describe = format!(
+        "url={} source={} sinks=[{}]",
+        parts.exchange.base_url(),
+        parts.pat.describe,
+        parts
+            .sinks
+            .iter()
+            .map(|s| s.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let notifier = notifier(&opts, &parts);
+    let (refresher, health) = parts.into_refresher(opts.legacy_recheck.0, notifier);
     spawn_signal_handler(shutdown.clone(), Some(health.clone()))?;
     let (addr, server) = admin::bind(
         opts.admin_addr,
         health.clone(),
-        parts.metrics.clone(),
+        metrics,
         shutdown.clone(),
         opts.enable_quit,
     )
     .await
     .map_err(AppError::config)?;
     let server = tokio::spawn(server);
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        url = %parts.exchange.base_url(),
-        source = %parts.pat.describe,
-        sinks = %parts.sinks.iter().map(|s| s.describe()).collect::<Vec<_>>().join(", "),
-        admin = %addr,
-        "starting"
-    );
-    let notifier = notifier(&opts, &parts);
-    let refresher = Refresher::new(
-        parts.exchange,
-        parts.sinks,
-        parts.pat,
-        parts.policy,
-        opts.legacy_recheck.0,
-        parts.metrics,
-        health.clone(),
-        notifier,
-    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), admin = %addr, "starting: {describe}");
     let result = refresher.run(shutdown.clone()).await;
     health.set_draining();
     shutdown.cancel();
@@ -239,18 +256,8 @@ pub async fn once(opts: Options, command: Command) -> Result<crate::sink::TokenS
     let publish = command == Command::Once;
     let parts = build(&opts, publish, &shutdown).await?;
     spawn_signal_handler(shutdown.clone(), None)?;
-    let kinds: Vec<&'static str> = parts.sinks.iter().map(|s| s.kind()).collect();
-    let health = Health::new(&kinds);
-    let mut refresher = Refresher::new(
-        parts.exchange,
-        parts.sinks,
-        parts.pat,
-        parts.policy,
-        opts.legacy_recheck.0,
-        parts.metrics,
-        health,
-        Arc::new(NoNotifier),
-    );
+    let (mut refresher, _health) =
+        parts.into_refresher(opts.legacy_recheck.0, Arc::new(NoNotifier));
     let result = refresher.once(opts.once_timeout.0, &shutdown).await;
     shutdown.cancel();
     match result {

@@ -346,9 +346,13 @@ impl<E: Exchange> Refresher<E> {
     /// (the caller exits 2); later problems are reported and retried, never fatal.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AttemptError> {
         // Wait for the source's first answer so a Secret watch that is still syncing is not an error.
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = self.pat.ready() => {}
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = self.pat.ready() => break,
+                // Still alive while a Secret watch is syncing (or the API server is away at start-up).
+                _ = tokio::time::sleep(TICK) => self.health.beat(),
+            }
         }
         let mut backoff = Backoff::default();
         let mut first = true;

@@ -387,21 +387,12 @@ async fn pat_rotation_deletion_and_missing_key_in_the_source_secret() {
         .delete(PAT_SECRET, &DeleteParams::default())
         .await
         .unwrap();
-    let t0 = Instant::now();
-    while proc
-        .metric("ls_token_refresher_refresh_errors_total{reason=\"source_unavailable\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        // The PAT change wakes the loop at once; no need to wait for the schedule.
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "deletion not reported; log:\n{}",
-            proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    proc.wait_metric(
+        "ls_token_refresher_refresh_errors_total{reason=\"source_unavailable\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         env.target().await.unwrap().0,
         t2,
@@ -556,20 +547,12 @@ async fn conflict_with_another_field_manager_is_reported_not_forced() {
         .unwrap();
 
     let mut proc = env.start("conflict", None, &[]);
-    let t0 = Instant::now();
-    while proc
-        .metric("ls_token_refresher_sink_write_errors_total{sink=\"secret\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "conflict not reported; log:\n{}",
-            proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    proc.wait_metric(
+        "ls_token_refresher_sink_write_errors_total{sink=\"secret\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     let (code, body) = proc.admin_get("/readyz").await;
     assert_eq!(code, 503);
     assert!(

@@ -16,7 +16,7 @@ use std::{
 use ls_token_refresher::sink::rfc3339;
 use support::{
     label_studio::{jwt_claims, LabelStudio, LsOptions},
-    refresher::{assert_no_secrets, read_set, run_to_end, RefresherProc},
+    refresher::{assert_no_secrets, read_set, run_to_end, workdir, RefresherProc},
 };
 
 fn now() -> i64 {
@@ -327,10 +327,8 @@ async fn legacy_token_mode_detects_disabled_legacy_auth() {
     })
     .await;
     let legacy = ls.legacy_token().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
-    std::fs::create_dir(&dir).unwrap();
-    let (url, d) = (ls.url(), dir.to_str().unwrap().to_owned());
+    let (tmp, dir, d) = workdir();
+    let url = ls.url();
     let mut args = run_args(&url, &d);
     args.extend(["--legacy-recheck", "1s"]);
     let mut proc = RefresherProc::start(tmp.path(), "legacy", &args, &[("LS_PAT", &legacy)]);
@@ -384,33 +382,20 @@ async fn jwt_disabled_for_org_is_diagnosed_and_nothing_published() {
     })
     .await;
     let pat = ls.create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
-    std::fs::create_dir(&dir).unwrap();
-    let (url, d) = (ls.url(), dir.to_str().unwrap().to_owned());
+    let (tmp, dir, d) = workdir();
+    let url = ls.url();
     let mut proc = RefresherProc::start(
         tmp.path(),
         "jwtoff",
         &run_args(&url, &d),
         &[("LS_PAT", &pat)],
     );
-    let t0 = Instant::now();
-    loop {
-        if proc
-            .metric("ls_token_refresher_refresh_errors_total{reason=\"jwt_disabled\"}")
-            .await
-            .unwrap_or(0.0)
-            >= 1.0
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "jwt_disabled never reported; log:\n{}",
-            proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    proc.wait_metric(
+        "ls_token_refresher_refresh_errors_total{reason=\"jwt_disabled\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     let (code, body) = proc.admin_get("/readyz").await;
     assert_eq!(code, 503);
     assert!(body.contains("jwt_disabled"), "{body}");
@@ -451,10 +436,8 @@ async fn jwt_disabled_for_org_is_diagnosed_and_nothing_published() {
 async fn revoked_pat_keeps_last_token_until_its_expiry() {
     let ls = ls_with_ttl(15).await;
     let pat = ls.create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
-    std::fs::create_dir(&dir).unwrap();
-    let (url, d) = (ls.url(), dir.to_str().unwrap().to_owned());
+    let (tmp, dir, d) = workdir();
+    let url = ls.url();
     let mut proc = RefresherProc::start(
         tmp.path(),
         "revoked",
@@ -464,20 +447,12 @@ async fn revoked_pat_keeps_last_token_until_its_expiry() {
     proc.wait_ready(200, Duration::from_secs(30)).await;
     ls.blacklist(&pat).await;
     // The refresher notices at its next refresh; from then on the last good token must stay.
-    let t0 = Instant::now();
-    while proc
-        .metric("ls_token_refresher_refresh_errors_total{reason=\"revoked_pat\"}")
-        .await
-        .unwrap_or(0.0)
-        < 1.0
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "revocation not reported; log:\n{}",
-            proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    proc.wait_metric(
+        "ls_token_refresher_refresh_errors_total{reason=\"revoked_pat\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
     let (token, auth, _) = read_set(&dir).unwrap();
     let exp = jwt_claims(&token)["exp"].as_i64().unwrap();
     // Until exp: the same token stays published, the API accepts it, and we stay ready.
@@ -556,10 +531,8 @@ async fn rotated_pat_file_is_picked_up_without_restart() {
 async fn label_studio_restart_mid_run_costs_consumers_nothing() {
     let mut ls = ls_with_ttl(40).await;
     let pat = ls.create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
-    std::fs::create_dir(&dir).unwrap();
-    let (url, d) = (ls.url(), dir.to_str().unwrap().to_owned());
+    let (tmp, dir, d) = workdir();
+    let url = ls.url();
     let mut args = run_args(&url, &d);
     // Refresh early so an outage of ~15 s fits in the remaining lifetime.
     args.extend([

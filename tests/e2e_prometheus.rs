@@ -13,7 +13,7 @@ use std::{
 use support::{
     free_port,
     label_studio::{jwt_claims, LabelStudio, LsOptions},
-    refresher::{read_set, RefresherProc},
+    refresher::{read_set, workdir, RefresherProc},
 };
 
 /// Paths of the cached tools (provisioned on demand; cheap when warm).
@@ -102,15 +102,13 @@ async fn query(client: &reqwest::Client, prom: &str, q: &str) -> Option<f64> {
 async fn promtool_and_a_real_prometheus_agree_with_the_published_token() {
     let promtool = tool("promtool");
     let ls = LabelStudio::start(LsOptions {
-        access_ttl_secs: 30,
+        access_ttl_secs: 300,
         ..Default::default()
     })
     .await;
     let pat = ls.create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("t");
-    std::fs::create_dir(&dir).unwrap();
-    let (url, d) = (ls.url(), dir.to_str().unwrap().to_owned());
+    let (tmp, dir, d) = workdir();
+    let url = ls.url();
     let mut proc = RefresherProc::start(
         tmp.path(),
         "prom",

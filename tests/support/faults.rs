@@ -913,7 +913,7 @@ fn consume(dir: &Path, ls_url: &str, check_every: Duration, stop: &AtomicBool) -
     let t0 = Instant::now();
     let mut last_token = String::new();
     let mut last_check: Option<Instant> = None;
-    let mut problem = |r: &mut ConsumerReport, p: String| {
+    let problem = |r: &mut ConsumerReport, p: String| {
         if r.problems.len() < 5 {
             r.problems.push(p);
         }
@@ -930,7 +930,10 @@ fn consume(dir: &Path, ls_url: &str, check_every: Duration, stop: &AtomicBool) -
                     && exp.is_some_and(|e| exp_text == ls_token_refresher::sink::rfc3339(e));
                 if !consistent {
                     r.torn += 1;
-                    problem(&mut r, format!("torn set at +{:.2}s", t0.elapsed().as_secs_f64()));
+                    problem(
+                        &mut r,
+                        format!("torn set at +{:.2}s", t0.elapsed().as_secs_f64()),
+                    );
                 }
                 let exp = exp.unwrap_or(0) as f64;
                 if exp <= now {
@@ -944,8 +947,8 @@ fn consume(dir: &Path, ls_url: &str, check_every: Duration, stop: &AtomicBool) -
                         ),
                     );
                 }
-                let due = token != last_token
-                    || last_check.is_none_or(|t| t.elapsed() >= check_every);
+                let due =
+                    token != last_token || last_check.is_none_or(|t| t.elapsed() >= check_every);
                 if due && exp - now > 1.0 {
                     r.api_checks += 1;
                     last_check = Some(Instant::now());
@@ -991,7 +994,13 @@ impl Tmpfs {
             .map_err(|e| e.to_string())?;
         let path = dir.path().to_path_buf();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
             .arg(&path)
             .output()
             .map_err(|e| format!("cannot run mount: {e}"))?;
@@ -1013,18 +1022,23 @@ impl Tmpfs {
         &self.path
     }
 
-    /// `mount -o remount,OPTS`; panics if it fails.
+    /// `mount -o remount,OPTS`; retried for a second (a remount read-only fails with EBUSY while a
+    /// file is open for writing), then panics.
     pub fn remount(&self, opts: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,{opts}")])
-            .arg(&self.path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "remount {opts}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = Command::new("mount")
+                .args(["-o", &format!("remount,{opts}")])
+                .arg(&self.path)
+                .output()
+                .expect("run mount");
+            if out.status.success() {
+                return;
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("mount -o remount,{opts} {}: {last}", self.path.display());
     }
 
     /// Fills the file system with a file named `name` until ENOSPC; returns its path and size.

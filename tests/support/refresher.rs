@@ -138,6 +138,23 @@ impl RefresherProc {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Waits until the series `prefix` reaches at least `min`; panics with the log after `timeout`.
+    pub async fn wait_metric(&self, prefix: &str, min: f64, timeout: Duration) -> f64 {
+        let t0 = Instant::now();
+        loop {
+            let v = self.metric(prefix).await.unwrap_or(f64::NAN);
+            if v >= min {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "{prefix} never reached {min} within {timeout:?} (now {v}); log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Exit status if it has exited.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child
@@ -195,6 +212,15 @@ impl Drop for RefresherProc {
             let _ = c.wait();
         }
     }
+}
+
+/// A fresh temp dir holding an empty token directory: (guard, token dir, token dir as a string).
+pub fn workdir() -> (tempfile::TempDir, PathBuf, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    std::fs::create_dir(&dir).unwrap();
+    let s = dir.to_str().unwrap().to_owned();
+    (tmp, dir, s)
 }
 
 /// Reads the published set consistently: resolves `..data` once and reads the files inside it.
