@@ -13,6 +13,9 @@ use crate::{metrics::Metrics, reason::Reason, refresher::Notifier};
 /// Field manager for server-side apply and the Events' reporting controller.
 pub const MANAGER: &str = "ls-token-refresher";
 
+/// Bound for publishing one Event.
+const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Could not configure a Kubernetes client.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -78,10 +81,13 @@ impl EventNotifier {
             action: "RefreshToken".into(),
             secondary: None,
         };
-        let ok = self.recorder.publish(&ev, &self.regarding).await;
-        self.metrics.kube_call("event", ok.is_ok());
-        if let Err(e) = ok {
-            tracing::debug!(error = %e, "could not publish a Kubernetes Event");
+        // Events are best effort: a slow API server must not hold up the refresh loop.
+        let ok =
+            tokio::time::timeout(EVENT_TIMEOUT, self.recorder.publish(&ev, &self.regarding)).await;
+        let ok = matches!(ok, Ok(Ok(())));
+        self.metrics.kube_call("event", ok);
+        if !ok {
+            tracing::debug!("could not publish a Kubernetes Event");
         }
     }
 }

@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::{channel, PatHandle, PatPublisher, PatState};
 use crate::{metrics::Metrics, secret::Secret};
 
+/// Bound for a one-off GET: kube's client timeout is tuned for watches (minutes).
+const KUBE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Which Secret and key to read.
 #[derive(Debug, Clone)]
 pub struct SecretKeyRef {
@@ -92,7 +95,7 @@ pub async fn drive<S>(
         let state = tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = publisher.reread_requested() => {
-                match api.get_opt(&r.name).await {
+                match tokio::time::timeout(KUBE_CALL_TIMEOUT, api.get_opt(&r.name)).await.unwrap_or_else(|_| Err(kube::Error::Service("timed out".into()))) {
                     Ok(obj) => {
                         metrics.kube_call("get_secret", true);
                         Some(obj.map(|s| extract(&r, &s)).unwrap_or_else(|| PatState::Unavailable(format!("{r}: Secret not found"))))
