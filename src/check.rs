@@ -164,7 +164,7 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
         }
         _ => match parts.exchange.refresh(&pat).await {
             Ok(a) => {
-                let lifetime = a.claims.iat.map(|i| a.exp() - i);
+                let lifetime = a.claims.iat.map(|i| a.exp().saturating_sub(i));
                 r.ok(
                     "exchange",
                     format!(

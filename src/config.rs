@@ -362,9 +362,9 @@ pub struct Dur(pub Duration);
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        parse_duration(s)
-            .map(Dur)
-            .ok_or_else(|| format!("'{s}' is not a duration: write e.g. 90s, 5m, 1h30m or 250ms"))
+        parse_duration(s).map(Dur).ok_or_else(|| {
+            format!("'{s}' is not a duration up to 365d: write e.g. 90s, 5m, 1h30m or 250ms")
+        })
     }
 }
 
@@ -374,13 +374,17 @@ impl fmt::Display for Dur {
     }
 }
 
+/// Longest accepted duration. No knob here means anything beyond a year, and the cap keeps every
+/// later `Instant + Duration` and lead-time sum far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s.is_empty() {
         return None;
     }
     if let Ok(secs) = s.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs)).filter(|d| *d <= MAX_DURATION);
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -406,9 +410,9 @@ fn parse_duration(s: &str) -> Option<Duration> {
             "d" => 86400.0,
             _ => return None,
         };
-        total += Duration::try_from_secs_f64(value * scale).ok()?;
+        total = total.checked_add(Duration::try_from_secs_f64(value * scale).ok()?)?;
     }
-    Some(total)
+    Some(total).filter(|d| *d <= MAX_DURATION)
 }
 
 /// A fraction strictly between 0 and 1.
@@ -616,7 +620,19 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("42"), Some(Duration::from_secs(42)));
-        for bad in ["", "s", "5x", "-1s", "1h m", "1.2.3s"] {
+        assert_eq!(parse_duration("365d"), Some(MAX_DURATION));
+        for bad in [
+            "",
+            "s",
+            "5x",
+            "-1s",
+            "1h m",
+            "1.2.3s",
+            "366d",
+            "99999999999",
+            "1e400s",
+            "10000000000000000000s10000000000000000000s",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

@@ -339,7 +339,7 @@ impl<E: Exchange> Refresher<E> {
     fn remaining(&self) -> Option<Duration> {
         let exp = self.health.earliest_exp()?;
         let left = exp - unix_now();
-        (left > 0.0).then(|| Duration::from_secs_f64(left))
+        (left > 0.0).then(|| Duration::from_secs_f64(left.min(schedule::MAX_WAIT.as_secs_f64())))
     }
 
     /// Runs until `shutdown`. Returns Err only for a configuration error on the very first attempt
@@ -377,7 +377,7 @@ impl<E: Exchange> Refresher<E> {
                     self.health.set_problem(None);
                     let wait = match p.basis {
                         Basis::Jwt { iat, exp, rand } => {
-                            let lifetime = (exp - iat.unwrap_or(exp)) as f64;
+                            let lifetime = exp.saturating_sub(iat.unwrap_or(exp)) as f64;
                             if !lead_warned
                                 && schedule::lead_exceeds_lifetime(&self.policy, lifetime)
                             {

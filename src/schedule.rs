@@ -11,6 +11,10 @@ const MAX_JITTER_FRACTION: f64 = 0.1;
 /// An `iat` this far in the future means our clock and Label Studio's disagree (or ours jumped back).
 pub const CLOCK_SKEW_TOLERANCE_SECS: f64 = 5.0;
 
+/// Longest planned wait, whatever `exp` says: bounds arithmetic on absurd claims (and a year is
+/// far beyond any Label Studio token lifetime).
+pub const MAX_WAIT: Duration = Duration::from_secs(365 * 86_400);
+
 /// Refresh timing knobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Policy {
@@ -63,7 +67,10 @@ pub fn plan(policy: &Policy, now: f64, iat: Option<i64>, exp: i64, rand01: f64) 
         .as_secs_f64()
         .min(MAX_JITTER_FRACTION * lifetime);
     target -= jitter * rand01.clamp(0.0, 1.0);
-    Plan::In(Duration::from_secs_f64((target - now).max(0.0)))
+    // A token claiming to live for centuries is still re-checked within the longest sane wait.
+    Plan::In(Duration::from_secs_f64(
+        (target - now).clamp(0.0, MAX_WAIT.as_secs_f64()),
+    ))
 }
 
 /// True when `policy`'s lead times cannot be honoured for tokens of `lifetime` seconds (worth a warning).
@@ -183,6 +190,18 @@ mod tests {
         assert!((secs(plan(&policy(), 0.0, Some(0), 3600, 0.0)) - 2376.0).abs() < 1e-6);
         // Past the mark: due now.
         assert_eq!(secs(plan(&policy(), 1250.0, Some(1000), 1300, 0.0)), 0.0);
+    }
+
+    #[test]
+    fn absurd_claims_do_not_overflow() {
+        assert_eq!(
+            secs(plan(&policy(), 0.0, Some(i64::MIN), i64::MAX, 0.5)),
+            MAX_WAIT.as_secs_f64()
+        );
+        assert!(matches!(
+            plan(&policy(), 0.0, None, i64::MAX, 0.5),
+            Plan::In(_)
+        ));
     }
 
     #[test]
