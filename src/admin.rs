@@ -86,6 +86,10 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
+    // Truthful at scrape time, not only at the loop's last tick: an expiry between ticks shows at once.
+    s.metrics
+        .token_valid
+        .set(i64::from(s.health.is_ready(unix_now())));
     (
         [(
             header::CONTENT_TYPE,

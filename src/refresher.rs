@@ -27,8 +27,10 @@ use crate::{
 };
 
 /// The loop wakes at least this often to beat the liveness heartbeat and to notice wall-clock jumps
-/// (suspend/resume, NTP steps) against the token's absolute `exp`.
-pub const TICK: Duration = Duration::from_secs(5);
+/// (suspend/resume, NTP steps) against the token's absolute `exp`. Every wake-up costs CPU (measured
+/// ~0.25 ms on a small VM, bench/RESULTS.md); 15 s notices a jump well inside the default 100 s of
+/// lead a 5-minute token has at its refresh, and is far below the liveness stall limit.
+pub const TICK: Duration = Duration::from_secs(15);
 /// Upper bound for one sink write; kube's own client timeouts are minutes long.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -360,7 +362,13 @@ impl<E: Exchange> Refresher<E> {
         let mut lead_warned = false;
         loop {
             self.pat.mark_seen();
-            let result = self.attempt().await;
+            // SIGTERM must not wait for a hanging request (two request timeouts plus a publish can
+            // exceed Kubernetes' 30 s grace period). Dropping the attempt is safe: a file write in
+            // flight finishes on its blocking thread and swaps atomically, or never swaps.
+            let result = tokio::select! {
+                r = self.attempt() => r,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
             let (wait, basis) = match result {
                 Ok(p) => {
                     backoff.reset();

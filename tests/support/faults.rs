@@ -837,6 +837,24 @@ pub fn jwt_exp(token: &str) -> Option<i64> {
     v.get("exp")?.as_i64()
 }
 
+/// `GET path` on a fresh connection (blocking, 5 s limit): status and body. A few hundred
+/// microseconds on loopback, so readiness can be sampled finely.
+pub fn http_get(base_url: &str, path: &str) -> Option<(u16, String)> {
+    let addr = socket_addr_of(base_url);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let r = parse_response(&raw)?;
+    Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+}
+
 /// `GET path` with an `Authorization` header on a fresh connection (blocking, 10 s limit); the status.
 pub fn http_status(base_url: &str, path: &str, authorization: &str) -> Option<u16> {
     let addr = socket_addr_of(base_url);
