@@ -4,20 +4,10 @@
 
 mod support;
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
-use k8s_openapi::{
-    api::{
-        core::v1::Secret,
-        events::v1::Event,
-        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
-    },
-    ByteString,
-};
+use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
     Client,
@@ -25,46 +15,12 @@ use kube::{
 use support::{
     kube_api::ApiServer,
     label_studio::{jwt_claims, LabelStudio, LsOptions},
+    rbac::{create_secret, grant_minimal_role, secret_data},
     refresher::{assert_no_secrets, read_set, RefresherProc},
 };
 
 const PAT_SECRET: &str = "ls-pat";
 const TARGET: &str = "ls-token";
-
-/// The Role the chart ships (see charts/ls-token-refresher/templates/role.yaml), nothing more.
-fn minimal_role(ns: &str) -> Role {
-    let rule =
-        |groups: &[&str], resources: &[&str], verbs: &[&str], names: Option<&[&str]>| PolicyRule {
-            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: verbs.iter().map(|s| s.to_string()).collect(),
-            resource_names: names.map(|n| n.iter().map(|s| s.to_string()).collect()),
-            ..Default::default()
-        };
-    Role {
-        metadata: ObjectMeta {
-            name: Some("ls-token-refresher".into()),
-            namespace: Some(ns.into()),
-            ..Default::default()
-        },
-        rules: Some(vec![
-            rule(
-                &[""],
-                &["secrets"],
-                &["get", "list", "watch"],
-                Some(&[PAT_SECRET]),
-            ),
-            rule(&[""], &["secrets"], &["get", "patch"], Some(&[TARGET])),
-            rule(&[""], &["secrets"], &["create"], None),
-            rule(
-                &["", "events.k8s.io"],
-                &["events"],
-                &["create", "patch"],
-                None,
-            ),
-        ]),
-    }
-}
 
 struct Env {
     kube: ApiServer,
@@ -73,13 +29,6 @@ struct Env {
     ns: String,
     pat: String,
     tmp: tempfile::TempDir,
-}
-
-fn secret_data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-        .collect()
 }
 
 async fn setup(ttl: u64) -> Env {
@@ -93,41 +42,8 @@ async fn setup(ttl: u64) -> Env {
     let admin = kube.admin_client().await;
     let ns = kube.create_namespace("e2e").await;
     let pat = ls.create_pat().await;
-    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
-    let s = Secret {
-        metadata: ObjectMeta {
-            name: Some(PAT_SECRET.into()),
-            ..Default::default()
-        },
-        data: Some(secret_data(&[("pat", &pat)])),
-        ..Default::default()
-    };
-    secrets.create(&PostParams::default(), &s).await.unwrap();
-    Api::<Role>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &minimal_role(&ns))
-        .await
-        .unwrap();
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some("ls-token-refresher".into()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: "ls-token-refresher".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "User".into(),
-            name: kube.user_name().into(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        }]),
-    };
-    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    create_secret(&admin, &ns, PAT_SECRET, &[("pat", &pat)]).await;
+    grant_minimal_role(&admin, &ns, kube.user_name(), PAT_SECRET, TARGET).await;
     let tmp = tempfile::tempdir().unwrap();
     Env {
         kube,

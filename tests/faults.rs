@@ -1643,14 +1643,8 @@ fn duration_flag_overflow_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark helper, run by bench/run.sh"]
 async fn bench_kube_environment() {
-    use k8s_openapi::{
-        api::{
-            core::v1::Secret as K8sSecret,
-            rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
-        },
-        ByteString,
-    };
-    use kube::api::{Api, ObjectMeta, PostParams};
+    use k8s_openapi::api::core::v1::Secret as K8sSecret;
+    use kube::api::Api;
     let (Ok(pat), Some(env_file), Some(stop_file)) = (
         std::env::var("LSTR_BENCH_PAT"),
         std::env::var_os("LSTR_BENCH_KUBE_ENV"),
@@ -1661,77 +1655,8 @@ async fn bench_kube_environment() {
     let server = support::kube_api::ApiServer::start().await;
     let ns = server.create_namespace("bench").await;
     let admin = server.admin_client().await;
-    let rule =
-        |groups: &[&str], verbs: &[&str], resources: &[&str], names: Option<&[&str]>| PolicyRule {
-            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            verbs: verbs.iter().map(|s| s.to_string()).collect(),
-            resource_names: names.map(|n| n.iter().map(|s| s.to_string()).collect()),
-            ..Default::default()
-        };
-    let role = Role {
-        metadata: ObjectMeta {
-            name: Some("ls-token-refresher".into()),
-            ..Default::default()
-        },
-        rules: Some(vec![
-            rule(
-                &[""],
-                &["get", "list", "watch"],
-                &["secrets"],
-                Some(&["ls-pat"]),
-            ),
-            rule(&[""], &["get", "patch"], &["secrets"], Some(&["ls-token"])),
-            rule(&[""], &["create"], &["secrets"], None),
-            rule(
-                &["", "events.k8s.io"],
-                &["create", "patch"],
-                &["events"],
-                None,
-            ),
-        ]),
-    };
-    Api::<Role>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &role)
-        .await
-        .unwrap();
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some("ls-token-refresher".into()),
-            ..Default::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "Role".into(),
-            name: "ls-token-refresher".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "User".into(),
-            name: server.user_name().into(),
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            ..Default::default()
-        }]),
-    };
-    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
-    let secret = K8sSecret {
-        metadata: ObjectMeta {
-            name: Some("ls-pat".into()),
-            ..Default::default()
-        },
-        data: Some(
-            [("pat".to_string(), ByteString(pat.into_bytes()))]
-                .into_iter()
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    Api::<K8sSecret>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    support::rbac::grant_minimal_role(&admin, &ns, server.user_name(), "ls-pat", "ls-token").await;
+    support::rbac::create_secret(&admin, &ns, "ls-pat", &[("pat", &pat)]).await;
     let kubeconfig = server.write_user_kubeconfig(&ns);
     let tmp = PathBuf::from(&env_file).with_extension("tmp");
     std::fs::write(

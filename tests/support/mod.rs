@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod kube_api;
 pub mod label_studio;
+pub mod rbac;
 pub mod refresher;
 
 /// Root of the per-machine cache (venvs, built binaries, tools). Overridable for unusual machines.
