@@ -9,8 +9,8 @@ use crate::{
     app::{self, AppError},
     config::Options,
     exchange::{Authorization, Exchange, Scheme},
-    jwt::{self, CredentialKind},
-    refresher::unix_now,
+    jwt,
+    refresher::{unix_now, usable_credential, Usable},
     sink::{file::FileSink, rfc3339, secret::SecretSink, TokenSet},
     source::PatState,
 };
@@ -83,58 +83,29 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
             return Ok(r);
         }
     };
-    let kind = match jwt::classify(&pat) {
-        Ok(k) => k,
+    let usable = match usable_credential(jwt::classify(&pat), &parts.pat.describe, unix_now()) {
+        Ok(u) => u,
         Err(e) => {
-            r.fail(
-                "PAT",
-                format!("{e}: configure a Label Studio Personal Access Token"),
-            );
+            r.fail("PAT", e.message);
             return Ok(r);
         }
     };
-    match &kind {
-        CredentialKind::Pat(c) => match c.exp {
-            Some(exp) if (exp as f64) <= unix_now() => {
-                r.fail(
-                    "PAT",
-                    format!(
-                        "expired at {}: create a new Personal Access Token",
-                        rfc3339(exp)
-                    ),
-                );
-                return Ok(r);
-            }
-            Some(exp) => r.ok(
-                "PAT",
-                format!(
-                    "Personal Access Token (JWT refresh token), expires {}",
-                    rfc3339(exp)
-                ),
+    match usable {
+        Usable::Pat { exp: Some(exp) } => r.ok(
+            "PAT",
+            format!(
+                "Personal Access Token (JWT refresh token), expires {}",
+                rfc3339(exp)
             ),
-            None => r.ok(
-                "PAT",
-                "Personal Access Token (JWT refresh token) without expiry",
-            ),
-        },
-        CredentialKind::Legacy => r.ok(
+        ),
+        Usable::Pat { exp: None } => r.ok(
+            "PAT",
+            "Personal Access Token (JWT refresh token) without expiry",
+        ),
+        Usable::Legacy => r.ok(
             "PAT",
             "legacy API token (40 hex): used with 'Authorization: Token', never refreshed",
         ),
-        CredentialKind::Access(_) => {
-            r.fail("PAT", "this is an access token (token_type=access), valid for minutes: configure the Personal Access Token (refresh token) instead");
-            return Ok(r);
-        }
-        CredentialKind::OtherJwt(c) => {
-            r.fail(
-                "PAT",
-                format!(
-                    "JWT with token_type={:?}: not a Label Studio PAT",
-                    c.token_type.clone().unwrap_or_default()
-                ),
-            );
-            return Ok(r);
-        }
     }
 
     // 2. Reachability.
@@ -154,8 +125,8 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
     }
 
     // 3. Exchange and 4. acceptance.
-    let auth = match kind {
-        CredentialKind::Legacy => {
+    let auth = match usable {
+        Usable::Legacy => {
             r.skip("exchange", "legacy tokens are not exchanged");
             Authorization {
                 scheme: Scheme::Token,

@@ -140,6 +140,54 @@ pub fn unix_now() -> f64 {
         .unwrap_or_default()
 }
 
+/// A credential that can be used: a PAT to exchange, or a legacy token to present as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    /// A JWT refresh token (its `exp`, if any, is in the future).
+    Pat {
+        /// The PAT's own expiry.
+        exp: Option<i64>,
+    },
+    /// A 40-hex legacy token.
+    Legacy,
+}
+
+/// Rejects what cannot work as "the PAT" (empty, garbage, an access token, another JWT type, an
+/// expired PAT) with a configuration error naming the fix; `describe` names the source. Shared by
+/// the refresh loop and `check`, so both say the same thing.
+pub fn usable_credential(
+    kind: Result<CredentialKind, JwtError>,
+    describe: &str,
+    now: f64,
+) -> Result<Usable, AttemptError> {
+    match kind {
+        Err(JwtError::Empty) => Err(AttemptError::config(Reason::SourceUnavailable, format!("the PAT from {describe} is empty"))),
+        Err(_) => Err(AttemptError::config(
+            Reason::Unauthorized,
+            format!("the token from {describe} is neither a Label Studio Personal Access Token (a JWT) nor a 40-hex legacy token"),
+        )),
+        Ok(CredentialKind::Access(_)) => Err(AttemptError::config(
+            Reason::WrongTokenType,
+            "the configured token is an access token (token_type=access), which expires in minutes: configure the Personal Access Token (a refresh token) from Label Studio's Account & Settings instead",
+        )),
+        Ok(CredentialKind::OtherJwt(c)) => Err(AttemptError::config(
+            Reason::WrongTokenType,
+            format!(
+                "the configured JWT has token_type={:?}, not \"refresh\": configure a Label Studio Personal Access Token",
+                c.token_type.unwrap_or_default()
+            ),
+        )),
+        Ok(CredentialKind::Pat(c)) => match c.exp {
+            Some(exp) if (exp as f64) <= now => Err(AttemptError::config(
+                Reason::ExpiredPat,
+                format!("the PAT expired at {}: create a new Personal Access Token in Label Studio", rfc3339(exp)),
+            )),
+            exp => Ok(Usable::Pat { exp }),
+        },
+        Ok(CredentialKind::Legacy) => Ok(Usable::Legacy),
+    }
+}
+
 /// The loop and its dependencies.
 pub struct Refresher<E: Exchange> {
     exchange: E,
@@ -224,53 +272,43 @@ impl<E: Exchange> Refresher<E> {
             }
         };
         let now = unix_now();
-        match jwt::classify(&pat) {
-            Err(JwtError::Empty) => Err(AttemptError::config(
-                Reason::SourceUnavailable,
-                format!("the PAT from {} is empty", self.pat.describe),
-            )),
-            Err(_) => Err(AttemptError::config(
-                Reason::Unauthorized,
-                format!(
-                    "the token from {} is neither a Label Studio Personal Access Token (a JWT) nor a 40-hex legacy token",
-                    self.pat.describe
-                ),
-            )),
-            Ok(CredentialKind::Access(_)) => Err(AttemptError::config(
-                Reason::WrongTokenType,
-                "the configured token is an access token (token_type=access), which expires in minutes: configure the Personal Access Token (a refresh token) from Label Studio's Account & Settings instead",
-            )),
-            Ok(CredentialKind::OtherJwt(c)) => Err(AttemptError::config(
-                Reason::WrongTokenType,
-                format!(
-                    "the configured JWT has token_type={:?}, not \"refresh\": configure a Label Studio Personal Access Token",
-                    c.token_type.unwrap_or_default()
-                ),
-            )),
-            Ok(CredentialKind::Pat(claims)) => {
-                if let Some(exp) = claims.exp {
-                    self.metrics.pat_expiration_timestamp_seconds.set(exp as f64);
-                    if (exp as f64) <= now {
-                        return Err(AttemptError::config(
-                            Reason::ExpiredPat,
-                            format!("the PAT expired at {}: create a new Personal Access Token in Label Studio", rfc3339(exp)),
-                        ));
-                    }
-                }
+        let kind = jwt::classify(&pat);
+        let pat_exp = match &kind {
+            Ok(CredentialKind::Pat(c)) => c.exp.unwrap_or(0),
+            _ => 0,
+        };
+        self.metrics
+            .pat_expiration_timestamp_seconds
+            .set(pat_exp as f64);
+        match usable_credential(kind, &self.pat.describe, now)? {
+            Usable::Pat { .. } => {
                 let access = self.exchange.refresh(&pat).await?;
-                let auth = Authorization { scheme: Scheme::Bearer, token: access.token.clone() };
+                let auth = Authorization {
+                    scheme: Scheme::Bearer,
+                    token: access.token.clone(),
+                };
                 self.exchange.validate(&auth).await?;
-                let set = TokenSet { auth, expires_at: Some(access.exp()), refreshed_at: now as i64 };
+                let set = TokenSet {
+                    auth,
+                    expires_at: Some(access.exp()),
+                    refreshed_at: now as i64,
+                };
                 self.publish(&set).await?;
                 self.legacy_published = None;
                 Ok(Published {
                     set,
-                    basis: Basis::Jwt { iat: access.claims.iat, exp: access.exp(), rand: fastrand::f64() },
+                    basis: Basis::Jwt {
+                        iat: access.claims.iat,
+                        exp: access.exp(),
+                        rand: fastrand::f64(),
+                    },
                 })
             }
-            Ok(CredentialKind::Legacy) => {
-                self.metrics.pat_expiration_timestamp_seconds.set(0.0);
-                let auth = Authorization { scheme: Scheme::Token, token: pat.clone() };
+            Usable::Legacy => {
+                let auth = Authorization {
+                    scheme: Scheme::Token,
+                    token: pat.clone(),
+                };
                 if let Err(e) = self.exchange.validate(&auth).await {
                     let e = AttemptError::from(e);
                     if matches!(e.reason, Reason::LegacyDisabled | Reason::Unauthorized) {
@@ -279,16 +317,29 @@ impl<E: Exchange> Refresher<E> {
                     }
                     return Err(e);
                 }
-                let set = TokenSet { auth, expires_at: None, refreshed_at: now as i64 };
+                let set = TokenSet {
+                    auth,
+                    expires_at: None,
+                    refreshed_at: now as i64,
+                };
                 if self.legacy_published != Some(pat.fingerprint()) {
                     self.publish(&set).await?;
                     self.legacy_published = Some(pat.fingerprint());
                 } else {
                     for i in 0..self.sinks.len() {
-                        self.health.set_held(i, Held { exp: None, valid: true });
+                        self.health.set_held(
+                            i,
+                            Held {
+                                exp: None,
+                                valid: true,
+                            },
+                        );
                     }
                 }
-                Ok(Published { set, basis: Basis::Legacy })
+                Ok(Published {
+                    set,
+                    basis: Basis::Legacy,
+                })
             }
         }
     }
@@ -465,7 +516,6 @@ impl<E: Exchange> Refresher<E> {
                     _ = tokio::time::sleep(nap) => {}
                 }
                 self.health.beat();
-                self.update_valid_gauge();
                 if let Some(Basis::Jwt { iat, exp, rand }) = basis {
                     // Re-plan against the wall clock: a suspended VM or a stepped clock moves `exp` closer.
                     match schedule::plan(&self.policy, unix_now(), iat, exp, rand) {

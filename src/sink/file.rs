@@ -10,7 +10,7 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::{symlink, PermissionsExt},
+    os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -141,7 +141,7 @@ fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::
             let mut f = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode_compat(mode)
+                .mode(mode)
                 .open(&path)?;
             f.write_all(content.as_bytes())?;
             // Mode and group are applied on every write, whatever the umask or earlier state.
@@ -194,17 +194,6 @@ fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::
         }
     }
     Ok(())
-}
-
-/// `OpenOptions::mode` from `OpenOptionsExt`, named so the intent is visible at the call site.
-trait ModeCompat {
-    fn mode_compat(&mut self, mode: u32) -> &mut Self;
-}
-
-impl ModeCompat for fs::OpenOptions {
-    fn mode_compat(&mut self, mode: u32) -> &mut Self {
-        std::os::unix::fs::OpenOptionsExt::mode(self, mode)
-    }
 }
 
 #[cfg(test)]

@@ -90,8 +90,7 @@ impl PatHandle {
     pub fn fixed(pat: Secret) -> PatHandle {
         let (publisher, handle) = channel("value", "value (--pat / LS_PAT)".into());
         publisher.set(PatState::Ready(pat));
-        // The sender lives as long as the receiver would need it: keep it alive by leaking into the
-        // handle's notify closure is unnecessary — a closed watch still returns the last value.
+        // A closed watch channel still returns its last value, and `changed` then waits for ever.
         drop(publisher);
         handle
     }
