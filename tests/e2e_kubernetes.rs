@@ -14,7 +14,7 @@ use kube::{
 };
 use support::{
     kube_api::ApiServer,
-    label_studio::{jwt_claims, LabelStudio, LsOptions},
+    label_studio::{jwt_claims, LabelStudio},
     rbac::{create_secret, grant_minimal_role, secret_data},
     refresher::{assert_no_secrets, read_set, RefresherProc},
 };
@@ -32,13 +32,7 @@ struct Env {
 }
 
 async fn setup(ttl: u64) -> Env {
-    let (kube, ls) = tokio::join!(
-        ApiServer::start(),
-        LabelStudio::start(LsOptions {
-            access_ttl_secs: ttl,
-            ..Default::default()
-        })
-    );
+    let (kube, ls) = tokio::join!(ApiServer::start(), LabelStudio::start_with_ttl(ttl));
     let admin = kube.admin_client().await;
     let ns = kube.create_namespace("e2e").await;
     let pat = ls.create_pat().await;

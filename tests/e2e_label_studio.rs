@@ -26,14 +26,6 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-async fn ls_with_ttl(ttl: u64) -> LabelStudio {
-    LabelStudio::start(LsOptions {
-        access_ttl_secs: ttl,
-        ..Default::default()
-    })
-    .await
-}
-
 /// Common `run` flags: trace logs (to prove nothing leaks even there) and quick retries.
 fn run_args<'a>(url: &'a str, dir: &'a str) -> Vec<&'a str> {
     vec![
@@ -70,7 +62,7 @@ async fn wait_new_token(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successive_refreshes_are_published_atomically_and_accepted() {
-    let ls = ls_with_ttl(12).await;
+    let ls = LabelStudio::start_with_ttl(12).await;
     let pat = ls.create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("token");
@@ -184,7 +176,7 @@ async fn successive_refreshes_are_published_atomically_and_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_token_check_and_startup_diagnosis() {
-    let ls = ls_with_ttl(300).await;
+    let ls = LabelStudio::start_with_ttl(300).await;
     let pat = ls.create_pat().await;
     let url = ls.url();
     let tmp = tempfile::tempdir().unwrap();
@@ -434,7 +426,7 @@ async fn jwt_disabled_for_org_is_diagnosed_and_nothing_published() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_pat_keeps_last_token_until_its_expiry() {
-    let ls = ls_with_ttl(15).await;
+    let ls = LabelStudio::start_with_ttl(15).await;
     let pat = ls.create_pat().await;
     let (tmp, dir, d) = workdir();
     let url = ls.url();
@@ -488,7 +480,7 @@ async fn revoked_pat_keeps_last_token_until_its_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_pat_file_is_picked_up_without_restart() {
-    let ls = ls_with_ttl(60).await;
+    let ls = LabelStudio::start_with_ttl(60).await;
     let pat = ls.create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t");
@@ -529,7 +521,7 @@ async fn rotated_pat_file_is_picked_up_without_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_studio_restart_mid_run_costs_consumers_nothing() {
-    let mut ls = ls_with_ttl(40).await;
+    let mut ls = LabelStudio::start_with_ttl(40).await;
     let pat = ls.create_pat().await;
     let (tmp, dir, d) = workdir();
     let url = ls.url();

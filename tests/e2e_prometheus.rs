@@ -12,7 +12,7 @@ use std::{
 
 use support::{
     free_port,
-    label_studio::{jwt_claims, LabelStudio, LsOptions},
+    label_studio::{jwt_claims, LabelStudio},
     refresher::{read_set, workdir, RefresherProc},
 };
 
@@ -101,11 +101,7 @@ async fn query(client: &reqwest::Client, prom: &str, q: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_and_a_real_prometheus_agree_with_the_published_token() {
     let promtool = tool("promtool");
-    let ls = LabelStudio::start(LsOptions {
-        access_ttl_secs: 300,
-        ..Default::default()
-    })
-    .await;
+    let ls = LabelStudio::start_with_ttl(300).await;
     let pat = ls.create_pat().await;
     let (tmp, dir, d) = workdir();
     let url = ls.url();

@@ -44,7 +44,7 @@ use support::{
         http_get, http_status, jwt_exp, self_signed_cert, unix_now, Consumer, ConsumerReport,
         Fault, FaultProxy, RequestRecord, TlsEndpoint, Tmpfs,
     },
-    label_studio::{LabelStudio, LsOptions},
+    label_studio::LabelStudio,
     refresher::{assert_no_secrets, read_set, RefresherProc},
 };
 
@@ -274,11 +274,7 @@ async fn short_outage(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_outages_cost_consumers_nothing() {
     let t0 = Instant::now();
-    let ls = LabelStudio::start(LsOptions {
-        access_ttl_secs: TTL,
-        ..Default::default()
-    })
-    .await;
+    let ls = LabelStudio::start_with_ttl(TTL).await;
     let pat = ls.create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let step = BACKOFF_MAX + REQUEST_TIMEOUT + 2.0;
@@ -686,11 +682,7 @@ async fn sigterm_mid_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_outages_turn_readiness_false_at_expiry_and_recover() {
     let t0 = Instant::now();
-    let ls = LabelStudio::start(LsOptions {
-        access_ttl_secs: TTL,
-        ..Default::default()
-    })
-    .await;
+    let ls = LabelStudio::start_with_ttl(TTL).await;
     let pat = ls.create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().to_path_buf();
@@ -1031,11 +1023,7 @@ async fn kill_real_binary(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_faults_and_kills_leave_a_whole_set() {
     let t0 = Instant::now();
-    let ls = LabelStudio::start(LsOptions {
-        access_ttl_secs: TTL,
-        ..Default::default()
-    })
-    .await;
+    let ls = LabelStudio::start_with_ttl(TTL).await;
     let pat = ls.create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().to_path_buf();

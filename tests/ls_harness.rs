@@ -30,11 +30,7 @@ fn is_hex40(s: &str) -> bool {
 #[tokio::test]
 async fn pat_refresh_gives_access_with_configured_ttl_that_expires() {
     const TTL: i64 = 20;
-    let ls = LabelStudio::start(LsOptions {
-        access_ttl_secs: TTL as u64,
-        ..LsOptions::default()
-    })
-    .await;
+    let ls = LabelStudio::start_with_ttl(TTL as u64).await;
     assert!(ls.url().starts_with("http://127.0.0.1:"));
     assert!(ls.pid().is_some());
     assert!(ls.log_path().is_file());

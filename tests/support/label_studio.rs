@@ -277,6 +277,15 @@ impl LabelStudio {
         panic!("Label Studio never got the port it was given: {last_err}");
     }
 
+    /// Starts with default options except the access-token lifetime.
+    pub async fn start_with_ttl(access_ttl_secs: u64) -> LabelStudio {
+        Self::start(LsOptions {
+            access_ttl_secs,
+            ..LsOptions::default()
+        })
+        .await
+    }
+
     /// Starts with default options (access TTL 300 s, legacy off).
     pub async fn start_default() -> LabelStudio {
         Self::start(LsOptions::default()).await
@@ -645,28 +654,36 @@ impl LabelStudio {
         authorization: Option<&str>,
         body: &Value,
     ) -> (u16, Value) {
-        let mut rb = self.http.post(self.api(path)).json(body);
-        if let Some(a) = authorization {
-            rb = rb.header(reqwest::header::AUTHORIZATION, a);
-        }
-        let r = rb
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        let status = r.status().as_u16();
-        (status, body_json(r).await)
+        self.send(
+            "POST",
+            path,
+            self.http.post(self.api(path)).json(body),
+            authorization,
+        )
+        .await
     }
 
     /// GET; `authorization` is the full header value.
     pub async fn get(&self, path: &str, authorization: Option<&str>) -> (u16, Value) {
-        let mut rb = self.http.get(self.api(path));
+        self.send("GET", path, self.http.get(self.api(path)), authorization)
+            .await
+    }
+
+    /// Sends `rb` with an optional `Authorization` header value; panics on transport errors.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        mut rb: reqwest::RequestBuilder,
+        authorization: Option<&str>,
+    ) -> (u16, Value) {
         if let Some(a) = authorization {
             rb = rb.header(reqwest::header::AUTHORIZATION, a);
         }
         let r = rb
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let status = r.status().as_u16();
         (status, body_json(r).await)
     }
