@@ -1,18 +1,23 @@
 //! `check`: a human-readable diagnosis, one line per step, stopping at the first step others
-//! depend on. Exit 0 only if every step passes.
+//! depend on. Exit 0 only if every step passes. It uses the same pieces as `run`: the credential
+//! check, the HTTP client, the sinks' own preflight.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, sync::Arc};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    app::{self, AppError},
-    config::Options,
-    exchange::{Authorization, Exchange, Scheme},
-    jwt,
-    refresher::{unix_now, usable_credential, Usable},
-    sink::{file::FileSink, rfc3339, secret::SecretSink, TokenSet},
+    cli::CheckArgs,
+    clock::{rfc3339, unix_now},
+    cluster::Cluster,
+    exchange::Exchange,
+    jwt::{self, Usable},
+    metrics::Metrics,
+    refresher::SKEW_TOLERANCE_SECS,
+    schedule,
+    sink::{file::FileSink, secret::SecretSink, Sink},
     source::PatState,
+    token::{Authorization, Scheme},
 };
 
 /// How long `check` waits for a PAT source (e.g. the Secret watch) to answer.
@@ -33,6 +38,9 @@ impl Report {
         self.failed += 1;
         let _ = writeln!(self.text, "[FAIL] {step}: {detail}");
     }
+    fn warn(&mut self, step: &str, detail: impl std::fmt::Display) {
+        let _ = writeln!(self.text, "[warn] {step}: {detail}");
+    }
     fn skip(&mut self, step: &str, detail: impl std::fmt::Display) {
         let _ = writeln!(self.text, "[skip] {step}: {detail}");
     }
@@ -46,24 +54,62 @@ impl Report {
     }
 }
 
+/// A configuration error that prevents checking at all (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn from(e: impl std::fmt::Display) -> Self {
+        ConfigError(e.to_string())
+    }
+}
+
 /// Runs every check. Configuration errors that prevent checking at all return Err (exit 2).
-pub async fn run(mut opts: Options) -> Result<Report, AppError> {
+pub async fn run(args: CheckArgs) -> Result<Report, ConfigError> {
     let mut r = Report::default();
+    let metrics = Arc::new(Metrics::new());
+    let policy = args
+        .timing
+        .policy(args.sinks.propagation_margin())
+        .map_err(ConfigError::from)?;
     // `check` always tests the token against the API, whatever --no-validate says.
-    opts.no_validate = false;
+    let exchange = args
+        .ls
+        .client(metrics.clone())
+        .map_err(ConfigError::from)?
+        .always_validating(&args.ls.validate_path.0);
     let shutdown = CancellationToken::new();
-    let mut parts = app::build(&opts, false, &shutdown).await?;
+    let needs_cluster = args.pat.secret_ref().is_some() || args.sinks.target_secret.is_some();
+    let cluster = if needs_cluster {
+        match Cluster::connect(args.kube.pod_namespace.as_deref()).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                r.fail("kubernetes", e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if needs_cluster && cluster.is_none() && args.pat.secret_ref().is_some() {
+        return Ok(r);
+    }
+    let mut pat_handle = args.pat.start(
+        cluster.as_ref().map(|c| (c.client.clone(), c.namespace.as_str())),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     r.ok(
         "config",
-        format!(
-            "url {}, PAT from {}",
-            parts.exchange.base_url(),
-            parts.pat.describe
-        ),
+        format!("url {}, PAT from {}", args.ls.url, pat_handle.describe),
     );
+    if let Some(w) = args.ls.cleartext_warning() {
+        r.warn("transport", w);
+    }
 
     // 1. The PAT.
-    let state = tokio::time::timeout(SOURCE_WAIT, parts.pat.ready())
+    let state = tokio::time::timeout(SOURCE_WAIT, pat_handle.ready())
         .await
         .unwrap_or(PatState::Pending);
     let pat = match state {
@@ -71,10 +117,7 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
         PatState::Pending => {
             r.fail(
                 "PAT",
-                format!(
-                    "no answer from {} within {SOURCE_WAIT:?}",
-                    parts.pat.describe
-                ),
+                format!("no answer from {} within {SOURCE_WAIT:?}", pat_handle.describe),
             );
             return Ok(r);
         }
@@ -83,20 +126,17 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
             return Ok(r);
         }
     };
-    let usable = match usable_credential(jwt::classify(&pat), &parts.pat.describe, unix_now()) {
+    let usable = match jwt::usable(&pat, &pat_handle.describe, unix_now()) {
         Ok(u) => u,
         Err(e) => {
-            r.fail("PAT", e.message);
+            r.fail("PAT", e);
             return Ok(r);
         }
     };
     match usable {
         Usable::Pat { exp: Some(exp) } => r.ok(
             "PAT",
-            format!(
-                "Personal Access Token (JWT refresh token), expires {}",
-                rfc3339(exp)
-            ),
+            format!("Personal Access Token (JWT refresh token), expires {}", rfc3339(exp)),
         ),
         Usable::Pat { exp: None } => r.ok(
             "PAT",
@@ -109,22 +149,19 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
     }
 
     // 2. Reachability.
-    match parts.exchange.health().await {
-        Ok(()) => r.ok(
-            "reachable",
-            format!("{}/health says UP", parts.exchange.base_url()),
-        ),
+    match exchange.health_check().await {
+        Ok(()) => r.ok("reachable", format!("{}/health says UP", args.ls.url)),
         Err(e) => {
             r.fail("reachable", e);
             return Ok(r);
         }
     }
-    match parts.exchange.version().await {
+    match exchange.version().await {
         Ok(v) => r.ok("version", format!("Label Studio {v}")),
         Err(e) => r.fail("version", e),
     }
 
-    // 3. Exchange and 4. acceptance.
+    // 3. Exchange, 4. acceptance, 5. timing against this token.
     let auth = match usable {
         Usable::Legacy => {
             r.skip("exchange", "legacy tokens are not exchanged");
@@ -133,7 +170,7 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
                 token: pat,
             }
         }
-        _ => match parts.exchange.refresh(&pat).await {
+        Usable::Pat { .. } => match exchange.refresh(&pat).await {
             Ok(a) => {
                 let lifetime = a.claims.iat.map(|i| a.exp().saturating_sub(i));
                 r.ok(
@@ -146,6 +183,17 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
                             .unwrap_or_default()
                     ),
                 );
+                if let Some(iat) = a.claims.iat {
+                    let offset = iat as f64 - unix_now();
+                    if offset.abs() > SKEW_TOLERANCE_SECS + 1.0 {
+                        r.warn("clock", format!("Label Studio's clock is {offset:+.0}s from this host's: refreshes are timed on Label Studio's clock, but consumers comparing expires_at with their clock will be off"));
+                    }
+                }
+                if let Some(l) = lifetime {
+                    if schedule::lead_exceeds_lifetime(&policy, l as f64) {
+                        r.warn("timing", format!("--min-lead plus --propagation-margin exceed ¾ of the {l}s token lifetime: refreshes will happen at a quarter of it"));
+                    }
+                }
                 Authorization {
                     scheme: Scheme::Bearer,
                     token: a.token,
@@ -157,58 +205,49 @@ pub async fn run(mut opts: Options) -> Result<Report, AppError> {
             }
         },
     };
-    match parts.exchange.validate(&auth).await {
-        Ok(()) => r.ok(
+    match exchange.validate(&auth).await {
+        Ok(_) => r.ok(
             "api",
             format!(
                 "{} accepts the token ({} scheme)",
-                opts.validate_path.0,
+                args.ls.validate_path.0,
                 auth.scheme.as_str()
             ),
         ),
         Err(e) => r.fail("api", e),
     }
 
-    // 5. Sinks, without publishing anything.
-    if let Some(dir) = &opts.token_dir {
-        match FileSink::new(dir.clone(), opts.file_mode.0, opts.file_group).check_writable() {
-            Ok(()) => r.ok("token dir", format!("{} is writable", dir.display())),
-            Err(e) => r.fail("token dir", e.message),
-        }
+    // 6. Sinks, without publishing anything: the same preflight `run` does.
+    let mut sinks: Vec<(&str, Box<dyn Sink>)> = Vec::new();
+    if let Some(dir) = &args.sinks.token_dir {
+        sinks.push((
+            "token dir",
+            Box::new(FileSink::new(
+                dir.clone(),
+                args.sinks.file_mode.0,
+                args.sinks.file_group,
+            )),
+        ));
     }
-    if let Some(t) = &opts.target_secret {
-        let cluster = match parts.cluster.take() {
-            Some(c) => Some(c),
-            None => crate::cluster::Cluster::connect(opts.pod_namespace.as_deref())
-                .await
-                .ok(),
-        };
-        match cluster {
-            Some(c) => {
-                let sink = SecretSink::new(
+    if let Some(t) = &args.sinks.target_secret {
+        match &cluster {
+            Some(c) => sinks.push((
+                "target secret",
+                Box::new(SecretSink::new(
                     c.client.clone(),
                     t.namespace_or(&c.namespace),
                     &t.name,
-                    opts.target_secret_force,
-                    parts.metrics.clone(),
-                );
-                let probe = TokenSet {
-                    auth,
-                    expires_at: None,
-                    refreshed_at: unix_now() as i64,
-                };
-                match sink.dry_run(&probe).await {
-                    Ok(()) => r.ok(
-                        "target secret",
-                        format!("server-side apply to {t} allowed (dry run)"),
-                    ),
-                    Err(e) => r.fail("target secret", e.message),
-                }
-            }
-            None => r.fail(
-                "target secret",
-                "no Kubernetes configuration (in-cluster or KUBECONFIG)",
-            ),
+                    args.sinks.target_secret_force,
+                    metrics.clone(),
+                )),
+            )),
+            None => r.fail("target secret", "no Kubernetes connection (see above)"),
+        }
+    }
+    for (step, sink) in sinks {
+        match sink.preflight().await {
+            Ok(what) => r.ok(step, what),
+            Err(e) => r.fail(step, e.message),
         }
     }
     shutdown.cancel();

@@ -8,7 +8,19 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use crate::{metrics::Metrics, reason::Reason, refresher::Notifier};
+use crate::{metrics::Metrics, notify::Notifier, reason::Reason};
+
+/// Where this process runs in the cluster (downward API), for Events and default namespaces.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeArgs {
+    /// This pod's name (downward API), so Kubernetes Events can be attached to it.
+    #[arg(long, env = "LS_POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// This pod's namespace (downward API); also the default namespace for Secret references.
+    #[arg(long, env = "LS_POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub pod_namespace: Option<String>,
+}
 
 /// Field manager for server-side apply and the Events' reporting controller.
 pub const MANAGER: &str = "ls-token-refresher";
@@ -72,12 +84,12 @@ impl EventNotifier {
         }
     }
 
-    async fn publish(&self, type_: EventType, reason: String, note: String) {
+    async fn publish(&self, type_: EventType, reason: String, note: &'static str) {
         let ev = Event {
             type_,
             reason,
-            // Events are capped at 1 kB by the API.
-            note: Some(note.chars().take(1000).collect()),
+            // A fixed summary: Events are readable by many, so no server text, URLs or names.
+            note: Some(note.to_owned()),
             action: "RefreshToken".into(),
             secondary: None,
         };
@@ -107,10 +119,10 @@ pub fn event_reason(reason: Reason) -> String {
 }
 
 impl Notifier for EventNotifier {
-    fn warning(&self, reason: Reason, note: String) -> BoxFuture<'_, ()> {
+    fn warning(&self, reason: Reason, note: &'static str) -> BoxFuture<'_, ()> {
         Box::pin(self.publish(EventType::Warning, event_reason(reason), note))
     }
-    fn recovered(&self, note: String) -> BoxFuture<'_, ()> {
+    fn recovered(&self, note: &'static str) -> BoxFuture<'_, ()> {
         Box::pin(self.publish(EventType::Normal, "TokenRefreshed".into(), note))
     }
 }

@@ -1,18 +1,20 @@
 //! Talking to Label Studio: the PAT → access-token exchange (`POST /api/token/refresh`), the
-//! validation call that proves a token works before we publish it, and the health/version probes
-//! used by `check`. Every request has a timeout, a size-capped body and a counter; every outcome
-//! is classified into a [`Reason`] using the real server's responses (see the shared API facts).
+//! validation call that proves a token works before we publish it, and the cheap probes
+//! (`/health`, `/api/version`) used for fast recovery, for telling a wrong `--url` apart, and by
+//! `check`. Every request has a timeout, a size-capped body and a counter; every outcome is
+//! classified into a [`Reason`] using the real server's responses (see the shared API facts).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
 use reqwest::{header, StatusCode};
 
 use crate::{
-    config::{BaseUrl, Options},
     jwt::{self, Claims},
     metrics::Metrics,
     reason::Reason,
     secret::Secret,
+    token::{Authorization, Scheme},
+    values::{ApiPath, BaseUrl, PositiveDur},
 };
 
 /// Largest response body we read. An access token response is ~300 bytes and error bodies < 1 KiB;
@@ -20,39 +22,131 @@ use crate::{
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest server `detail` text we keep for messages (it is never used as a label).
 const MAX_DETAIL_CHARS: usize = 200;
+/// Timeout of a `/health` probe during an outage: the probe only asks "are you back?", and a
+/// black-holed server must not hold the loop for a whole request timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How a token is presented to the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    /// `Authorization: Bearer <access JWT>`.
-    Bearer,
-    /// `Authorization: Token <legacy token>`.
-    Token,
+/// How to reach Label Studio (shared by every command).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabelStudioArgs {
+    /// Label Studio base URL, e.g. http://label-studio:8080.
+    #[arg(long, env = "LS_URL", value_name = "URL")]
+    pub url: BaseUrl,
+
+    /// Timeout of each HTTP request to Label Studio (connect + response).
+    #[arg(
+        long,
+        env = "LS_REQUEST_TIMEOUT",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub request_timeout: PositiveDur,
+
+    /// TCP/TLS connect timeout to Label Studio.
+    #[arg(
+        long,
+        env = "LS_CONNECT_TIMEOUT",
+        default_value = "5s",
+        value_name = "DURATION"
+    )]
+    pub connect_timeout: PositiveDur,
+
+    /// PEM file of CA certificates to trust in addition to the system ones (private CAs).
+    #[arg(long, env = "LS_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
+    /// API path used to test each new token before publishing it.
+    #[arg(
+        long,
+        env = "LS_VALIDATE_PATH",
+        default_value = "/api/current-user/whoami",
+        value_name = "PATH"
+    )]
+    pub validate_path: ApiPath,
+
+    /// Publish new tokens without testing them against the API first.
+    #[arg(long, env = "LS_NO_VALIDATE")]
+    pub no_validate: bool,
+
+    /// Refuse a plain http:// URL to anything but loopback (the PAT would cross the network in cleartext).
+    #[arg(long, env = "LS_REQUIRE_HTTPS")]
+    pub require_https: bool,
 }
 
-impl Scheme {
-    /// The scheme word, as Label Studio expects it (case-sensitive for Bearer).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Bearer => "Bearer",
-            Scheme::Token => "Token",
+/// Why the Label Studio arguments cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA file could not be read or parsed.
+    #[error("--ca-file (LS_CA_FILE) {path}: {cause}")]
+    CaFile {
+        /// Path.
+        path: String,
+        /// Cause.
+        cause: String,
+    },
+    /// Cleartext to a remote host with `--require-https`.
+    #[error("--url (LS_URL) {0} is plain http:// to a host that is not loopback, and --require-https (LS_REQUIRE_HTTPS) is set: use https://")]
+    Cleartext(String),
+    /// reqwest refused the configuration.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+impl LabelStudioArgs {
+    /// A warning for plain `http://` to a host that is not loopback: the PAT travels in cleartext
+    /// on every refresh (in-cluster `http://label-studio:8080` is common, so not refused by default).
+    pub fn cleartext_warning(&self) -> Option<String> {
+        (!self.url.is_https() && !self.url.is_loopback()).then(|| {
+            format!(
+                "--url {} is plain http:// to a remote host: the PAT and tokens cross the network in cleartext (use https://, or --require-https to refuse this)",
+                self.url
+            )
+        })
+    }
+
+    /// Builds the client; `validate` false skips the pre-publish API test (`--no-validate`).
+    pub fn client(&self, metrics: Arc<Metrics>) -> Result<HttpExchange, ClientError> {
+        if self.require_https && self.cleartext_warning().is_some() {
+            return Err(ClientError::Cleartext(self.url.to_string()));
         }
+        HttpExchange::new(
+            ClientConfig {
+                base: self.url.clone(),
+                request_timeout: self.request_timeout.0,
+                connect_timeout: self.connect_timeout.0,
+                ca_file: self.ca_file.clone(),
+                validate_path: (!self.no_validate).then(|| self.validate_path.0.clone()),
+            },
+            metrics,
+        )
     }
 }
 
-/// A token and the scheme to present it with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authorization {
-    /// Presentation scheme.
-    pub scheme: Scheme,
-    /// The token.
-    pub token: Secret,
+/// Everything the HTTP client needs (no CLI types, so tests build it directly).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL.
+    pub base: BaseUrl,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Extra CA bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Path that proves a token works; None skips validation.
+    pub validate_path: Option<String>,
 }
 
-impl Authorization {
-    /// The full header value, e.g. `Bearer eyJ…` (kept secret).
-    pub fn header_value(&self) -> Secret {
-        Secret::new(format!("{} {}", self.scheme.as_str(), self.token.expose()))
+impl ClientConfig {
+    /// Defaults as on the command line, for `base`.
+    pub fn new(base: BaseUrl) -> Self {
+        ClientConfig {
+            base,
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            ca_file: None,
+            validate_path: Some("/api/current-user/whoami".into()),
+        }
     }
 }
 
@@ -72,6 +166,24 @@ impl AccessToken {
     }
 }
 
+/// A token the API accepted, and Label Studio's clock as its `Date` header said (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Accepted {
+    /// The server's `Date`, if it sent one.
+    pub server_date: Option<f64>,
+}
+
+/// What `/api/version` says about the server at `--url`.
+#[derive(Debug, Clone)]
+pub enum Identity {
+    /// Label Studio, with its release.
+    LabelStudio(String),
+    /// Something answered, and it is not Label Studio.
+    NotLabelStudio(&'static str),
+    /// No conclusive answer (down, timeout, 5xx): say nothing.
+    Unknown(ExchangeError),
+}
+
 /// Everything that can go wrong talking to Label Studio.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ExchangeError {
@@ -84,7 +196,8 @@ pub enum ExchangeError {
         what: &'static str,
         /// HTTP status.
         status: u16,
-        /// Server `detail`, sanitised and shortened.
+        /// Server `detail`, sanitised and shortened; None when the body was not Label Studio's
+        /// error JSON.
         detail: Option<String>,
         /// `Retry-After`, if the server sent one.
         retry_after: Option<Duration>,
@@ -181,6 +294,19 @@ impl ExchangeError {
                 }
             )
     }
+
+    /// True for answers Label Studio never gives on its token endpoint: 404/405/501, HTML, or a 4xx
+    /// whose body is not Label Studio's error JSON. Worth asking `/api/version` who is there.
+    /// (5xx pages of a proxy in front of a Label Studio that is down are not counted: transient.)
+    pub fn looks_foreign(&self) -> bool {
+        match self {
+            ExchangeError::InvalidResponse { .. } => true,
+            ExchangeError::Http { status, detail, .. } => {
+                matches!(status, 404 | 405 | 501) || ((400..500).contains(status) && detail.is_none())
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The operations the refresher needs from Label Studio; a trait so the loop can be driven by fakes.
@@ -194,7 +320,13 @@ pub trait Exchange: Send + Sync + 'static {
     fn validate(
         &self,
         auth: &Authorization,
-    ) -> impl Future<Output = Result<(), ExchangeError>> + Send;
+    ) -> impl Future<Output = Result<Accepted, ExchangeError>> + Send;
+    /// `GET /health` with a short timeout: Ok when Label Studio says it is up.
+    fn health(&self) -> impl Future<Output = Result<(), ExchangeError>> + Send;
+    /// `GET /api/version`: who answers at the base URL.
+    fn identify(&self) -> impl Future<Output = Identity> + Send;
+    /// The base URL, for messages.
+    fn base(&self) -> String;
 }
 
 /// The real HTTP client (rustls, keep-alive, timeouts, no redirects).
@@ -207,36 +339,20 @@ pub struct HttpExchange {
     metrics: Arc<Metrics>,
 }
 
-/// Could not build the HTTP client.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The CA file could not be read or parsed.
-    #[error("--ca-file (LS_CA_FILE) {path}: {cause}")]
-    CaFile {
-        /// Path.
-        path: String,
-        /// Cause.
-        cause: String,
-    },
-    /// reqwest refused the configuration.
-    #[error("cannot build the HTTP client: {0}")]
-    Build(String),
-}
-
 impl HttpExchange {
-    /// Builds the client from options. Redirects are not followed: a redirect means a login page or
-    /// a wrong URL, which must be diagnosed, not silently followed with our PAT.
-    pub fn new(opts: &Options, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
+    /// Builds the client. Redirects are not followed: a redirect means a login page or a wrong
+    /// URL, which must be diagnosed, not silently followed with our PAT.
+    pub fn new(config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("ls-token-refresher/", env!("CARGO_PKG_VERSION")))
-            .timeout(opts.request_timeout.0)
-            .connect_timeout(opts.connect_timeout.0)
+            .timeout(config.request_timeout)
+            .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             // Keep one warm connection: a refresh every few minutes should not pay a TLS handshake.
             .pool_idle_timeout(Duration::from_secs(600))
             .pool_max_idle_per_host(2)
             .no_proxy();
-        if let Some(path) = &opts.ca_file {
+        if let Some(path) = &config.ca_file {
             let err = |cause: String| ClientError::CaFile {
                 path: path.display().to_string(),
                 cause,
@@ -254,9 +370,9 @@ impl HttpExchange {
             .map_err(|e| ClientError::Build(e.to_string()))?;
         Ok(HttpExchange {
             client,
-            base: opts.base_url().clone(),
-            validate_path: (!opts.no_validate).then(|| opts.validate_path.0.clone()),
-            timeout: opts.request_timeout.0,
+            base: config.base,
+            validate_path: config.validate_path,
+            timeout: config.request_timeout,
             metrics,
         })
     }
@@ -264,6 +380,12 @@ impl HttpExchange {
     /// The base URL.
     pub fn base_url(&self) -> &BaseUrl {
         &self.base
+    }
+
+    /// The same client, always validating at `path` (used by `check`, whatever `--no-validate` says).
+    pub fn always_validating(mut self, path: &str) -> Self {
+        self.validate_path = Some(path.to_owned());
+        self
     }
 
     fn count(&self, endpoint: &'static str, status: Option<StatusCode>) {
@@ -301,16 +423,19 @@ impl HttpExchange {
         };
         let status = resp.status();
         self.count(endpoint, Some(status));
-        let retry_after = resp
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        let text = |name: header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let retry_after = text(header::RETRY_AFTER).and_then(|v| parse_retry_after(&v));
+        let server_date = text(header::DATE)
+            .and_then(|v| httpdate::parse_http_date(&v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64());
+        let content_type = text(header::CONTENT_TYPE)
+            .unwrap_or_default()
             .to_ascii_lowercase();
         let (body, truncated) = read_capped(resp)
             .await
@@ -318,18 +443,22 @@ impl HttpExchange {
         Ok(Reply {
             status,
             retry_after,
+            server_date,
             content_type,
             body,
             truncated,
         })
     }
 
-    /// `GET /health`: true when Label Studio says `UP`.
-    pub async fn health(&self) -> Result<(), ExchangeError> {
+    /// `GET /health` with the request timeout (for `check`).
+    pub async fn health_check(&self) -> Result<(), ExchangeError> {
+        self.get_health(self.timeout).await
+    }
+
+    async fn get_health(&self, timeout: Duration) -> Result<(), ExchangeError> {
         let what = "health check";
-        let r = self
-            .send("health", what, self.client.get(self.base.join("/health")))
-            .await?;
+        let req = self.client.get(self.base.join("/health")).timeout(timeout);
+        let r = self.send("health", what, req).await?;
         if r.status.is_success() && String::from_utf8_lossy(&r.body).contains("UP") {
             Ok(())
         } else if r.status.is_success() {
@@ -354,15 +483,20 @@ impl HttpExchange {
         }
         let v: serde_json::Value = serde_json::from_slice(&r.body)
             .map_err(|_| self.invalid(what, "/api/version is not JSON: is this Label Studio?"))?;
-        Ok(v.get("release")
+        let release = v
+            .get("release")
             .and_then(|x| x.as_str())
-            .map(|s| {
-                s.chars()
-                    .filter(|c| c.is_ascii_graphic())
-                    .take(40)
-                    .collect()
-            })
-            .unwrap_or_else(|| "unknown".into()))
+            .ok_or_else(|| {
+                self.invalid(
+                    what,
+                    "/api/version has no \"release\": is this Label Studio?",
+                )
+            })?;
+        Ok(release
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(40)
+            .collect())
     }
 
     fn invalid(&self, what: &'static str, problem: &'static str) -> ExchangeError {
@@ -392,9 +526,9 @@ impl Exchange for HttpExchange {
         Err(classify_status(what, &r, Some(pat)))
     }
 
-    async fn validate(&self, auth: &Authorization) -> Result<(), ExchangeError> {
+    async fn validate(&self, auth: &Authorization) -> Result<Accepted, ExchangeError> {
         let Some(path) = &self.validate_path else {
-            return Ok(());
+            return Ok(Accepted { server_date: None });
         };
         let what = "token validation";
         let mut value =
@@ -418,7 +552,9 @@ impl Exchange for HttpExchange {
                     "validation path answered an HTML page: check --validate-path",
                 ));
             }
-            return Ok(());
+            return Ok(Accepted {
+                server_date: r.server_date,
+            });
         }
         if r.status.is_redirection() {
             return Err(self.invalid(
@@ -458,21 +594,54 @@ impl Exchange for HttpExchange {
         }
         Err(classify_status(what, &r, Some(&auth.token)))
     }
+
+    async fn health(&self) -> Result<(), ExchangeError> {
+        self.get_health(PROBE_TIMEOUT.min(self.timeout)).await
+    }
+
+    async fn identify(&self) -> Identity {
+        match self.version().await {
+            Ok(release) => Identity::LabelStudio(release),
+            Err(ExchangeError::InvalidResponse { problem, .. }) => Identity::NotLabelStudio(problem),
+            Err(e) if e.looks_foreign() => {
+                Identity::NotLabelStudio("/api/version is not there (404/405/501 or a page that is not Label Studio's)")
+            }
+            Err(e) => Identity::Unknown(e),
+        }
+    }
+
+    fn base(&self) -> String {
+        self.base.to_string()
+    }
 }
 
-/// A response, read.
-#[derive(Debug)]
+/// A response, read. Its `Debug` omits the body, which may hold an access token.
 pub struct Reply {
     /// Status.
     pub status: StatusCode,
     /// Parsed `Retry-After`.
     pub retry_after: Option<Duration>,
+    /// The server's `Date` (unix seconds).
+    pub server_date: Option<f64>,
     /// Lower-cased content type.
     pub content_type: String,
     /// Body, at most [`MAX_BODY_BYTES`].
     pub body: Vec<u8>,
     /// True when the body was longer than the cap.
     pub truncated: bool,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply")
+            .field("status", &self.status)
+            .field("retry_after", &self.retry_after)
+            .field("server_date", &self.server_date)
+            .field("content_type", &self.content_type)
+            .field("body_bytes", &self.body.len())
+            .field("truncated", &self.truncated)
+            .finish()
+    }
 }
 
 async fn read_capped(mut resp: reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
@@ -680,6 +849,7 @@ mod tests {
         Reply {
             status: StatusCode::from_u16(status).unwrap(),
             retry_after: None,
+            server_date: None,
             content_type: ct.into(),
             body: body.as_bytes().to_vec(),
             truncated: false,
@@ -795,6 +965,30 @@ mod tests {
     }
 
     #[test]
+    fn foreign_answers_are_told_apart_from_label_studio_errors() {
+        let foreign = |status: u16, ct: &str, body: &str| {
+            classify_status("t", &reply(status, ct, body), None).looks_foreign()
+        };
+        assert!(foreign(501, "text/html", "<h1>Not Implemented</h1>"));
+        assert!(foreign(405, "application/json", r#"{"error":"nope"}"#));
+        assert!(foreign(404, "text/html", "<html>"));
+        assert!(foreign(400, "text/plain", "bad"));
+        assert!(!classify_status("t", &ls_error(401, "Token is invalid"), None).looks_foreign());
+        assert!(!classify_status("t", &ls_error(400, "Validation error"), None).looks_foreign());
+        assert!(!foreign(502, "text/html", "<h1>Bad Gateway</h1>"), "proxy 5xx is transient");
+    }
+
+    #[test]
+    fn reply_debug_never_shows_the_body() {
+        let access = make_jwt(r#"{"token_type":"access","exp":1000}"#);
+        let r = reply(200, "application/json", &format!(r#"{{"access":"{access}"}}"#));
+        let text = format!("{r:?}");
+        assert!(!text.contains(&access) && text.contains("body_bytes"), "{text}");
+        let t = parse_refresh_body(&r).unwrap();
+        assert!(!format!("{t:?}").contains(&access));
+    }
+
+    #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
         assert_eq!(
@@ -814,7 +1008,7 @@ mod tests {
         /// Response parsing never panics on any body (fuzzing with proptest).
         #[test]
         fn parsing_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..2048), status in 100u16..600) {
-            let r = Reply { status: StatusCode::from_u16(status).unwrap(), retry_after: None, content_type: "application/json".into(), body, truncated: false };
+            let r = Reply { status: StatusCode::from_u16(status).unwrap(), retry_after: None, server_date: None, content_type: "application/json".into(), body, truncated: false };
             let _ = parse_refresh_body(&r);
             let _ = classify_status("t", &r, None);
             let _ = extract_detail(&r.body, None);
@@ -824,7 +1018,7 @@ mod tests {
         #[test]
         fn json_shapes_never_panic(s in "\\PC{0,200}") {
             let body = serde_json::json!({"access": s.clone(), "detail": s}).to_string();
-            let r = Reply { status: StatusCode::OK, retry_after: None, content_type: String::new(), body: body.into_bytes(), truncated: false };
+            let r = Reply { status: StatusCode::OK, retry_after: None, server_date: None, content_type: String::new(), body: body.into_bytes(), truncated: false };
             let _ = parse_refresh_body(&r);
             let _ = extract_detail(&r.body, Some(&Secret::new("x")));
         }

@@ -1,53 +1,67 @@
 //! What `/livez` and `/readyz` report. The refresher writes, the admin server reads.
 //!
-//! Ready means: not draining, and every configured sink holds a token that is valid right now
-//! (unexpired JWT, or a legacy token the API last accepted). Alive means the refresh loop has
-//! ticked recently (it wakes at least every [`crate::refresher::TICK`]).
+//! Ready means: not draining, and every sink holds a token that is valid right now (an access
+//! token before its expiry, or a legacy token the API last accepted). Expiry is kept on the
+//! suspend-aware monotonic clock, anchored on when the token was received and corrected for clock
+//! skew with Label Studio, so a wrong wall clock cannot make readiness lie.
+//!
+//! Alive means the refresh loop has not missed its own deadline: before every sleep or attempt the
+//! loop says by when it will be back ([`Health::expect_by`]); no heartbeat ticks in between.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+use std::sync::{Arc, Mutex};
+
+use crate::{
+    clock::{Clock, Mono},
+    reason::Reason,
 };
-
-use crate::reason::Reason;
-
-/// The loop is considered stuck when it has not ticked for this long (several ticks plus the longest
-/// possible attempt: two requests at the default 10 s timeout and a publish).
-pub const LIVENESS_STALL: Duration = Duration::from_secs(120);
 
 /// What one sink holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Held {
-    /// Token expiry (unix seconds); None for a legacy token.
-    pub exp: Option<f64>,
-    /// False once the API rejected the held (legacy) token.
+    /// When the token stops working, on the monotonic clock; None for a legacy token.
+    pub expires: Option<Mono>,
+    /// False once the API rejected the held token.
     pub valid: bool,
 }
 
-#[derive(Debug)]
-struct Inner {
-    sinks: Vec<(&'static str, Option<Held>)>,
-    draining: bool,
-    heartbeat: Instant,
-    last_problem: Option<(Reason, String)>,
+struct Slot {
+    kind: &'static str,
+    held: Option<Held>,
 }
 
-/// Shared health state.
-#[derive(Debug, Clone)]
+struct Inner {
+    slots: Vec<Slot>,
+    draining: bool,
+    loop_deadline: Option<Mono>,
+    problem: Option<(Reason, &'static str)>,
+}
+
+/// Shared health state (cheap to clone).
+#[derive(Clone)]
 pub struct Health {
     inner: Arc<Mutex<Inner>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("ready", &self.ready())
+            .finish()
+    }
 }
 
 impl Health {
-    /// Health for the given sink kinds (in publish order).
-    pub fn new(sinks: &[&'static str]) -> Self {
+    /// Health for sinks of the given kinds (in publish order).
+    pub fn new(clock: Arc<dyn Clock>, kinds: &[&'static str]) -> Self {
         Health {
             inner: Arc::new(Mutex::new(Inner {
-                sinks: sinks.iter().map(|s| (*s, None)).collect(),
+                slots: kinds.iter().map(|&kind| Slot { kind, held: None }).collect(),
                 draining: false,
-                heartbeat: Instant::now(),
-                last_problem: None,
+                loop_deadline: None,
+                problem: None,
             })),
+            clock,
         }
     }
 
@@ -55,36 +69,48 @@ impl Health {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The clock readiness is judged by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Records that sink `index` now holds `held`.
     pub fn set_held(&self, index: usize, held: Held) {
-        if let Some(s) = self.lock().sinks.get_mut(index) {
-            s.1 = Some(held);
+        if let Some(s) = self.lock().slots.get_mut(index) {
+            s.held = Some(held);
         }
     }
 
     /// Marks every held token invalid (the API rejected it).
     pub fn invalidate_all(&self) {
-        for s in self.lock().sinks.iter_mut() {
-            if let Some(h) = &mut s.1 {
+        for s in self.lock().slots.iter_mut() {
+            if let Some(h) = &mut s.held {
                 h.valid = false;
             }
         }
     }
 
-    /// The earliest expiry across sinks that hold a JWT.
-    pub fn earliest_exp(&self) -> Option<f64> {
+    /// The earliest expiry across sinks that hold a valid access token.
+    pub fn earliest_expiry(&self) -> Option<Mono> {
         self.lock()
-            .sinks
+            .slots
             .iter()
-            .filter_map(|s| s.1.and_then(|h| h.exp))
-            .fold(None, |acc: Option<f64>, e| {
-                Some(acc.map_or(e, |a| a.min(e)))
-            })
+            .filter_map(|s| s.held.filter(|h| h.valid).and_then(|h| h.expires))
+            .min()
     }
 
-    /// Records the latest problem (cleared by a success).
-    pub fn set_problem(&self, problem: Option<(Reason, String)>) {
-        self.lock().last_problem = problem;
+    /// True when some sink holds a token that still works (so consumers are served).
+    pub fn any_valid(&self) -> bool {
+        let now = self.clock.now();
+        self.lock().slots.iter().any(|s| {
+            s.held
+                .is_some_and(|h| h.valid && h.expires.is_none_or(|e| e > now))
+        })
+    }
+
+    /// Records the latest problem (None after a success).
+    pub fn set_problem(&self, problem: Option<(Reason, &'static str)>) {
+        self.lock().problem = problem;
     }
 
     /// Starts draining: readiness goes false.
@@ -92,44 +118,47 @@ impl Health {
         self.lock().draining = true;
     }
 
-    /// The loop is alive.
-    pub fn beat(&self) {
-        self.lock().heartbeat = Instant::now();
+    /// The loop promises to be back by `deadline` (None: it waits for an event with no deadline).
+    pub fn expect_by(&self, deadline: Option<Mono>) {
+        self.lock().loop_deadline = deadline;
     }
 
     /// Liveness: Ok, or why not.
     pub fn live(&self) -> Result<(), String> {
-        let age = self.lock().heartbeat.elapsed();
-        if age > LIVENESS_STALL {
-            Err(format!(
-                "refresh loop has not ticked for {}s",
-                age.as_secs()
-            ))
-        } else {
-            Ok(())
+        let deadline = self.lock().loop_deadline;
+        match deadline {
+            Some(d) if self.clock.now() > d => Err(format!(
+                "the refresh loop missed its deadline by {}s",
+                self.clock.now().since(d).as_secs()
+            )),
+            _ => Ok(()),
         }
     }
 
-    /// Readiness at wall time `now` (unix seconds): Ok, or a one-line reason.
-    pub fn ready(&self, now: f64) -> Result<(), String> {
+    /// Readiness now: Ok, or a one-line reason (a reason code and a fixed summary, no details).
+    pub fn ready(&self) -> Result<(), String> {
+        let now = self.clock.now();
         let g = self.lock();
         if g.draining {
             return Err("draining: shutting down".into());
         }
-        let why = |base: String| match &g.last_problem {
-            Some((r, msg)) => format!("{base}; last error ({r}): {msg}"),
+        let why = |base: String| match g.problem {
+            Some((r, summary)) => format!("{base}; last error: {r} ({summary})"),
             None => base,
         };
-        for (kind, held) in &g.sinks {
-            match held {
-                None => return Err(why(format!("no token published to the {kind} sink yet"))),
+        for s in &g.slots {
+            match s.held {
+                None => return Err(why(format!("no token published to the {} sink yet", s.kind))),
                 Some(h) if !h.valid => {
                     return Err(why(format!(
-                        "the token in the {kind} sink was rejected by the API"
+                        "the token in the {} sink was rejected by the API",
+                        s.kind
                     )))
                 }
-                Some(Held { exp: Some(exp), .. }) if *exp <= now => {
-                    return Err(why(format!("the token in the {kind} sink has expired")))
+                Some(Held {
+                    expires: Some(exp), ..
+                }) if exp <= now => {
+                    return Err(why(format!("the token in the {} sink has expired", s.kind)))
                 }
                 _ => {}
             }
@@ -137,57 +166,81 @@ impl Health {
         Ok(())
     }
 
-    /// True when `ready(now)` is Ok.
-    pub fn is_ready(&self, now: f64) -> bool {
-        self.ready(now).is_ok()
+    /// True when [`Health::ready`] is Ok.
+    pub fn is_ready(&self) -> bool {
+        self.ready().is_ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn ready_only_when_every_sink_holds_a_valid_token() {
-        let h = Health::new(&["file", "secret"]);
-        assert!(h.ready(0.0).unwrap_err().contains("file"));
+    use super::*;
+    use crate::clock::manual::ManualClock;
+
+    fn at(secs: u64) -> Mono {
+        Mono(Duration::from_secs(secs))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_only_when_every_sink_holds_a_valid_token() {
+        let clock = Arc::new(ManualClock::new(1e9));
+        let h = Health::new(clock.clone(), &["file", "secret"]);
+        assert!(h.ready().unwrap_err().contains("file"));
         h.set_held(
             0,
             Held {
-                exp: Some(100.0),
+                expires: Some(at(100)),
                 valid: true,
             },
         );
-        assert!(h.ready(0.0).unwrap_err().contains("secret"));
+        assert!(h.ready().unwrap_err().contains("secret"));
         h.set_held(
             1,
             Held {
-                exp: Some(90.0),
+                expires: Some(at(90)),
                 valid: true,
             },
         );
-        assert!(h.is_ready(50.0));
-        assert_eq!(h.earliest_exp(), Some(90.0));
-        h.set_problem(Some((Reason::RevokedPat, "Token is blacklisted".into())));
-        let e = h.ready(95.0).unwrap_err();
+        tokio::time::sleep(Duration::from_secs(49)).await;
+        assert!(h.is_ready());
+        assert_eq!(h.earliest_expiry(), Some(at(90)));
+        h.set_problem(Some((Reason::RevokedPat, Reason::RevokedPat.summary())));
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        let e = h.ready().unwrap_err();
         assert!(e.contains("expired") && e.contains("revoked_pat"), "{e}");
+        assert!(h.any_valid(), "the file sink's token still works");
         h.set_draining();
-        assert!(h.ready(0.0).unwrap_err().contains("draining"));
+        assert!(h.ready().unwrap_err().contains("draining"));
     }
 
-    #[test]
-    fn legacy_tokens_do_not_expire_but_can_be_invalidated() {
-        let h = Health::new(&["file"]);
+    #[tokio::test(start_paused = true)]
+    async fn legacy_tokens_do_not_expire_but_can_be_invalidated() {
+        let h = Health::new(Arc::new(ManualClock::new(0.0)), &["file"]);
         h.set_held(
             0,
             Held {
-                exp: None,
+                expires: None,
                 valid: true,
             },
         );
-        assert!(h.is_ready(1e12));
+        tokio::time::sleep(Duration::from_secs(1_000_000)).await;
+        assert!(h.is_ready());
         h.invalidate_all();
-        assert!(h.ready(0.0).unwrap_err().contains("rejected"));
+        assert!(h.ready().unwrap_err().contains("rejected"));
+        assert!(!h.any_valid());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn liveness_follows_the_loops_own_deadline() {
+        let clock = Arc::new(ManualClock::new(0.0));
+        let h = Health::new(clock.clone(), &["file"]);
+        assert!(h.live().is_ok(), "no deadline: waiting for an event");
+        h.expect_by(Some(clock.now().after(Duration::from_secs(300))));
+        tokio::time::sleep(Duration::from_secs(299)).await;
         assert!(h.live().is_ok());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(h.live().unwrap_err().contains("missed its deadline by 4s"));
     }
 }

@@ -5,7 +5,7 @@
 use base64::Engine;
 use serde::Deserialize;
 
-use crate::secret::Secret;
+use crate::{clock::rfc3339, reason::Reason, secret::Secret};
 
 /// Claims we use from a Label Studio JWT. Unknown claims are ignored.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -94,6 +94,69 @@ pub fn classify(secret: &Secret) -> Result<CredentialKind, JwtError> {
     })
 }
 
+/// A credential that can be used: a PAT to exchange, or a legacy token to present as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    /// A JWT refresh token (its `exp`, if any, is in the future).
+    Pat {
+        /// The PAT's own expiry.
+        exp: Option<i64>,
+    },
+    /// A 40-hex legacy token.
+    Legacy,
+}
+
+/// Why a configured credential cannot work. Each names the fix; none contains the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// Empty after trimming.
+    #[error("the PAT from {0} is empty")]
+    Empty(String),
+    /// Neither a JWT nor a legacy token.
+    #[error("the token from {0} is neither a Label Studio Personal Access Token (a JWT) nor a 40-hex legacy token")]
+    Unrecognised(String),
+    /// An access token where the PAT belongs.
+    #[error("the configured token is an access token (token_type=access), which expires in minutes: configure the Personal Access Token (a refresh token) from Label Studio's Account & Settings instead")]
+    AccessToken,
+    /// Another JWT type.
+    #[error("the configured JWT has token_type={0:?}, not \"refresh\": configure a Label Studio Personal Access Token")]
+    OtherJwt(String),
+    /// The PAT's own `exp` has passed.
+    #[error("the PAT expired at {0}: create a new Personal Access Token in Label Studio")]
+    Expired(String),
+}
+
+impl CredentialError {
+    /// The closed-set reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            CredentialError::Empty(_) => Reason::SourceUnavailable,
+            CredentialError::Unrecognised(_) => Reason::Unauthorized,
+            CredentialError::AccessToken | CredentialError::OtherJwt(_) => Reason::WrongTokenType,
+            CredentialError::Expired(_) => Reason::ExpiredPat,
+        }
+    }
+}
+
+/// Rejects what cannot work as "the PAT" (empty, garbage, an access token, another JWT type, an
+/// expired PAT); `describe` names the source, `now` is the wall clock. Shared by the refresh loop
+/// and `check`, so both say the same thing.
+pub fn usable(secret: &Secret, describe: &str, now: f64) -> Result<Usable, CredentialError> {
+    match classify(secret) {
+        Err(JwtError::Empty) => Err(CredentialError::Empty(describe.to_owned())),
+        Err(_) => Err(CredentialError::Unrecognised(describe.to_owned())),
+        Ok(CredentialKind::Access(_)) => Err(CredentialError::AccessToken),
+        Ok(CredentialKind::OtherJwt(c)) => Err(CredentialError::OtherJwt(
+            c.token_type.unwrap_or_default(),
+        )),
+        Ok(CredentialKind::Pat(c)) => match c.exp {
+            Some(exp) if (exp as f64) <= now => Err(CredentialError::Expired(rfc3339(exp))),
+            exp => Ok(Usable::Pat { exp }),
+        },
+        Ok(CredentialKind::Legacy) => Ok(Usable::Legacy),
+    }
+}
+
 /// `exp`/`iat` are integers in Label Studio's tokens, but RFC 7519 allows any NumericDate (float).
 fn lenient_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let v = Option::<serde_json::Value>::deserialize(d)?;
@@ -177,6 +240,33 @@ pub(crate) mod tests {
         let c = decode_claims(&t).unwrap();
         assert_eq!(c.exp, Some(12));
         assert_eq!(c.iat, None);
+    }
+
+    #[test]
+    fn usable_names_the_problem_without_the_token() {
+        let access = make_jwt(r#"{"token_type":"access","exp":99999999999}"#);
+        let expired = make_jwt(r#"{"token_type":"refresh","exp":1000}"#);
+        let other = make_jwt(r#"{"token_type":"id","exp":99999999999}"#);
+        let good = make_jwt(r#"{"token_type":"refresh","exp":5000}"#);
+        for (value, reason) in [
+            (access.as_str(), Reason::WrongTokenType),
+            (expired.as_str(), Reason::ExpiredPat),
+            (other.as_str(), Reason::WrongTokenType),
+            ("not a token", Reason::Unauthorized),
+            ("  ", Reason::SourceUnavailable),
+        ] {
+            let e = usable(&Secret::new(value), "file /x", 2000.0).unwrap_err();
+            assert_eq!(e.reason(), reason, "{value}");
+            assert!(value.trim().is_empty() || !e.to_string().contains(value));
+        }
+        assert_eq!(
+            usable(&Secret::new(good), "x", 2000.0),
+            Ok(Usable::Pat { exp: Some(5000) })
+        );
+        assert_eq!(
+            usable(&Secret::new("0123456789abcdef0123456789abcdef01234567"), "x", 0.0),
+            Ok(Usable::Legacy)
+        );
     }
 
     proptest::proptest! {

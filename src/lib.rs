@@ -1,28 +1,41 @@
 //! ls-token-refresher: keeps a Label Studio access token fresh for the workloads that call its API.
 //!
-//! Architecture (one module per concern):
-//! - [`config`]: the command line / environment contract;
-//! - [`source`]: where the PAT comes from (value, file, watched Secret);
-//! - [`exchange`]: Label Studio's token API, with error classification into [`reason::Reason`];
-//! - [`schedule`]: when to refresh, how to back off;
-//! - [`refresher`]: the loop tying them together;
-//! - [`sink`]: where tokens go (atomic directory, Secret via server-side apply);
-//! - [`admin`], [`health`], [`metrics`], [`telemetry`]: operating it;
-//! - [`cluster`]: Kubernetes client and Events; [`check`]: the diagnosis; [`app`]: wiring.
+//! Modules, lowest first (a module imports only from modules above it in this list):
+//! - vocabulary: [`secret`], [`reason`], [`values`], [`clock`], [`token`], [`jwt`];
+//! - operating state: [`metrics`], [`health`], [`notify`], [`telemetry`];
+//! - concerns: [`schedule`] (when), [`exchange`] (Label Studio's API), [`cluster`] (Kubernetes
+//!   client and Events), [`source`] (where the PAT comes from), [`sink`] (where tokens go);
+//! - the loop: [`refresher`];
+//! - serving: [`admin`] (health and metrics), [`proxy`] (the auth proxy);
+//! - commands: [`cli`] (the command line, composed from each concern's argument group), [`check`],
+//!   [`cmd`] (wiring per command). `main.rs` only parses, starts telemetry and runs.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, clippy::dbg_macro, clippy::todo)]
+
+pub mod secret;
+pub mod reason;
+pub mod values;
+pub mod clock;
+pub mod token;
+pub mod jwt;
+
+pub mod metrics;
+pub mod health;
+pub mod notify;
+pub mod telemetry;
+
+pub mod schedule;
+pub mod exchange;
+pub mod cluster;
+pub mod source;
+pub mod sink;
+
+pub mod refresher;
 
 pub mod admin;
-pub mod app;
+pub mod proxy;
+
+pub mod cli;
 pub mod check;
-pub mod cluster;
-pub mod config;
-pub mod exchange;
-pub mod health;
-pub mod jwt;
-pub mod metrics;
-pub mod reason;
-pub mod refresher;
-pub mod schedule;
-pub mod secret;
-pub mod sink;
-pub mod source;
-pub mod telemetry;
+pub mod cmd;

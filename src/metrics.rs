@@ -40,6 +40,8 @@ pub struct Metrics {
     pub kube_requests_total: IntCounterVec,
     /// PAT source reloads by `source` (value|file|secret) and `result` (changed|unavailable).
     pub source_reloads_total: IntCounterVec,
+    /// Label Studio's clock minus ours, as last measured (seconds; 0 within the tolerance).
+    pub clock_offset_seconds: Gauge,
     /// 1 for the running version.
     pub build_info: IntGaugeVec,
 }
@@ -124,6 +126,10 @@ impl Metrics {
             &["source", "result"],
         )
         .unwrap();
+        let clock_offset_seconds = gauge(
+            "clock_offset_seconds",
+            "Label Studio's clock minus this host's, measured from token iat and Date headers.",
+        );
         let build_info = IntGaugeVec::new(
             opts("build_info", "Build information; always 1."),
             &["version"],
@@ -143,6 +149,7 @@ impl Metrics {
             Box::new(http_requests_total.clone()),
             Box::new(kube_requests_total.clone()),
             Box::new(source_reloads_total.clone()),
+            Box::new(clock_offset_seconds.clone()),
             Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -173,6 +180,7 @@ impl Metrics {
             http_requests_total,
             kube_requests_total,
             source_reloads_total,
+            clock_offset_seconds,
             build_info,
         }
     }
@@ -234,6 +242,7 @@ mod tests {
             "ls_token_refresher_pat_expiration_timestamp_seconds",
             "ls_token_refresher_token_valid 0",
             "ls_token_refresher_sink_write_errors_total{sink=\"file\"} 0",
+            "ls_token_refresher_clock_offset_seconds 0",
             "ls_token_refresher_build_info{version=",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

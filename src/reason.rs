@@ -89,6 +89,40 @@ impl Reason {
         }
     }
 
+    /// A short, fixed, secret-free explanation for `/readyz`, Events and the proxy's 503 bodies
+    /// (details with server text and URLs go to the log only).
+    pub fn summary(self) -> &'static str {
+        match self {
+            Reason::Unauthorized => "Label Studio does not accept the PAT",
+            Reason::ExpiredPat => "the PAT has expired: create a new one",
+            Reason::RevokedPat => "the PAT was revoked or rotated: put the new PAT into the source",
+            Reason::WrongTokenType => "the configured token is not a Personal Access Token",
+            Reason::InactiveUser => "the PAT's user is deactivated",
+            Reason::BadRequest => "Label Studio refused the request as malformed",
+            Reason::NotFound => "the URL or path does not exist on Label Studio",
+            Reason::ServerError => "Label Studio answered with a server error",
+            Reason::RateLimited => "Label Studio asked us to slow down",
+            Reason::Timeout => "Label Studio did not answer in time",
+            Reason::Network => "cannot reach Label Studio",
+            Reason::Tls => "TLS to Label Studio failed",
+            Reason::InvalidResponse => "the answer was not what Label Studio sends",
+            Reason::ValidationFailed => "the new token could not be validated",
+            Reason::JwtDisabled => "JWT API tokens are disabled for the organization",
+            Reason::LegacyDisabled => "legacy tokens are disabled for the organization",
+            Reason::SourceUnavailable => "the PAT source is unavailable",
+            Reason::PublishFailed => "publishing to a sink failed",
+        }
+    }
+
+    /// True when Label Studio looks unreachable or down (rather than refusing us): worth probing
+    /// `/health` to retry the moment it is back.
+    pub fn is_outage(self) -> bool {
+        matches!(
+            self,
+            Reason::Network | Reason::Timeout | Reason::ServerError | Reason::Tls
+        )
+    }
+
     /// True when the PAT itself is the problem: the user may have rotated it, so re-read the source
     /// before backing off.
     pub fn blames_pat(self) -> bool {
@@ -123,6 +157,8 @@ mod tests {
                 "{s}"
             );
             assert!(seen.insert(s), "duplicate {s}");
+            let summary = r.summary();
+            assert!(!summary.is_empty() && !summary.contains('\n'), "{s}");
         }
     }
 }

@@ -1,11 +1,16 @@
 //! When to refresh and how long to back off: pure arithmetic over the token's own `iat`/`exp`
-//! (never an assumed TTL), so it is unit-tested without clocks.
+//! (never an assumed TTL), so it is unit-tested without clocks. The refresher feeds it Label
+//! Studio's time (our clock corrected by the measured offset), so a skewed clock cannot shift it.
 
 use std::time::Duration;
 
+use crate::values::{Dur, Fraction, PositiveDur};
+
 /// Refreshing more often than at this fraction of a token's lifetime gains nothing (every new token
 /// is just as long), so a lead time larger than the lifetime degrades to this instead of a hot loop.
-const MIN_FRACTION: f64 = 0.25;
+/// It is also the floor between receiving a token and refreshing it again, whatever the clocks say
+/// (only a rejected token or a changed PAT refreshes sooner).
+pub const MIN_FRACTION: f64 = 0.25;
 /// Jitter never exceeds this share of the lifetime, so short tokens keep most of their schedule.
 const MAX_JITTER_FRACTION: f64 = 0.1;
 /// An `iat` this far in the future means our clock and Label Studio's disagree (or ours jumped back).
@@ -14,6 +19,82 @@ pub const CLOCK_SKEW_TOLERANCE_SECS: f64 = 5.0;
 /// Longest planned wait, whatever `exp` says: bounds arithmetic on absurd claims (and a year is
 /// far beyond any Label Studio token lifetime).
 pub const MAX_WAIT: Duration = Duration::from_secs(365 * 86_400);
+
+/// Refresh timing flags (shared by `run`, `once`, `token` and `check`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TimingArgs {
+    /// Refresh when this fraction of the access token's lifetime has passed (0 < f < 1).
+    #[arg(
+        long,
+        env = "LS_REFRESH_FRACTION",
+        default_value = "0.66",
+        value_name = "FRACTION"
+    )]
+    pub refresh_fraction: Fraction,
+
+    /// Refresh at least this long before the access token expires.
+    #[arg(long, env = "LS_MIN_LEAD", default_value = "30s", value_name = "DURATION")]
+    pub min_lead: Dur,
+
+    /// Refresh up to this much earlier at random, so many replicas do not refresh in lock-step.
+    #[arg(long, env = "LS_JITTER", default_value = "10s", value_name = "DURATION")]
+    pub jitter: Dur,
+
+    /// First retry delay after a failed refresh (doubles per failure, with jitter).
+    #[arg(
+        long,
+        env = "LS_BACKOFF_INITIAL",
+        default_value = "1s",
+        value_name = "DURATION"
+    )]
+    pub backoff_initial: PositiveDur,
+
+    /// Longest retry delay; retries are also capped relative to the current token's remaining lifetime.
+    #[arg(
+        long,
+        env = "LS_BACKOFF_MAX",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub backoff_max: Dur,
+
+    /// How often a legacy token is re-validated (to notice revocation or legacy auth being disabled).
+    #[arg(
+        long,
+        env = "LS_LEGACY_RECHECK",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub legacy_recheck: Dur,
+}
+
+/// Timing flags that contradict each other.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimingError(&'static str);
+
+impl TimingArgs {
+    /// The policy, with `propagation_margin` of lead for Secret sinks (zero without one).
+    pub fn policy(&self, propagation_margin: Duration) -> Result<Policy, TimingError> {
+        if self.backoff_max.0 < self.backoff_initial.0 {
+            return Err(TimingError("--backoff-max (LS_BACKOFF_MAX) must not be smaller than --backoff-initial (LS_BACKOFF_INITIAL)"));
+        }
+        if self.legacy_recheck.0 < Duration::from_secs(1) {
+            return Err(TimingError(
+                "--legacy-recheck (LS_LEGACY_RECHECK) must be at least 1s",
+            ));
+        }
+        Ok(Policy {
+            fraction: self.refresh_fraction.0,
+            min_lead: self.min_lead.0,
+            propagation_margin,
+            jitter: self.jitter.0,
+            backoff_initial: self.backoff_initial.0,
+            backoff_max: self.backoff_max.0,
+            legacy_recheck: self.legacy_recheck.0,
+        })
+    }
+}
 
 /// Refresh timing knobs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +111,23 @@ pub struct Policy {
     pub backoff_initial: Duration,
     /// Longest retry delay.
     pub backoff_max: Duration,
+    /// How often a legacy token is re-validated.
+    pub legacy_recheck: Duration,
+}
+
+impl Default for Policy {
+    /// The command line's defaults, without a Secret sink.
+    fn default() -> Self {
+        Policy {
+            fraction: 0.66,
+            min_lead: Duration::from_secs(30),
+            propagation_margin: Duration::ZERO,
+            jitter: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            legacy_recheck: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why a refresh is due now rather than on schedule.
@@ -139,14 +237,7 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy {
-            fraction: 0.66,
-            min_lead: Duration::from_secs(30),
-            propagation_margin: Duration::ZERO,
-            jitter: Duration::from_secs(10),
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(60),
-        }
+        Policy::default()
     }
 
     fn secs(p: Plan) -> f64 {

@@ -5,11 +5,11 @@
 use std::{sync::Arc, time::Duration};
 
 use ls_token_refresher::{
-    config::Cli,
-    exchange::{Authorization, Exchange, ExchangeError, HttpExchange, Scheme},
+    exchange::{ClientConfig, Exchange, ExchangeError, HttpExchange, Identity},
     metrics::Metrics,
     reason::Reason,
     secret::Secret,
+    token::{Authorization, Scheme},
 };
 use wiremock::{
     matchers::{body_json, header, method, path},
@@ -30,26 +30,16 @@ fn jwt(payload: &str) -> String {
     )
 }
 
-fn client(url: &str, extra: &[&str]) -> (HttpExchange, Arc<Metrics>) {
+fn client(url: &str, adjust: impl FnOnce(&mut ClientConfig)) -> (HttpExchange, Arc<Metrics>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut args = vec![
-        "ls-token-refresher",
-        "token",
-        "--url",
-        url,
-        "--pat",
-        "x",
-        "--request-timeout",
-        "500ms",
-    ];
-    args.extend_from_slice(extra);
-    let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
+    let mut config = ClientConfig::new(url.parse().unwrap());
+    config.request_timeout = Duration::from_millis(500);
+    adjust(&mut config);
     let metrics = Arc::new(Metrics::new());
-    (
-        HttpExchange::new(&cli.opts, metrics.clone()).unwrap(),
-        metrics,
-    )
+    (HttpExchange::new(config, metrics.clone()).unwrap(), metrics)
 }
+
+fn defaults(_: &mut ClientConfig) {}
 
 async fn refresh_with(
     resp: ResponseTemplate,
@@ -60,7 +50,7 @@ async fn refresh_with(
         .respond_with(resp)
         .mount(&server)
         .await;
-    let (ex, _) = client(&server.uri(), &[]);
+    let (ex, _) = client(&server.uri(), defaults);
     ex.refresh(&Secret::new("pat")).await
 }
 
@@ -77,7 +67,7 @@ async fn sends_pat_as_json_and_parses_access() {
         .expect(1)
         .mount(&server)
         .await;
-    let (ex, metrics) = client(&server.uri(), &[]);
+    let (ex, metrics) = client(&server.uri(), defaults);
     let t = ex.refresh(&Secret::new("the-pat\n")).await.unwrap();
     assert_eq!(t.exp(), 4000000000);
     assert!(metrics
@@ -145,7 +135,7 @@ async fn connection_refused_is_network() {
         .local_addr()
         .unwrap()
         .port();
-    let (ex, metrics) = client(&format!("http://127.0.0.1:{port}"), &[]);
+    let (ex, metrics) = client(&format!("http://127.0.0.1:{port}"), defaults);
     let e = ex.refresh(&Secret::new("pat")).await.unwrap_err();
     assert_eq!(e.reason(), Reason::Network, "{e}");
     assert!(metrics
@@ -177,7 +167,7 @@ async fn validation_sends_scheme_and_diagnoses_rejections() {
         ))
         .mount(&server)
         .await;
-    let (ex, _) = client(&server.uri(), &[]);
+    let (ex, _) = client(&server.uri(), defaults);
     let bearer = |t: &str| Authorization {
         scheme: Scheme::Bearer,
         token: Secret::new(t),
@@ -196,11 +186,109 @@ async fn validation_sends_scheme_and_diagnoses_rejections() {
         Reason::LegacyDisabled
     );
     // A wrong --validate-path is its own reason, and --no-validate skips the call.
-    let (ex, _) = client(&server.uri(), &["--validate-path", "/nope"]);
+    let (ex, _) = client(&server.uri(), |c| c.validate_path = Some("/nope".into()));
     assert_eq!(
         ex.validate(&bearer("good")).await.unwrap_err().reason(),
         Reason::ValidationFailed
     );
-    let (ex, _) = client(&server.uri(), &["--no-validate"]);
+    let (ex, _) = client(&server.uri(), |c| c.validate_path = None);
     ex.validate(&bearer("bad")).await.unwrap();
+}
+
+/// Validation reports Label Studio's clock from the `Date` header (the refresher re-measures the
+/// offset with it after a wall-clock step).
+#[tokio::test]
+async fn validation_reports_the_servers_date() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/current-user/whoami"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("Date", "Sun, 06 Nov 1994 08:49:37 GMT")
+                .set_body_json(serde_json::json!({"id": 1})),
+        )
+        .mount(&server)
+        .await;
+    let (ex, _) = client(&server.uri(), defaults);
+    let accepted = ex
+        .validate(&Authorization {
+            scheme: Scheme::Bearer,
+            token: Secret::new("t"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(accepted.server_date, Some(784111777.0));
+}
+
+/// What `/api/version` says about the server: Label Studio, something else, or nothing conclusive.
+#[tokio::test]
+async fn identify_tells_label_studio_from_other_servers() {
+    let ls = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"release": "1.23.2"})))
+        .mount(&ls)
+        .await;
+    let (ex, _) = client(&ls.uri(), defaults);
+    assert!(matches!(ex.identify().await, Identity::LabelStudio(v) if v == "1.23.2"));
+
+    let other = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/version"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"version": "2"})))
+        .mount(&other)
+        .await;
+    let (ex, _) = client(&other.uri(), defaults);
+    assert!(matches!(ex.identify().await, Identity::NotLabelStudio(_)));
+
+    let nothing = MockServer::start().await; // 404 for everything
+    let (ex, _) = client(&nothing.uri(), defaults);
+    assert!(matches!(ex.identify().await, Identity::NotLabelStudio(_)));
+
+    let down = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(502).set_body_string("<h1>Bad Gateway</h1>"))
+        .mount(&down)
+        .await;
+    let (ex, _) = client(&down.uri(), defaults);
+    assert!(matches!(ex.identify().await, Identity::Unknown(_)), "a proxy's 502 says nothing");
+
+    // A server answering POST /api/token/refresh with 501 looks foreign; Label Studio's 5xx does not.
+    let e = refresh_with(ResponseTemplate::new(501).set_body_string("Not Implemented"))
+        .await
+        .unwrap_err();
+    assert!(e.looks_foreign(), "{e}");
+    let e = refresh_with(ResponseTemplate::new(500).set_body_json(serde_json::json!({"detail": "User matching query does not exist."})))
+        .await
+        .unwrap_err();
+    assert!(!e.looks_foreign(), "{e}");
+}
+
+/// The outage probe gives up quickly on a server that holds the connection (2 s, not the 10 s
+/// request timeout), and says UP only for Label Studio's answer.
+#[tokio::test]
+async fn health_probe_is_short_and_strict() {
+    let slow = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(200).set_body_string("UP").set_delay(Duration::from_secs(5)))
+        .mount(&slow)
+        .await;
+    let (ex, _) = client(&slow.uri(), |c| c.request_timeout = Duration::from_secs(10));
+    let t0 = std::time::Instant::now();
+    assert_eq!(ex.health().await.unwrap_err().reason(), Reason::Timeout);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_millis(4900),
+        "gave up after {took:?}, not at the 2 s probe timeout"
+    );
+    let up = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"status": "UP"}"#))
+        .mount(&up)
+        .await;
+    let (ex, metrics) = client(&up.uri(), defaults);
+    ex.health().await.unwrap();
+    assert!(metrics.render().contains(r#"endpoint="health"} 1"#));
 }

@@ -17,6 +17,7 @@ use std::{
 use futures::future::BoxFuture;
 
 use super::{Sink, SinkError, TokenSet};
+use crate::clock::rfc3339;
 
 /// Visible file names (a contract with consumers).
 pub const FILES: [&str; 4] = ["token", "authorization", "expires_at", "token.json"];
@@ -37,13 +38,28 @@ impl FileSink {
         FileSink { dir, mode, group }
     }
 
-    /// Checks at start-up that the directory exists and is writable (Vault Agent does the same),
-    /// so a read-only mount fails fast with a clear message rather than at the first refresh.
+    /// Checks at start-up that the directory exists (creating it, and missing parents, owner-only
+    /// when it does not) and is writable, as Vault Agent does, so a read-only mount fails fast with
+    /// a clear message rather than at the first refresh.
     pub fn check_writable(&self) -> Result<(), SinkError> {
         let err = |m: String| SinkError {
             sink: "file",
+            summary: "the token directory is not usable",
             message: m,
         };
+        if fs::symlink_metadata(&self.dir).is_err() {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(dir_mode(self.mode))
+                .create(&self.dir)
+                .map_err(|e| {
+                    err(format!(
+                        "--token-dir {} does not exist and cannot be created: {e}",
+                        self.dir.display()
+                    ))
+                })?;
+        }
         let meta = fs::metadata(&self.dir)
             .map_err(|e| err(format!("--token-dir {}: {e}", self.dir.display())))?;
         if !meta.is_dir() {
@@ -52,8 +68,16 @@ impl FileSink {
                 self.dir.display()
             )));
         }
-        let probe = self.dir.join(format!("..probe.{}", std::process::id()));
-        fs::write(&probe, b"")
+        // An unpredictable name, created exclusively: a planted file or symlink is never followed.
+        let probe = self
+            .dir
+            .join(format!("..probe.{}.{:016x}", std::process::id(), fastrand::u64(..)));
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc_nofollow())
+            .open(&probe)
             .and_then(|_| fs::remove_file(&probe))
             .map_err(|e| {
                 err(format!(
@@ -67,6 +91,7 @@ impl FileSink {
     pub fn write_blocking(&self, set: &TokenSet) -> Result<(), SinkError> {
         write_set(&self.dir, self.mode, self.group, set).map_err(|e| SinkError {
             sink: "file",
+            summary: "writing the token directory failed",
             message: format!("{}: {e}", self.dir.display()),
         })
     }
@@ -81,6 +106,22 @@ impl Sink for FileSink {
         format!("directory {}", self.dir.display())
     }
 
+    fn preflight(&self) -> BoxFuture<'_, Result<String, SinkError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                this.check_writable()
+                    .map(|()| format!("{} is writable", this.dir.display()))
+            })
+            .await
+            .map_err(|e| SinkError {
+                sink: "file",
+                summary: "the token directory is not usable",
+                message: format!("checker task failed: {e}"),
+            })?
+        })
+    }
+
     fn publish<'a>(&'a self, set: &'a TokenSet) -> BoxFuture<'a, Result<(), SinkError>> {
         let this = self.clone();
         let set = set.clone();
@@ -89,6 +130,7 @@ impl Sink for FileSink {
                 .await
                 .map_err(|e| SinkError {
                     sink: "file",
+                    summary: "writing the token directory failed",
                     message: format!("writer task failed: {e}"),
                 })?
         })
@@ -103,7 +145,7 @@ pub fn render(set: &TokenSet) -> [(&'static str, String); 4] {
         "authorization": set.auth.header_value().expose(),
         "scheme": set.auth.scheme.as_str(),
         "expires_at": if expires.is_empty() { serde_json::Value::Null } else { expires.clone().into() },
-        "refreshed_at": super::rfc3339(set.refreshed_at),
+        "refreshed_at": rfc3339(set.refreshed_at),
     });
     [
         ("token", set.auth.token.expose().to_owned()),
@@ -111,6 +153,11 @@ pub fn render(set: &TokenSet) -> [(&'static str, String); 4] {
         ("expires_at", expires),
         ("token.json", json.to_string()),
     ]
+}
+
+/// `O_NOFOLLOW`: refuse to open through a symlink (the value is the same on every Linux ABI we build for).
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 fn dir_mode(file_mode: u32) -> u32 {
@@ -200,8 +247,8 @@ fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::
 mod tests {
     use super::*;
     use crate::{
-        exchange::{Authorization, Scheme},
         secret::Secret,
+        token::{Authorization, Scheme},
     };
     use std::os::unix::fs::MetadataExt;
 
@@ -263,12 +310,36 @@ mod tests {
         sink.write_blocking(&set("new", Some(1))).unwrap();
         assert_eq!(fs::read_to_string(d.path().join("token")).unwrap(), "new");
         let missing = FileSink::new(d.path().join("nope"), 0o600, None);
-        assert!(missing
+        assert!(missing.write_blocking(&set("x", None)).is_err());
+        let file = d.path().join("a-file");
+        fs::write(&file, "x").unwrap();
+        let not_dir = FileSink::new(file.join("sub"), 0o600, None);
+        assert!(not_dir
             .check_writable()
             .unwrap_err()
             .to_string()
-            .contains("nope"));
-        assert!(missing.write_blocking(&set("x", None)).is_err());
+            .contains("a-file"));
+    }
+
+    /// `once --token-dir ./out` creates the directory (and parents), owner-only.
+    #[test]
+    fn missing_token_dir_is_created_owner_only() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a/b/out");
+        FileSink::new(dir.clone(), 0o600, None)
+            .check_writable()
+            .unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(d.path().join("a")).unwrap().mode() & 0o077,
+            0,
+            "parents owner-only too"
+        );
+        let shared = d.path().join("shared");
+        FileSink::new(shared.clone(), 0o640, None)
+            .check_writable()
+            .unwrap();
+        assert_eq!(fs::metadata(&shared).unwrap().mode() & 0o777, 0o750);
     }
 
     #[test]

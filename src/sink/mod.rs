@@ -1,65 +1,99 @@
-//! Where tokens go: a directory shared with the consumer (atomic kubelet-style swap) and/or a
-//! Kubernetes Secret (server-side apply). Sinks are trait objects so tests can inject failing ones.
+//! Where tokens go: a directory shared with the consumer (atomic kubelet-style swap), a Kubernetes
+//! Secret (server-side apply) and, for the auth proxy, memory. Sinks are trait objects so tests
+//! can inject failing ones.
 
 pub mod file;
+pub mod memory;
 pub mod secret;
+
+use std::{path::PathBuf, time::Duration};
 
 use futures::future::BoxFuture;
 
-use crate::exchange::Authorization;
+pub use crate::token::TokenSet;
+use crate::values::{Dur, FileMode, ObjectRef};
 
-/// One consistent set of published values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenSet {
-    /// The token and its scheme.
-    pub auth: Authorization,
-    /// `exp` of the token (unix seconds); None for legacy tokens, which do not expire.
-    pub expires_at: Option<i64>,
-    /// When it was obtained (unix seconds).
-    pub refreshed_at: i64,
+/// Where to publish (`run` and `once` need at least one; `check` tests those given).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SinkArgs {
+    /// Directory to publish `token`, `authorization`, `expires_at` and `token.json` into (atomic swap).
+    #[arg(long, env = "LS_TOKEN_DIR", value_name = "DIR")]
+    pub token_dir: Option<PathBuf>,
+
+    /// Mode of the published files, octal (0640 lets a consumer in the same group read them).
+    #[arg(
+        long,
+        env = "LS_FILE_MODE",
+        default_value = "0600",
+        value_name = "OCTAL"
+    )]
+    pub file_mode: FileMode,
+
+    /// Numeric group id to own the published files (pair with fsGroup and --file-mode 0640).
+    #[arg(long, env = "LS_FILE_GROUP", value_name = "GID")]
+    pub file_group: Option<u32>,
+
+    /// Kubernetes Secret to keep current, `[namespace/]name` (server-side apply of our keys only).
+    #[arg(long, env = "LS_TARGET_SECRET", value_name = "[NS/]NAME")]
+    pub target_secret: Option<ObjectRef>,
+
+    /// Take ownership of target-Secret keys held by another field manager instead of reporting a conflict.
+    #[arg(long, env = "LS_TARGET_SECRET_FORCE")]
+    pub target_secret_force: bool,
+
+    /// Extra lead time before expiry when a Secret sink is used: kubelet takes 60–90 s to update mounts.
+    #[arg(
+        long,
+        env = "LS_PROPAGATION_MARGIN",
+        default_value = "90s",
+        value_name = "DURATION"
+    )]
+    pub propagation_margin: Dur,
 }
 
-impl TokenSet {
-    /// `expires_at` as RFC 3339 UTC, or empty for legacy tokens.
-    pub fn expires_at_rfc3339(&self) -> String {
-        self.expires_at.map(rfc3339).unwrap_or_default()
+impl SinkArgs {
+    /// The lead the Secret sink needs (kubelet propagation), zero without one.
+    pub fn propagation_margin(&self) -> Duration {
+        if self.target_secret.is_some() {
+            self.propagation_margin.0
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// True when no sink is configured.
+    pub fn is_empty(&self) -> bool {
+        self.token_dir.is_none() && self.target_secret.is_none()
     }
 }
 
-/// Formats unix seconds as RFC 3339 UTC (`2026-11-25T12:00:00Z`).
-pub fn rfc3339(unix: i64) -> String {
-    jiff::Timestamp::from_second(unix)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-/// A publish failure: which sink and a secret-free, one-line cause.
+/// A publish (or preflight) failure: which sink, a fixed summary for `/readyz` and Events, and a
+/// secret-free, one-line detail for the log.
 #[derive(Debug, thiserror::Error)]
 #[error("publishing to the {sink} sink failed: {message}")]
 pub struct SinkError {
-    /// Sink kind (`file` or `secret`), also the metric label.
+    /// Sink kind (`file`, `secret` or `proxy`), also the metric label.
     pub sink: &'static str,
-    /// What went wrong.
+    /// Fixed text (no paths, names or server text).
+    pub summary: &'static str,
+    /// What went wrong, in detail.
     pub message: String,
 }
 
 /// A place tokens are published to.
 pub trait Sink: Send + Sync {
-    /// `file` or `secret` (metric label).
+    /// `file`, `secret` or `proxy` (metric label).
     fn kind(&self) -> &'static str;
     /// Human description for logs.
     fn describe(&self) -> String;
+    /// Proves, without publishing, that publishing can work (run at start-up and by `check`);
+    /// Ok carries a one-line description of what was checked.
+    fn preflight(&self) -> BoxFuture<'_, Result<String, SinkError>>;
     /// Publishes `set` as one consistent unit.
     fn publish<'a>(&'a self, set: &'a TokenSet) -> BoxFuture<'a, Result<(), SinkError>>;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_764_072_000), "2025-11-25T12:00:00Z");
+    /// True when a failed preflight must stop start-up (a local misconfiguration); false when it
+    /// may be transient (an API server away) and is only reported.
+    fn preflight_is_fatal(&self) -> bool {
+        true
     }
 }

@@ -1,8 +1,10 @@
 //! Publishing to a Kubernetes Secret with server-side apply under a fixed field manager. We own
-//! only our keys (`token`, `authorization`, `expires_at`), two annotations and one label; other
-//! keys and other managers' fields are never touched. A conflict with another manager is reported,
-//! not forced, unless the user asks for force. If the Secret is missing, apply creates it (RBAC
-//! `create`, granted in its own rule).
+//! only our keys (`token`, `authorization`, `expires_at`), two annotations and one label of our
+//! own (never `app.kubernetes.io/managed-by`, which Helm and Kustomize set on the Secrets they
+//! create); other keys and other managers' fields are never touched. A conflict with another
+//! manager is reported with the server's detail (it names fields and managers, never values), not
+//! forced, unless the user asks for force. The chart creates the target (empty) so the Role needs
+//! no `create`; if the target is missing and may not be created, the message says what to do.
 
 use std::sync::Arc;
 
@@ -11,15 +13,19 @@ use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret as K8sSecret;
 use kube::api::{Api, Patch, PatchParams};
 
-use super::{rfc3339, Sink, SinkError, TokenSet};
-use crate::{cluster::MANAGER, metrics::Metrics};
+use super::{Sink, SinkError, TokenSet};
+use crate::{clock::rfc3339, cluster::MANAGER, metrics::Metrics};
+
+/// Bound for one apply: kube's own client timeouts are tuned for watches (minutes).
+const APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Annotation holding the token's expiry (RFC 3339), for humans and tooling.
 pub const ANNOTATION_EXPIRES_AT: &str = "ls-token-refresher/expires-at";
 /// Annotation holding when the token was obtained (RFC 3339).
 pub const ANNOTATION_REFRESHED_AT: &str = "ls-token-refresher/refreshed-at";
-/// Label marking Secrets we manage.
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label marking Secrets whose token keys we keep current (our own key: Helm owns
+/// `app.kubernetes.io/managed-by` on Secrets it created, and applying it would conflict).
+pub const LABEL_MANAGED: &str = "ls-token-refresher/managed";
 
 /// The Secret sink.
 pub struct SecretSink {
@@ -61,34 +67,68 @@ impl SecretSink {
 
     async fn apply(&self, set: &TokenSet, dry_run: bool) -> Result<(), SinkError> {
         let body = apply_body(&self.namespace, &self.name, set);
-        let result = self
-            .api
-            .patch(&self.name, &self.params(dry_run), &Patch::Apply(&body))
-            .await;
-        self.metrics.kube_call("apply_secret", result.is_ok());
-        result.map(|_| ()).map_err(|e| SinkError {
-            sink: "secret",
-            message: self.explain(e),
-        })
+        let op = if dry_run { "dry_run_apply_secret" } else { "apply_secret" };
+        let result = tokio::time::timeout(
+            APPLY_TIMEOUT,
+            self.api
+                .patch(&self.name, &self.params(dry_run), &Patch::Apply(&body)),
+        )
+        .await;
+        let result = match result {
+            Ok(r) => r.map(|_| ()).map_err(|e| self.explain(e)),
+            Err(_) => Err(SinkError {
+                sink: "secret",
+                summary: "the API server did not answer in time",
+                message: format!(
+                    "Secret {}/{}: no answer from the API server within {APPLY_TIMEOUT:?}",
+                    self.namespace, self.name
+                ),
+            }),
+        };
+        self.metrics.kube_call(op, result.is_ok());
+        result
     }
 
-    /// Server-side dry-run of an apply: proves RBAC and conflicts without writing (used by `check`).
+    /// Server-side dry-run of an apply: proves RBAC and conflicts without writing.
     pub async fn dry_run(&self, set: &TokenSet) -> Result<(), SinkError> {
         self.apply(set, true).await
     }
 
-    fn explain(&self, e: kube::Error) -> String {
+    fn explain(&self, e: kube::Error) -> SinkError {
         let target = format!("Secret {}/{}", self.namespace, self.name);
-        match &e {
-            kube::Error::Api(s) if s.code == 409 => format!(
-                "{target}: conflict: another field manager owns some of our keys (token, authorization, expires_at); \
-                 rename the target or set --target-secret-force (LS_TARGET_SECRET_FORCE) to take them over"
+        let (summary, message) = match &e {
+            kube::Error::Api(s) if s.code == 409 => (
+                "conflict: another field manager owns the target Secret's token keys",
+                format!(
+                    "{target}: conflict: {}; another field manager owns some of our keys (token, authorization, expires_at): \
+                     rename the target or set --target-secret-force (LS_TARGET_SECRET_FORCE) to take them over",
+                    s.message
+                ),
             ),
-            kube::Error::Api(s) if s.code == 403 => format!(
-                "{target}: forbidden: the Role must allow get and patch on secrets/{} (and create on secrets): {}",
-                self.name, s.message
+            kube::Error::Api(s) if s.code == 403 && s.message.contains("cannot create") => (
+                "the target Secret does not exist and may not be created",
+                format!(
+                    "{target} does not exist and this identity may not create it: create it (empty is fine; the Helm chart does) \
+                     or grant create on secrets: {}",
+                    s.message
+                ),
             ),
-            _ => format!("{target}: {e}"),
+            kube::Error::Api(s) if s.code == 403 => (
+                "forbidden: the Role does not allow patching the target Secret",
+                format!(
+                    "{target}: forbidden: the Role must allow get and patch on secrets/{}: {}",
+                    self.name, s.message
+                ),
+            ),
+            _ => (
+                "the API server refused or failed the write",
+                format!("{target}: {e}"),
+            ),
+        };
+        SinkError {
+            sink: "secret",
+            summary,
+            message,
         }
     }
 }
@@ -110,7 +150,7 @@ pub fn apply_body(namespace: &str, name: &str, set: &TokenSet) -> serde_json::Va
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": { LABEL_MANAGED_BY: MANAGER },
+            "labels": { LABEL_MANAGED: "true" },
             "annotations": annotations,
         },
         "data": {
@@ -130,8 +170,33 @@ impl Sink for SecretSink {
         format!("Secret {}/{}", self.namespace, self.name)
     }
 
+    fn preflight(&self) -> BoxFuture<'_, Result<String, SinkError>> {
+        Box::pin(async move {
+            // A placeholder set: a dry run never stores anything.
+            let probe = TokenSet {
+                auth: crate::token::Authorization {
+                    scheme: crate::token::Scheme::Bearer,
+                    token: crate::secret::Secret::new("dry-run"),
+                },
+                expires_at: None,
+                refreshed_at: 0,
+            };
+            self.dry_run(&probe).await.map(|()| {
+                format!(
+                    "server-side apply to Secret {}/{} allowed (dry run)",
+                    self.namespace, self.name
+                )
+            })
+        })
+    }
+
     fn publish<'a>(&'a self, set: &'a TokenSet) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(self.apply(set, false))
+    }
+
+    fn preflight_is_fatal(&self) -> bool {
+        // The API server may be away for a moment at start-up; publishing retries anyway.
+        false
     }
 }
 
@@ -139,8 +204,8 @@ impl Sink for SecretSink {
 mod tests {
     use super::*;
     use crate::{
-        exchange::{Authorization, Scheme},
         secret::Secret,
+        token::{Authorization, Scheme},
     };
     use http::{Request, Response};
     use kube::client::Body;
@@ -169,8 +234,12 @@ mod tests {
             "1970-01-01T00:01:00Z"
         );
         assert!(b.get("type").is_none(), "type is immutable and not ours");
-        // Labels and annotations carry no token.
+        // Labels and annotations carry no token, and the label is ours, not Helm's.
         assert!(!b["metadata"].to_string().contains("tok\""));
+        assert_eq!(b["metadata"]["labels"][LABEL_MANAGED], "true");
+        assert!(b["metadata"]["labels"]
+            .get("app.kubernetes.io/managed-by")
+            .is_none());
     }
 
     /// The request is a server-side apply with our field manager; a 409 becomes an actionable message.
@@ -196,7 +265,7 @@ mod tests {
                 "application/apply-patch+yaml"
             );
             let status = serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure",
-                "message":"Apply failed with 1 conflict","reason":"Conflict","code":409});
+                "message":"Apply failed with 1 conflict: conflict with \"helm\" using v1: .data.token","reason":"Conflict","code":409});
             send.send_response(
                 Response::builder()
                     .status(409)
@@ -209,6 +278,11 @@ mod tests {
             err.message.contains("conflict") && err.message.contains("LS_TARGET_SECRET_FORCE"),
             "{err}"
         );
+        assert!(
+            err.message.contains(r#"conflict with "helm" using v1: .data.token"#),
+            "the server's detail names the field and manager: {err}"
+        );
+        assert!(err.summary.contains("conflict") && !err.summary.contains("ns/out"));
         server.await.unwrap();
     }
 }

@@ -5,11 +5,114 @@
 pub mod file;
 pub mod secret;
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
 
-use crate::secret::Secret;
+use crate::{metrics::Metrics, secret::Secret, values::ObjectRef};
+
+/// Where the PAT comes from (exactly one is required).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PatSourceArgs {
+    /// The one source.
+    #[command(flatten)]
+    pub from: PatFrom,
+
+    /// Key of the PAT inside --pat-secret.
+    #[arg(
+        long,
+        env = "LS_PAT_SECRET_KEY",
+        default_value = "pat",
+        value_name = "KEY"
+    )]
+    pub pat_secret_key: String,
+}
+
+/// The PAT source flags; clap enforces exactly one.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct PatFrom {
+    /// The PAT (or legacy token) itself. Handy locally; prefer --pat-file or --pat-secret in clusters.
+    #[arg(long, env = "LS_PAT", hide_env_values = true, value_name = "TOKEN")]
+    pub pat: Option<Secret>,
+
+    /// File holding the PAT; re-read when it changes (works with mounted Secrets).
+    #[arg(long, env = "LS_PAT_FILE", value_name = "PATH")]
+    pub pat_file: Option<PathBuf>,
+
+    /// Kubernetes Secret holding the PAT, `[namespace/]name`; watched, changes apply at once.
+    #[arg(long, env = "LS_PAT_SECRET", value_name = "[NS/]NAME")]
+    pub pat_secret: Option<ObjectRef>,
+}
+
+impl PatSourceArgs {
+    /// The Secret reference, when the PAT comes from the Kubernetes API.
+    pub fn secret_ref(&self) -> Option<&ObjectRef> {
+        self.from.pat_secret.as_ref()
+    }
+
+    /// Starts the source. `kube` (a client and the default namespace) is needed only for a
+    /// Secret source; the caller connects when [`PatSourceArgs::secret_ref`] says so.
+    pub fn start(
+        &self,
+        kube: Option<(kube::Client, &str)>,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> PatHandle {
+        if let Some(pat) = &self.from.pat {
+            return PatHandle::fixed(pat.clone());
+        }
+        if let Some(path) = &self.from.pat_file {
+            return file::spawn(path.clone(), metrics, shutdown);
+        }
+        match (self.secret_ref(), kube) {
+            (Some(r), Some((client, default_ns))) => {
+                let key_ref = secret::SecretKeyRef {
+                    namespace: r.namespace_or(default_ns).to_owned(),
+                    name: r.name.clone(),
+                    key: self.pat_secret_key.clone(),
+                };
+                secret::spawn(client, key_ref, metrics, shutdown)
+            }
+            // Unreachable through the CLI (clap requires one source; callers connect for a Secret).
+            _ => {
+                let (publisher, handle) = channel("value", "no source".into());
+                publisher.set(PatState::Invalid(Problem::new(
+                    "no PAT source is configured",
+                    "no PAT source configured: set --pat, --pat-file or --pat-secret",
+                )));
+                handle
+            }
+        }
+    }
+}
+
+/// A source problem: a fixed summary (for `/readyz` and Events, which many can read) and a
+/// one-line detail with paths and names (for the log). Never the PAT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Fixed text.
+    pub summary: &'static str,
+    /// Detail for the log.
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem with a fixed `summary` and a `detail`.
+    pub fn new(summary: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            summary,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
 
 /// What a source currently knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +123,10 @@ pub enum PatState {
     Ready(Secret),
     /// The source cannot give a PAT right now (e.g. the Secret does not exist yet); a one-line,
     /// secret-free explanation. The refresher waits for it.
-    Unavailable(String),
+    Unavailable(Problem),
     /// The source has something, but it is not usable (empty, not text, unreadable file): a
     /// configuration error at start-up, reported and waited out later.
-    Invalid(String),
+    Invalid(Problem),
 }
 
 /// The refresher's end of a source.
@@ -143,9 +246,10 @@ mod tests {
             "same value is not a change"
         );
         assert_eq!(h.ready().await, PatState::Ready(Secret::new("a")));
-        p.set(PatState::Unavailable("gone".into()));
+        let gone = Problem::new("the PAT source is unavailable", "gone");
+        p.set(PatState::Unavailable(gone.clone()));
         h.changed().await;
-        assert_eq!(h.current(), PatState::Unavailable("gone".into()));
+        assert_eq!(h.current(), PatState::Unavailable(gone));
 
         let f = PatHandle::fixed(Secret::new("v"));
         assert_eq!(f.current(), PatState::Ready(Secret::new("v")));

@@ -13,7 +13,7 @@ use kube::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{channel, PatHandle, PatPublisher, PatState};
+use super::{channel, PatHandle, PatPublisher, PatState, Problem};
 use crate::{metrics::Metrics, secret::Secret};
 
 /// Bound for a one-off GET: kube's client timeout is tuned for watches (minutes).
@@ -46,16 +46,25 @@ pub fn extract(r: &SecretKeyRef, secret: &K8sSecret) -> PatState {
     match data.and_then(|d| d.get(&r.key)) {
         Some(bytes) => match std::str::from_utf8(&bytes.0) {
             Ok(s) if !s.trim().is_empty() => PatState::Ready(Secret::new(s)),
-            Ok(_) => PatState::Invalid(format!("{r} is empty")),
-            Err(_) => PatState::Invalid(format!("{r} is not UTF-8 text")),
+            Ok(_) => PatState::Invalid(Problem::new(
+                "the PAT Secret's value is empty",
+                format!("{r} is empty"),
+            )),
+            Err(_) => PatState::Invalid(Problem::new(
+                "the PAT Secret's value is not text",
+                format!("{r} is not UTF-8 text"),
+            )),
         },
         None => {
             let keys: Vec<&str> = data
                 .map(|d| d.keys().map(String::as_str).collect())
                 .unwrap_or_default();
-            PatState::Unavailable(format!(
-                "{r} is missing (keys present: [{}]); set --pat-secret-key (LS_PAT_SECRET_KEY)",
-                keys.join(", ")
+            PatState::Unavailable(Problem::new(
+                "the PAT Secret lacks the configured key",
+                format!(
+                    "{r} is missing (keys present: [{}]); set --pat-secret-key (LS_PAT_SECRET_KEY)",
+                    keys.join(", ")
+                ),
             ))
         }
     }
@@ -98,7 +107,7 @@ pub async fn drive<S>(
                 match tokio::time::timeout(KUBE_CALL_TIMEOUT, api.get_opt(&r.name)).await.unwrap_or_else(|_| Err(kube::Error::Service("timed out".into()))) {
                     Ok(obj) => {
                         metrics.kube_call("get_secret", true);
-                        Some(obj.map(|s| extract(&r, &s)).unwrap_or_else(|| PatState::Unavailable(format!("{r}: Secret not found"))))
+                        Some(obj.map(|s| extract(&r, &s)).unwrap_or_else(|| PatState::Unavailable(Problem::new("the PAT Secret was not found", format!("{r}: Secret not found")))))
                     }
                     Err(e) => {
                         metrics.kube_call("get_secret", false);
@@ -118,10 +127,10 @@ pub async fn drive<S>(
                         watcher::Event::InitApply(s) => { seen_in_init = true; Some(extract(&r, &s)) }
                         watcher::Event::InitDone => {
                             metrics.kube_call("watch_secret", true);
-                            (!seen_in_init).then(|| PatState::Unavailable(format!("{r}: Secret not found")))
+                            (!seen_in_init).then(|| PatState::Unavailable(Problem::new("the PAT Secret was not found", format!("{r}: Secret not found"))))
                         }
                         watcher::Event::Apply(s) => Some(extract(&r, &s)),
-                        watcher::Event::Delete(_) => Some(PatState::Unavailable(format!("{r}: Secret was deleted"))),
+                        watcher::Event::Delete(_) => Some(PatState::Unavailable(Problem::new("the PAT Secret was deleted", format!("{r}: Secret was deleted")))),
                     }
                 }
                 Some(Err(e)) => {
@@ -134,7 +143,7 @@ pub async fn drive<S>(
                     // Before the first answer, a failing watch (RBAC, no such namespace) is the state;
                     // after it, the API being away says nothing about the PAT, so keep what we have.
                     matches!(publisher_state(&publisher), PatState::Pending)
-                        .then(|| PatState::Unavailable(format!("cannot watch {r}: {msg}")))
+                        .then(|| PatState::Unavailable(Problem::new("the PAT Secret cannot be watched", format!("cannot watch {r}: {msg}"))))
                 }
             }
         };
@@ -145,7 +154,7 @@ pub async fn drive<S>(
                 "unavailable"
             };
             let describe = match &state {
-                PatState::Unavailable(m) | PatState::Invalid(m) => Some(m.clone()),
+                PatState::Unavailable(m) | PatState::Invalid(m) => Some(m.detail.clone()),
                 _ => None,
             };
             if publisher.set(state) {
@@ -197,7 +206,8 @@ mod tests {
             PatState::Ready(Secret::new("abc"))
         );
         match extract(&kref(), &secret("token", "abc")) {
-            PatState::Unavailable(m) => {
+            PatState::Unavailable(p) => {
+                let m = &p.detail;
                 assert!(
                     m.contains("[token]") && m.contains("LS_PAT_SECRET_KEY") && !m.contains("abc"),
                     "{m}"
@@ -206,7 +216,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(extract(&kref(), &secret("pat", " ")), PatState::Invalid(m) if m.contains("empty"))
+            matches!(extract(&kref(), &secret("pat", " ")), PatState::Invalid(m) if m.detail.contains("empty"))
         );
         assert!(matches!(
             extract(&kref(), &K8sSecret::default()),
@@ -238,13 +248,13 @@ mod tests {
         send(watcher::Event::Init);
         send(watcher::Event::InitDone);
         handle.changed().await;
-        assert!(matches!(handle.current(), PatState::Unavailable(m) if m.contains("not found")));
+        assert!(matches!(handle.current(), PatState::Unavailable(m) if m.detail.contains("not found")));
         send(watcher::Event::Apply(secret("pat", "one")));
         handle.changed().await;
         assert_eq!(handle.current(), PatState::Ready(Secret::new("one")));
         send(watcher::Event::Delete(secret("pat", "one")));
         handle.changed().await;
-        assert!(matches!(handle.current(), PatState::Unavailable(m) if m.contains("deleted")));
+        assert!(matches!(handle.current(), PatState::Unavailable(m) if m.summary.contains("deleted")));
         send(watcher::Event::Apply(secret("pat", "two")));
         handle.changed().await;
         assert_eq!(handle.current(), PatState::Ready(Secret::new("two")));

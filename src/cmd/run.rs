@@ -1,0 +1,154 @@
+//! `run` (sinks, optionally the proxy) and `proxy` (the proxy alone): the long-running commands.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    attempt_budget, build_sinks, connect, notifier, preflight, spawn_signal_handler,
+    start_source, warn_cleartext, AppError,
+};
+use crate::{
+    admin::{self, AdminArgs},
+    cli::{ProxyCommandArgs, RunArgs},
+    exchange::{HttpExchange, LabelStudioArgs},
+    metrics::Metrics,
+    proxy::{self, ProxyArgs, DEFAULT_PROXY_ADDR},
+    refresher::Refresher,
+    sink::{memory::MemorySink, Sink},
+};
+
+/// `run`: serve and refresh until a signal (or `POST /quitquitquit`).
+pub async fn run(args: RunArgs) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let policy = args
+        .timing
+        .policy(args.sinks.propagation_margin())
+        .map_err(AppError::config)?;
+    let exchange = args.ls.client(metrics.clone()).map_err(AppError::config)?;
+    if args.dry_run.dry_run {
+        return dry_run_ok("run");
+    }
+    warn_cleartext(&args.ls);
+    let shutdown = CancellationToken::new();
+    let cluster = connect(&args.kube, &args.pat, Some(&args.sinks)).await?;
+    let pat = start_source(&args.pat, cluster.as_ref(), &metrics, &shutdown);
+    let mut sinks = build_sinks(&args.sinks, cluster.as_ref(), &metrics);
+    preflight(&sinks).await?;
+    let proxy = args.proxy.proxy_addr.map(|addr| {
+        let (sink, tokens) = MemorySink::new();
+        sinks.push(Box::new(sink));
+        (addr, tokens)
+    });
+    let notifier = notifier(&args.kube, &args.pat, Some(&args.sinks), cluster.as_ref(), &metrics);
+    let refresher = Refresher::new(exchange, pat, sinks, policy, metrics.clone())
+        .with_notifier(notifier)
+        .with_attempt_budget(attempt_budget(&args.ls));
+    serve(
+        refresher,
+        &args.ls,
+        &args.admin,
+        proxy.map(|(addr, tokens)| (addr, &args.proxy, tokens)),
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+/// `proxy`: the refresh loop feeding only the auth proxy.
+pub async fn proxy(args: ProxyCommandArgs) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let policy = args
+        .timing
+        .policy(std::time::Duration::ZERO)
+        .map_err(AppError::config)?;
+    let exchange = args.ls.client(metrics.clone()).map_err(AppError::config)?;
+    if args.dry_run.dry_run {
+        return dry_run_ok("proxy");
+    }
+    warn_cleartext(&args.ls);
+    let shutdown = CancellationToken::new();
+    let cluster = connect(&args.kube, &args.pat, None).await?;
+    let pat = start_source(&args.pat, cluster.as_ref(), &metrics, &shutdown);
+    let (sink, tokens) = MemorySink::new();
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(sink)];
+    let notifier = notifier(&args.kube, &args.pat, None, cluster.as_ref(), &metrics);
+    let refresher = Refresher::new(exchange, pat, sinks, policy, metrics.clone())
+        .with_notifier(notifier)
+        .with_attempt_budget(attempt_budget(&args.ls));
+    let addr = args.proxy.proxy_addr.unwrap_or(DEFAULT_PROXY_ADDR);
+    serve(
+        refresher,
+        &args.ls,
+        &args.admin,
+        Some((addr, &args.proxy, tokens)),
+        metrics,
+        shutdown,
+    )
+    .await
+}
+
+fn dry_run_ok(command: &str) -> Result<(), AppError> {
+    println!("configuration valid for `{command}` (nothing was contacted)");
+    Ok(())
+}
+
+/// Runs the refresher with the admin server (and the proxy) until shutdown.
+async fn serve(
+    refresher: Refresher<HttpExchange>,
+    ls: &LabelStudioArgs,
+    admin_args: &AdminArgs,
+    proxy: Option<(
+        SocketAddr,
+        &ProxyArgs,
+        tokio::sync::watch::Receiver<Option<crate::token::TokenSet>>,
+    )>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let health = refresher.health();
+    spawn_signal_handler(shutdown.clone(), Some(health.clone()))?;
+    let (admin_addr, admin_server) =
+        admin::bind(admin_args, health.clone(), metrics.clone(), shutdown.clone())
+            .await
+            .map_err(AppError::config)?;
+    let admin_task = tokio::spawn(admin_server);
+    let proxy_task = match proxy {
+        Some((addr, args, tokens)) => {
+            let (bound, server) = proxy::bind(
+                addr,
+                args,
+                ls,
+                tokens,
+                refresher.rejection_report(),
+                metrics.clone(),
+                shutdown.clone(),
+            )
+            .await
+            .map_err(AppError::config)?;
+            tracing::info!(proxy = %bound, "auth proxy listening");
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        admin = %admin_addr,
+        "starting: url={}",
+        ls.url
+    );
+    let result = refresher.run(shutdown.clone()).await;
+    health.set_draining();
+    shutdown.cancel();
+    let _ = admin_task.await;
+    if let Some(t) = proxy_task {
+        let _ = t.await;
+    }
+    match result {
+        Ok(()) => {
+            tracing::info!("stopped cleanly; published files are left in place");
+            Ok(())
+        }
+        Err(e) => Err(AppError::config(e.message)),
+    }
+}
