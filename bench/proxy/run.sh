@@ -4,10 +4,13 @@
 #   (a) upstream       wrk -> upstream directly                      (the baseline)
 #   (b) nginx-proxy    wrk -> nginx injecting a static Authorization -> upstream   (the reference proxy)
 #   (c) lstr-proxy     wrk -> ls-token-refresher proxy -> upstream  (SLOT: start_lstr_proxy below; skipped until filled)
-# Each run visits a, b, c in turn (interleaved, so drift hits all alike); several runs give min/median/max of
-# requests/s and of latency p50/p99 (exact percentiles from wrk's Lua `done` hook: report.lua), and the added
-# latency of each proxy = its p50/p99 minus the upstream's in the same run. Then an RSS phase: each proxy under
-# --rss-connections concurrent connections, peak RSS of its process tree sampled from /proc.
+# Each run visits a, b, c in turn (interleaved, so drift hits all alike) in two phases:
+#   throughput  wrk -c CONNECTIONS (saturating): requests/s; its latencies are mostly queueing
+#   latency     wrk -c 1 (one request in flight): the latency a proxy adds to a request, without queueing
+# Several runs give min/median/max of requests/s and latency p50/p99 (exact percentiles from wrk's Lua `done`
+# hook: report.lua), and the added latency of each proxy = its p50/p99 minus the upstream's in the same run and
+# phase. Then an RSS phase: each proxy under --rss-connections concurrent connections, peak RSS of its process
+# tree sampled from /proc.
 #
 # Usage: bash bench/proxy/run.sh [--runs 5] [--duration 10] [--connections 50] [--threads 1] [--workers 1]
 #                                [--rss-connections 1000] [--rss-duration 5] [--out DIR]
@@ -120,11 +123,14 @@ for t in "${TARGETS[@]}"; do IFS='|' read -r name url _ <<<"$t"; wrk_run "$url" 
 
 : >"$OUT/runs.jsonl"
 for r in $(seq 1 "$RUNS"); do
-  for t in "${TARGETS[@]}"; do
-    IFS='|' read -r name url _ <<<"$t"
-    j=$(wrk_run "$url" "$CONNS" "$DURATION")
-    printf '{"run":%d,"target":"%s",%s\n' "$r" "$name" "${j#\{}" >>"$OUT/runs.jsonl"
-    log "run $r/$RUNS $name: $j"
+  for phase in "throughput:$CONNS" "latency:1"; do
+    for t in "${TARGETS[@]}"; do
+      IFS='|' read -r name url _ <<<"$t"
+      j=$(wrk_run "$url" "${phase#*:}" "$DURATION")
+      printf '{"run":%d,"phase":"%s","connections":%d,"target":"%s",%s\n' \
+        "$r" "${phase%%:*}" "${phase#*:}" "$name" "${j#\{}" >>"$OUT/runs.jsonl"
+      log "run $r/$RUNS ${phase%%:*} $name: $j"
+    done
   done
 done
 
@@ -163,27 +169,33 @@ out, runs, dur, conns, threads, workers, ngv, wrkv = sys.argv[1:]
 rows = [json.loads(l) for l in open(f'{out}/runs.jsonl')]
 rss = [json.loads(l) for l in open(f'{out}/rss.jsonl')]
 targets = list(dict.fromkeys(r['target'] for r in rows))
-def mmm(xs):
-    return f'{min(xs):>9.1f} {statistics.median(xs):>9.1f} {max(xs):>9.1f}'
-print(f'proxy benchmark: {runs} runs x {dur}s, wrk -t{threads} -c{conns}, proxy nginx workers={workers}; '
+def mmm(xs, w=8):
+    return ' '.join(f'{x:>{w}.0f}' for x in (min(xs), statistics.median(xs), max(xs)))
+print(f'proxy benchmark: {runs} runs x {dur}s per target and phase, wrk -t{threads}; proxy nginx workers={workers}; '
       f'nginx {ngv}, wrk {wrkv}')
-print(f'{"target":<13} {"req/s min":>9} {"median":>9} {"max":>9} | {"p50 us min":>10} {"median":>9} {"max":>9} | '
-      f'{"p99 us min":>10} {"median":>9} {"max":>9} | errors')
-for t in targets:
-    rs = [r for r in rows if r['target'] == t]
-    rps = [r['requests'] / (r['duration_us'] / 1e6) for r in rs]
-    print(f'{t:<13} {mmm(rps)} | {mmm([r["p50_us"] for r in rs]):>30} | {mmm([r["p99_us"] for r in rs]):>30} | '
-          f'{sum(r["errors"] for r in rs)}')
-base = {r['run']: r for r in rows if r['target'] == 'upstream'}
-for t in targets:
-    if t == 'upstream':
+print('(min median max over runs; latencies in microseconds; "added" = proxy minus upstream in the same run)')
+for phase in ('throughput', 'latency'):
+    ph = [r for r in rows if r['phase'] == phase]
+    if not ph:
         continue
-    rs = [r for r in rows if r['target'] == t and r['run'] in base]
-    a50 = [r['p50_us'] - base[r['run']]['p50_us'] for r in rs]
-    a99 = [r['p99_us'] - base[r['run']]['p99_us'] for r in rs]
-    print(f'added by {t:<12} p50 us min/median/max {mmm(a50)} | p99 us {mmm(a99)}')
+    print(f'\n[{phase}: wrk -c {ph[0]["connections"]}]')
+    print(f'{"target":<21} | {"requests/s":^26} | {"p50":^26} | {"p99":^26} | errors')
+    for t in targets:
+        rs = [r for r in ph if r['target'] == t]
+        rps = [r['requests'] / (r['duration_us'] / 1e6) for r in rs]
+        print(f'{t:<21} | {mmm(rps)} | {mmm([r["p50_us"] for r in rs])} | {mmm([r["p99_us"] for r in rs])} | '
+              f'{sum(r["errors"] for r in rs)}')
+    base = {r['run']: r for r in ph if r['target'] == 'upstream'}
+    for t in targets:
+        if t == 'upstream':
+            continue
+        rs = [r for r in ph if r['target'] == t and r['run'] in base]
+        a50 = [r['p50_us'] - base[r['run']]['p50_us'] for r in rs]
+        a99 = [r['p99_us'] - base[r['run']]['p99_us'] for r in rs]
+        print(f'{"added by " + t:<21} | {"":>26} | {mmm(a50)} | {mmm(a99)} |')
+print()
 for r in rss:
     print(f'RSS {r["target"]:<12} idle {r["rss_idle_kib"]/1024:.1f} MiB, peak {r["rss_peak_kib"]/1024:.1f} MiB '
-          f'under {r["connections"]} connections')
+          f'under {r["connections"]} connections (process tree)')
 EOF
 echo "raw results: $OUT" >&2

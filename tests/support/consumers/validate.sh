@@ -73,12 +73,14 @@ log "nginx (header injection) $PROXY -> $LS_URL"
 LEGACY_KEY=placeholder-not-a-token
 JWT_KEY=$(python3 "$C/placeholder_jwt.py")
 
-start_backend() { # NAME LABEL_STUDIO_URL [VAR=VALUE...] -> sets BACKEND_URL
-  local name=$1 url=$2 port
+start_backend() { # NAME LABEL_STUDIO_URL [VAR=VALUE...] [-- _wsgi.py args...] -> sets BACKEND_URL
+  local name=$1 url=$2 port envs=() args=()
   shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do envs+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && args=("$@")
   port=$(free_port)
-  env LABEL_STUDIO_URL="$url" LABEL_STUDIO_API_KEY="$LEGACY_KEY" "$@" \
-    bash "$C/ml_backend/launch.sh" "$port" "$WORK/ml-$name" >"$OUT/ml-backend-$name.log" 2>&1 &
+  env LABEL_STUDIO_URL="$url" LABEL_STUDIO_API_KEY="$LEGACY_KEY" "${envs[@]}" \
+    bash "$C/ml_backend/launch.sh" "$port" "$WORK/ml-$name" "${args[@]}" >"$OUT/ml-backend-$name.log" 2>&1 &
   BACKEND_PIDS+=($!)
   BACKEND_URL=http://127.0.0.1:$port
   local i
@@ -160,6 +162,10 @@ expect ml-backend-direct fail "any('ERROR' in str(c['prediction']) and '401' in 
 start_backend base-helper "$PROXY" LSTR_ML_HELPER=base
 expect ml-base-helper-bypasses-proxy fail "any('ERROR' in str(c['prediction']) and '401' in str(c['prediction']) for c in d['checks'])" -- \
   run_driver "$PROXY" "$BACKEND_URL" --skip-interactive
+
+# ... and the stock way around it: init kwargs (`--with`) override what /setup sent (model.py:511).
+start_backend base-helper-with-override "$PROXY" LSTR_ML_HELPER=base -- --with hostname="$PROXY" access_token="$LEGACY_KEY"
+expect ml-base-helper-with-hostname-override pass "d['predictions_verified'] >= 1" -- run_driver "$PROXY" "$BACKEND_URL"
 
 {
   echo "Label Studio 1.23.2 $LS_URL (JWT-only org: $ORG), nginx $LSTR_NGINX_VERSION $PROXY, duration ${DURATION}s"

@@ -2,7 +2,10 @@
 # Runs the stock ML backend server (label-studio-ml 1.0.9, its own venv) with ml_backend/model.py on 127.0.0.1:PORT.
 #
 #   LABEL_STUDIO_URL=http://127.0.0.1:<proxy port> LABEL_STUDIO_API_KEY=placeholder-not-a-token \
-#     bash tests/support/consumers/ml_backend/launch.sh PORT WORKDIR
+#     bash tests/support/consumers/ml_backend/launch.sh PORT WORKDIR [EXTRA _wsgi.py ARGS...]
+#
+# EXTRA args go to the stock _wsgi.py, e.g. `--with hostname=http://127.0.0.1:<proxy port> access_token=placeholder`:
+# init kwargs override the hostname/access_token Label Studio sends in /setup (label_studio_ml/model.py:511).
 #
 # Only the environment a user sets for the backend is passed through: LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY
 # (plus LSTR_ML_HELPER, the model's test knob, and LABEL_STUDIO_HOSTNAME for the `utils` helper). HOME is WORKDIR/home so
@@ -28,4 +31,4 @@ exec env -i PATH="$(dirname "$LSTR_ML_PYTHON"):/usr/bin:/bin" HOME="$WORK/home" 
   LABEL_STUDIO_URL="$LABEL_STUDIO_URL" LABEL_STUDIO_API_KEY="$LABEL_STUDIO_API_KEY" \
   ${LSTR_ML_HELPER:+LSTR_ML_HELPER="$LSTR_ML_HELPER"} \
   ${LABEL_STUDIO_HOSTNAME:+LABEL_STUDIO_HOSTNAME="$LABEL_STUDIO_HOSTNAME"} \
-  "$LSTR_ML_PYTHON" _wsgi.py --host 127.0.0.1 --port "$PORT" --log-level INFO
+  "$LSTR_ML_PYTHON" _wsgi.py --host 127.0.0.1 --port "$PORT" --log-level INFO "${@:3}"
