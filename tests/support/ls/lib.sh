@@ -1,6 +1,9 @@
 # Shell helpers to run a throw-away Label Studio 1.23.2 on 127.0.0.1 (for the demo and the benchmarks;
 # the Rust tests use tests/support/label_studio.rs). Source it after running provision.sh.
-#   ls_start DIR TTL_SECONDS   -> sets LS_PID, LS_PORT, LS_URL; data dir and log under DIR
+#   ls_start DIR TTL_SECONDS [NAME=VALUE...] -> sets LS_PID, LS_PORT, LS_URL; data dir and log under DIR; the
+#                              optional NAME=VALUE pairs are added to the server's (otherwise clean) environment,
+#                              e.g. ML_BLOCK_LOCAL_IP=false to let it reach an ML backend on 127.0.0.1;
+#                              LS_WANT_PORT=N in the caller's environment picks the port (default: a free one)
 #   ls_stop                    -> stops it by PID
 #   ls_login / ls_create_pat / ls_legacy_token / ls_set_org_tokens API LEGACY
 # Credentials are the fixed local test ones from provision.sh.
@@ -16,13 +19,15 @@ ls_free_port() {
 
 ls_start() {
   local dir="$1" ttl="${2:-300}"
+  shift 2 || shift $#
   mkdir -p "$dir/home"
   rm -rf "$dir/data"
   cp -a "$LS_CACHE_DIR/template" "$dir/data"
-  LS_PORT="$(ls_free_port)"
+  LS_PORT="${LS_WANT_PORT:-$(ls_free_port)}"
   env -i PATH="$LS_CACHE_DIR/venv/bin:/usr/bin:/bin" HOME="$dir/home" LANG=C.UTF-8 \
     LATEST_VERSION_CHECK=false SENTRY_DSN= FRONTEND_SENTRY_DSN= \
     LOG_LEVEL=INFO PYTHONPATH="$LS_LIB_DIR" DJANGO_SETTINGS_MODULE=test_settings LSTR_TEST_ACCESS_TTL_SECONDS="$ttl" \
+    "$@" \
     "$LS_CACHE_DIR/venv/bin/label-studio" start --no-browser --internal-host 127.0.0.1 \
     --port "$LS_PORT" --data-dir "$dir/data" >"$dir/label-studio.log" 2>&1 &
   LS_PID=$!
