@@ -339,32 +339,41 @@ pub struct HttpExchange {
     metrics: Arc<Metrics>,
 }
 
+/// A reqwest builder for Label Studio: rustls with the extra CA bundle, the connect timeout, no
+/// redirects (a redirect means a login page or a wrong URL: diagnosed, never followed with our
+/// credentials), no environment proxy. Shared by the exchange and the auth proxy.
+pub fn client_builder(
+    ca_file: Option<&std::path::Path>,
+    connect_timeout: Duration,
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(path) = ca_file {
+        let err = |cause: String| ClientError::CaFile {
+            path: path.display().to_string(),
+            cause,
+        };
+        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(err("no PEM certificates found".into()));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    Ok(builder)
+}
+
 impl HttpExchange {
-    /// Builds the client. Redirects are not followed: a redirect means a login page or a wrong
-    /// URL, which must be diagnosed, not silently followed with our PAT.
+    /// Builds the client.
     pub fn new(config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
-        let mut builder = reqwest::Client::builder()
+        let builder = client_builder(config.ca_file.as_deref(), config.connect_timeout)?
             .user_agent(concat!("ls-token-refresher/", env!("CARGO_PKG_VERSION")))
             .timeout(config.request_timeout)
-            .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
             // Keep one warm connection: a refresh every few minutes should not pay a TLS handshake.
             .pool_idle_timeout(Duration::from_secs(600))
-            .pool_max_idle_per_host(2)
-            .no_proxy();
-        if let Some(path) = &config.ca_file {
-            let err = |cause: String| ClientError::CaFile {
-                path: path.display().to_string(),
-                cause,
-            };
-            let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(err("no PEM certificates found".into()));
-            }
-            builder = builder.tls_certs_merge(certs);
-        }
+            .pool_max_idle_per_host(2);
         let client = builder
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;

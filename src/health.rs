@@ -108,6 +108,11 @@ impl Health {
         })
     }
 
+    /// The latest problem, if the last attempt failed.
+    pub fn problem(&self) -> Option<(Reason, &'static str)> {
+        self.lock().problem
+    }
+
     /// Records the latest problem (None after a success).
     pub fn set_problem(&self, problem: Option<(Reason, &'static str)>) {
         self.lock().problem = problem;

@@ -115,17 +115,19 @@ async fn serve(
     let admin_task = tokio::spawn(admin_server);
     let proxy_task = match proxy {
         Some((addr, args, tokens)) => {
-            let (bound, server) = proxy::bind(
-                addr,
+            let proxy = proxy::Proxy::new(
                 args,
                 ls,
                 tokens,
+                health.clone(),
                 refresher.rejection_report(),
                 metrics.clone(),
-                shutdown.clone(),
             )
-            .await
             .map_err(AppError::config)?;
+            let (bound, server) = proxy
+                .bind(addr, shutdown.clone())
+                .await
+                .map_err(AppError::config)?;
             tracing::info!(proxy = %bound, "auth proxy listening");
             Some(tokio::spawn(server))
         }

@@ -1,6 +1,61 @@
-//! The auth proxy (work in progress).
+//! The auth proxy: a local reverse proxy in front of Label Studio that attaches the current token
+//! to every request, so any HTTP client works unchanged and holds no usable credential (the way
+//! Vault Agent's API proxy injects its auto-auth token).
+//!
+//! - Forwards only to `--url` (its path prefix kept). Absolute-form targets, `CONNECT` and
+//!   upgrades are refused: it is never an open proxy.
+//! - Every forwarded request carries exactly our `Authorization`; whatever the client sent
+//!   (`Authorization`, `X-Api-Key`, `Proxy-Authorization`) is dropped.
+//! - `POST /api/token/refresh[/]` is answered here with a stand-in token (see [`standin`]), so
+//!   the SDK's own refresh logic works and N clients cause no exchanges. The other token
+//!   management endpoints (`/api/token/…`, the legacy token) are refused: through the proxy, a
+//!   client could otherwise rotate the PAT away or read a long-lived credential.
+//! - No valid token: 503 with a JSON reason and `Retry-After`, never an unauthenticated forward.
+//!   Label Studio unreachable or slow: 502/504 with a reason. A 401 from Label Studio reports the
+//!   token rejected (the refresh loop checks it and refreshes at once if it is).
+//! - Bodies stream both ways, unbuffered and uncapped; hop-by-hop headers are handled per RFC
+//!   9110 §7.6.1; the client's `Host` is passed through, because Label Studio builds its absolute
+//!   URLs (pagination `next`) from it and they must lead back through the proxy
+//!   (docs/consumers.md has the experiment). Behind an ingress that routes by `Host`, set
+//!   `--proxy-upstream-host`: the upstream's `Host` is sent and `Location` headers are mapped back.
 
-use std::net::SocketAddr;
+mod forward;
+pub mod standin;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    exchange::{self, LabelStudioArgs},
+    health::Health,
+    metrics::Metrics,
+    refresher::RejectionReport,
+    token::TokenSet,
+    values::{BaseUrl, PositiveDur},
+};
+
+/// Where `proxy` listens by default: loopback (a sidecar's consumer shares the pod's network).
+pub const DEFAULT_PROXY_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9418);
+/// Open client connections beyond this are closed at once: memory stays bounded whatever a
+/// misbehaving client does (an idle connection costs a few KiB).
+const MAX_CONNECTIONS: usize = 4096;
+/// A client must send a request's headers within this (slow-loris clients are dropped).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head accepted (request line + headers); beyond it hyper answers 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// On shutdown, requests in flight get this long to finish.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Auth proxy flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -8,32 +63,169 @@ pub struct ProxyArgs {
     /// Serve the auth proxy on this address (`proxy` defaults to 127.0.0.1:9418; `run` serves it only when set).
     #[arg(long, env = "LS_PROXY_ADDR", value_name = "ADDR")]
     pub proxy_addr: Option<SocketAddr>,
-}
 
-/// Where `proxy` listens by default: loopback (a sidecar's consumer shares the pod's network).
-pub const DEFAULT_PROXY_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9418);
+    /// Longest wait for Label Studio's response head, and for each piece of a streamed body.
+    #[arg(
+        long,
+        env = "LS_PROXY_TIMEOUT",
+        default_value = "120s",
+        value_name = "DURATION"
+    )]
+    pub proxy_timeout: PositiveDur,
+
+    /// Send the upstream's Host (for a --url behind an ingress that routes by Host) and map Location headers back.
+    #[arg(long, env = "LS_PROXY_UPSTREAM_HOST")]
+    pub proxy_upstream_host: bool,
+}
 
 /// Could not start the proxy.
 #[derive(Debug, thiserror::Error)]
-#[error("--proxy-addr (LS_PROXY_ADDR) {addr}: {message}")]
-pub struct ProxyError {
-    addr: SocketAddr,
-    message: String,
+pub enum ProxyError {
+    /// The HTTP client for Label Studio.
+    #[error(transparent)]
+    Client(#[from] exchange::ClientError),
+    /// The listener.
+    #[error("--proxy-addr (LS_PROXY_ADDR) {addr}: cannot listen: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
-/// Binds the proxy (stub).
-pub async fn bind(
-    addr: SocketAddr,
-    _args: &ProxyArgs,
-    _ls: &crate::exchange::LabelStudioArgs,
-    _tokens: tokio::sync::watch::Receiver<Option<crate::token::TokenSet>>,
-    _rejections: crate::refresher::RejectionReport,
-    _metrics: std::sync::Arc<crate::metrics::Metrics>,
-    _shutdown: tokio_util::sync::CancellationToken,
-) -> Result<(SocketAddr, std::future::Ready<std::io::Result<()>>), ProxyError> {
-    Err(ProxyError {
-        addr,
-        message: "not implemented yet".into(),
-    })
+/// What every request handler shares.
+struct Shared {
+    upstream: BaseUrl,
+    client: reqwest::Client,
+    timeout: Duration,
+    upstream_host: bool,
+    tokens: watch::Receiver<Option<TokenSet>>,
+    health: Health,
+    rejections: RejectionReport,
+    metrics: Arc<Metrics>,
+}
+
+/// The proxy, ready to bind.
+pub struct Proxy {
+    shared: Arc<Shared>,
+}
+
+impl Proxy {
+    /// A proxy to `ls.url`, taking tokens from `tokens` (the memory sink) and validity from
+    /// `health`, reporting rejections to the refresh loop.
+    pub fn new(
+        args: &ProxyArgs,
+        ls: &LabelStudioArgs,
+        tokens: watch::Receiver<Option<TokenSet>>,
+        health: Health,
+        rejections: RejectionReport,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProxyError> {
+        let client = exchange::client_builder(ls.ca_file.as_deref(), ls.connect_timeout.0)?
+            // No total timeout (uploads and exports are large): the head has its own timeout,
+            // and a body that stalls longer than this between pieces is cut.
+            .read_timeout(args.proxy_timeout.0)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .http1_only()
+            .build()
+            .map_err(|e| exchange::ClientError::Build(e.to_string()))?;
+        metrics.register_proxy();
+        Ok(Proxy {
+            shared: Arc::new(Shared {
+                upstream: ls.url.clone(),
+                client,
+                timeout: args.proxy_timeout.0,
+                upstream_host: args.proxy_upstream_host,
+                tokens,
+                health,
+                rejections,
+                metrics,
+            }),
+        })
+    }
+
+    /// Binds now (a busy port fails at start-up) and returns the bound address and the server
+    /// future, which ends after `shutdown` once requests in flight finished (or [`DRAIN`] passed).
+    pub async fn bind(
+        self,
+        addr: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<
+        (
+            SocketAddr,
+            impl std::future::Future<Output = std::io::Result<()>>,
+        ),
+        ProxyError,
+    > {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ProxyError::Listen { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ProxyError::Listen { addr, source })?;
+        if !local.ip().is_loopback() {
+            tracing::warn!(
+                proxy = %local,
+                "the auth proxy listens on a non-loopback address: whoever reaches it acts as the PAT's user (restrict it with a NetworkPolicy)"
+            );
+        }
+        Ok((local, serve(listener, self.shared, shutdown)))
+    }
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder.http2().max_concurrent_streams(256);
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    tracing::warn!("proxy accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %peer, "proxy connection limit ({MAX_CONNECTIONS}) reached; closing a new connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let metrics = shared.metrics.clone();
+        let for_requests = shared.clone();
+        let service = hyper::service::service_fn(move |req| {
+            forward::handle(for_requests.clone(), peer.ip(), req)
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        metrics.proxy_connections.inc();
+        tokio::spawn(async move {
+            let _ = conn.await;
+            metrics.proxy_connections.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN) => {}
+    }
+    Ok(())
 }

@@ -1,0 +1,438 @@
+//! One request through the proxy: refuse what a reverse proxy for one upstream must not do,
+//! answer the token endpoints locally, attach the current token, stream the request to Label
+//! Studio and its answer back.
+
+use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Version,
+};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::{standin, Shared};
+use crate::{reason::Reason, token::Authorization};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every answer: a local JSON document or Label Studio's streamed body.
+pub(super) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// `Retry-After` (seconds) when no valid token is held: the refresh loop probes Label Studio
+/// every 2 s during an outage, so asking clients to wait longer would only delay them.
+const RETRY_AFTER_SECS: u64 = 2;
+
+/// Handles one request (never fails: every problem is an HTTP answer).
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let resp = route(&shared, peer, req, started).await;
+    let class = match resp.status().as_u16() / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    };
+    shared
+        .metrics
+        .proxy_requests_total
+        .with_label_values(&[class])
+        .inc();
+    Ok(resp)
+}
+
+/// What the proxy does with a request, by method and path alone.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    /// `POST /api/token/refresh[/]`: answered here with a stand-in.
+    LocalRefresh,
+    /// Token management and the legacy token: refused.
+    Blocked,
+    /// Everything else goes to Label Studio.
+    Forward,
+}
+
+/// Classifies a request path after normalising it the way a server might (percent-decoding,
+/// `//`, `.` and `..` segments), so no spelling of a token endpoint slips through.
+pub(super) fn route_of(method: &Method, path: &str) -> Route {
+    let canonical = canonical_path(path);
+    let is = |p: &str| canonical == p;
+    let under = |p: &str| canonical == p || canonical.starts_with(&format!("{p}/"));
+    if is("api/token/refresh") && method == Method::POST {
+        Route::LocalRefresh
+    } else if under("api/token") || is("api/current-user/token") || is("api/current-user/reset-token")
+    {
+        Route::Blocked
+    } else {
+        Route::Forward
+    }
+}
+
+fn canonical_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                decoded.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for s in text.split('/') {
+        match s {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    segments.join("/").to_ascii_lowercase()
+}
+
+async fn route(
+    shared: &Arc<Shared>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+    started: Instant,
+) -> Response<ProxyBody> {
+    if req.method() == Method::CONNECT {
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "refused",
+            "CONNECT is not supported: this proxy only forwards to Label Studio",
+        );
+    }
+    if req.version() < Version::HTTP_2 && req.uri().scheme().is_some() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "refused",
+            "absolute-form request targets are refused: this is not a forward proxy; send requests as to Label Studio itself",
+        );
+    }
+    match route_of(req.method(), req.uri().path()) {
+        Route::LocalRefresh => return local_refresh(shared),
+        Route::Blocked => {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "refused",
+                "token management is not available through the proxy (it holds the credential so you do not have to)",
+            )
+        }
+        Route::Forward => {}
+    }
+    let Some(auth) = current(shared) else {
+        return unavailable(shared);
+    };
+    forward(shared, peer, req, auth, started).await
+}
+
+/// The current token, if it is valid now.
+fn current(shared: &Shared) -> Option<Authorization> {
+    if !shared.health.any_valid() {
+        return None;
+    }
+    shared.tokens.borrow().as_ref().map(|set| set.auth.clone())
+}
+
+fn local_refresh(shared: &Shared) -> Response<ProxyBody> {
+    if !shared.health.any_valid() {
+        return unavailable(shared);
+    }
+    let now = crate::clock::unix_now() as i64;
+    // A legacy token never expires; the stand-in then lasts an hour (the SDK asks again).
+    let exp = shared
+        .tokens
+        .borrow()
+        .as_ref()
+        .and_then(|set| set.expires_at)
+        .unwrap_or(now + 3600);
+    let body = serde_json::json!({ "access": standin::token(exp, now) });
+    json(StatusCode::OK, &body)
+}
+
+fn unavailable(shared: &Shared) -> Response<ProxyBody> {
+    let (reason, summary) = shared
+        .health
+        .problem()
+        .map(|(r, s)| (r.as_str(), s))
+        .unwrap_or(("starting", "no token has been obtained yet"));
+    let mut resp = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({
+            "detail": format!("no valid Label Studio token is held: {summary}"),
+            "reason": reason,
+            "status_code": 503,
+            "source": standin::ISSUER,
+        }),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    resp
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    peer: IpAddr,
+    req: Request<Incoming>,
+    auth: Authorization,
+    started: Instant,
+) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let url = format!("{}{path_and_query}", shared.upstream.as_str());
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        header::EXPECT,
+        HeaderName::from_static("x-api-key"),
+    ] {
+        headers.remove(name);
+    }
+    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+        headers.append(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    if let Some(h) = &client_host {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+        if !shared.upstream_host {
+            // Label Studio builds absolute URLs (pagination `next`) from Host: they must lead
+            // back through us (docs/consumers.md).
+            headers.insert(header::HOST, h.clone());
+        }
+    }
+    let Ok(mut value) = HeaderValue::from_str(auth.header_value().expose()) else {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "invalid_response",
+            "the current token cannot be sent as a header",
+        );
+    };
+    value.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, value);
+    let request = shared
+        .client
+        .request(parts.method, url)
+        .headers(headers)
+        .body(reqwest::Body::wrap(body));
+    let prepared = started.elapsed();
+    let answer = tokio::time::timeout(shared.timeout, request.send()).await;
+    let answered = Instant::now();
+    let resp = match answer {
+        Err(_) => return upstream_error(shared, Reason::Timeout, "Label Studio did not answer in time"),
+        Ok(Err(e)) => {
+            let reason = if e.is_timeout() {
+                Reason::Timeout
+            } else if is_tls(&e) {
+                Reason::Tls
+            } else {
+                Reason::Network
+            };
+            return upstream_error(shared, reason, reason.summary());
+        }
+        Ok(Ok(r)) => r,
+    };
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        // Our token was refused: the loop checks it and refreshes at once if so (rate-limited).
+        shared.rejections.token_rejected();
+    }
+    let mut resp: Response<reqwest::Body> = resp.into();
+    strip_hop_by_hop(resp.headers_mut());
+    if shared.upstream_host {
+        if let Some(h) = &client_host {
+            map_location_back(resp.headers_mut(), shared.upstream.as_str(), h);
+        }
+    }
+    let resp = resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    shared
+        .metrics
+        .proxy_added_latency_seconds
+        .observe((prepared + answered.elapsed()).as_secs_f64());
+    resp
+}
+
+fn is_tls(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and whatever `Connection` names.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// `Location: <upstream>/x` → `http://<client host>/x`.
+fn map_location_back(headers: &mut HeaderMap, upstream: &str, client_host: &HeaderValue) {
+    let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let Some(rest) = loc.strip_prefix(upstream) else {
+        return;
+    };
+    let Ok(host) = client_host.to_str() else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("http://{host}{rest}")) {
+        headers.insert(header::LOCATION, v);
+    }
+}
+
+fn upstream_error(shared: &Shared, reason: Reason, detail: &str) -> Response<ProxyBody> {
+    shared
+        .metrics
+        .proxy_upstream_errors_total
+        .with_label_values(&[reason.as_str()])
+        .inc();
+    let status = if reason == Reason::Timeout {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    json_error(status, reason.as_str(), detail)
+}
+
+fn json_error(status: StatusCode, reason: &str, detail: &str) -> Response<ProxyBody> {
+    json(
+        status,
+        &serde_json::json!({
+            "detail": detail,
+            "reason": reason,
+            "status_code": status.as_u16(),
+            "source": standin::ISSUER,
+        }),
+    )
+}
+
+fn json(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_endpoints_are_answered_or_refused_in_every_spelling() {
+        let post = Method::POST;
+        for p in ["/api/token/refresh", "/api/token/refresh/", "//api//token/refresh/"] {
+            assert_eq!(route_of(&post, p), Route::LocalRefresh, "{p}");
+        }
+        for p in [
+            "/api/token/rotate/",
+            "/api/token/",
+            "/api/token",
+            "/api/token/blacklist/",
+            "/api/%74oken/rotate/",
+            "/api/projects/../token/rotate/",
+            "/API/TOKEN/ROTATE/",
+            "/api/current-user/token",
+            "/api/current-user/reset-token/",
+        ] {
+            assert_eq!(route_of(&post, p), Route::Blocked, "{p}");
+        }
+        assert_eq!(route_of(&Method::GET, "/api/token/refresh"), Route::Blocked);
+        for p in ["/api/projects/", "/api/tokenizer", "/data/upload/1/x.png", "/"] {
+            assert_eq!(route_of(&Method::GET, p), Route::Forward, "{p}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_named_ones_too() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("content-type", "application/json"),
+            ("content-length", "12"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type", "content-length"]);
+    }
+
+    #[test]
+    fn locations_map_back_to_the_proxy() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("https://ls.example/ls/projects/1/"),
+        );
+        map_location_back(
+            &mut h,
+            "https://ls.example/ls",
+            &HeaderValue::from_static("127.0.0.1:9418"),
+        );
+        assert_eq!(h[header::LOCATION], "http://127.0.0.1:9418/projects/1/");
+    }
+}
