@@ -1,0 +1,275 @@
+//! Runs the real `ls-token-refresher` binary as a child process (real signals, real exit codes),
+//! with its stderr captured to a file and its admin server on a free 127.0.0.1 port.
+//!
+//! The binary is built from the workspace's current source by [`binary`] (once per test process),
+//! so `cargo test -p ls-token-refresher-e2e` never runs a stale one.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use crate::{free_port, process, repo_root};
+
+/// Path of the binary under test: `cargo build --bin ls-token-refresher` of this workspace, run once
+/// per test process (a no-op when it is fresh; it waits while another cargo holds the build lock).
+///
+/// It builds with the same package selection as the tests (`-p ls-token-refresher -p
+/// ls-token-refresher-e2e`) so dependency features unify the same way and nothing is compiled twice,
+/// in the target dir cargo picks for the workspace (`CARGO_TARGET_DIR` is inherited).
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_binary)
+}
+
+fn build_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let out = Command::new(&cargo)
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            "ls-token-refresher",
+            "-p",
+            "ls-token-refresher-e2e",
+            "--bin",
+            "ls-token-refresher",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cargo:?} build: {e}"));
+    assert!(
+        out.status.success(),
+        "cargo build --bin ls-token-refresher failed ({}); see its output above",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exe = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact" && m["target"]["name"] == "ls-token-refresher"
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo build reported no ls-token-refresher executable");
+    assert!(exe.is_file(), "{} is missing", exe.display());
+    exe
+}
+
+/// A running refresher.
+pub struct RefresherProc {
+    child: Option<Child>,
+    /// Admin server base URL.
+    pub admin: String,
+    /// Captured stderr (logs).
+    pub log: PathBuf,
+}
+
+/// Result of a finished one-shot command.
+pub struct Output {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Everything it printed on stdout.
+    pub stdout: String,
+    /// Everything it printed on stderr (logs).
+    pub stderr: String,
+}
+
+/// Runs a one-shot subcommand (`once`, `token`, `check`, or `run` expected to exit) to completion
+/// with a clean environment; killed (and the test failed) after 90 s so a hang cannot stall the suite.
+pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = Command::new(binary())
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("spawn ls-token-refresher");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ls-token-refresher {args:?} did not exit within 90 s; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+impl RefresherProc {
+    /// Starts `run` with `args` (plus `--admin-addr` on a free port), logging to `dir/name.log`.
+    pub fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> RefresherProc {
+        crate::init_crypto();
+        let port = free_port();
+        let admin_addr = format!("127.0.0.1:{port}");
+        let log = dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(binary())
+            .arg("run")
+            .args(args)
+            .args(["--admin-addr", &admin_addr])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn ls-token-refresher run");
+        RefresherProc {
+            child: Some(child),
+            admin: format!("http://{admin_addr}"),
+            log,
+        }
+    }
+
+    /// PID of the process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// GET on the admin server: (status, body); status 0 when it does not answer.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        match client.get(format!("{}{path}", self.admin)).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// Waits until `/readyz` answers `want` (200 or 503), returning the body; panics with the log after `timeout`.
+    pub async fn wait_ready(&mut self, want: u16, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let (code, body) = self.admin_get("/readyz").await;
+            if code == want {
+                return body;
+            }
+            if let Some(status) = self.try_status() {
+                panic!(
+                    "refresher exited early with {status}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            if t0.elapsed() > timeout {
+                panic!("readyz never answered {want} within {timeout:?} (last {code}: {body}); log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of a metric sample line starting with `prefix` (exact series text).
+    pub async fn metric(&self, prefix: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Waits until the series `prefix` reaches at least `min`; panics with the log after `timeout`.
+    pub async fn wait_metric(&self, prefix: &str, min: f64, timeout: Duration) -> f64 {
+        let t0 = Instant::now();
+        loop {
+            let v = self.metric(prefix).await.unwrap_or(f64::NAN);
+            if v >= min {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "{prefix} never reached {min} within {timeout:?} (now {v}); log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Exit status if it has exited.
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends `signal` (e.g. "TERM") by PID and waits up to 10 s for the exit status.
+    pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        process::kill(child.id(), signal);
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return s;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("refresher did not stop within 10 s of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                self.child.take();
+                return s;
+            }
+            if t0.elapsed() > timeout {
+                panic!(
+                    "refresher still running after {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Captured logs so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RefresherProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fresh temp dir holding an empty token directory: (guard, token dir, token dir as a string).
+pub fn workdir() -> (tempfile::TempDir, PathBuf, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    std::fs::create_dir(&dir).unwrap();
+    let s = dir.to_str().unwrap().to_owned();
+    (tmp, dir, s)
+}
