@@ -13,7 +13,10 @@ use std::{
 };
 
 use crate::{
-    clock::rfc3339, clock::unix_now, http1::http_status, jwt::jwt_exp, token_dir::read_set,
+    clock::{rfc3339, unix_now},
+    http1::http_status,
+    jwt::jwt_exp,
+    token_dir::read_set,
 };
 
 /// What a consumer saw.

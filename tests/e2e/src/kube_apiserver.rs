@@ -11,7 +11,7 @@
 //! Secrets, no garbage collection, pods stay Pending. API level is 1.20 (no CEL, no strict field
 //! validation, no streaming lists: do not enable kube's `streaming_lists()`).
 //!
-//! ```ignore
+//! ```text
 //! let server = ApiServer::start().await;                 // ~6 s warm; first run on a machine builds (~9 min)
 //! let ns = server.create_namespace("my-test").await;
 //! let admin = server.admin_client().await;               // system:masters

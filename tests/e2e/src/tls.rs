@@ -2,6 +2,7 @@
 //! ALPN so clients speak HTTP/1.1). One thread per connection, one request per connection.
 
 use std::{
+    io::Write,
     net::SocketAddr,
     path::Path,
     sync::{
@@ -10,8 +11,6 @@ use std::{
     },
     time::Duration,
 };
-
-use std::io::Write;
 
 use crate::http1::{forward_sync, read_request_sync, render, socket_addr_of, TokenLog};
 
