@@ -11,6 +11,8 @@ FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo loads every workspace member's manifest (and targets) even when building one binary.
+COPY tests/e2e ./tests/e2e
 # Cache mounts keep the registry and target dir between builds; the binary is copied out of the cached target.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

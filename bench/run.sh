@@ -63,10 +63,10 @@ BIN_BYTES="$(stat -c %s "$BIN")"
 file "$BIN" | grep -q ', stripped' || log "warning: $BIN is not stripped"
 
 if [[ "$KUBE" == 1 ]]; then
-  log "provisioning kube-apiserver + etcd (cached) and building the test helper"
+  log "provisioning kube-apiserver + etcd (cached) and building its helper (bench-kube-env)"
   timeout 1800 bash tests/support/kube/provision.sh >"$WORK/provision-kube.log" 2>&1 || {
     tail -n 30 "$WORK/provision-kube.log"; exit 1; }
-  timeout 1500 cargo test --quiet --test faults --no-run 2>"$WORK/build-tests.log" || {
+  timeout 1500 cargo build --quiet -p ls-token-refresher-e2e --bin bench-kube-env 2>"$WORK/build-tests.log" || {
     tail -n 30 "$WORK/build-tests.log"; exit 1; }
 fi
 
@@ -86,10 +86,9 @@ timeout 900 "$PY" bench/measure.py --ls-url "$LS_URL" --bin "$BIN" --python "$PY
 
 results=("$WORK/file.json")
 if [[ "$KUBE" == 1 ]]; then
-  log "starting kube-apiserver + etcd with the PAT Secret (tests/faults.rs bench_kube_environment)"
+  log "starting kube-apiserver + etcd with the PAT Secret (tests/e2e/src/bin/bench-kube-env.rs)"
   LSTR_BENCH_PAT="$LS_PAT" LSTR_BENCH_KUBE_ENV="$WORK/kube.env" LSTR_BENCH_KUBE_STOP="$WORK/kube.stop" \
-    timeout 900 cargo test --quiet --test faults -- --ignored --exact bench_kube_environment --nocapture \
-    >"$WORK/kube-helper.log" 2>&1 &
+    timeout 900 "$CARGO_TARGET_DIR/debug/bench-kube-env" >"$WORK/kube-helper.log" 2>&1 &
   KUBE_PID=$!
   for _ in $(seq 1 600); do
     [[ -s "$WORK/kube.env" ]] && break

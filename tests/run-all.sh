@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and caches what it needs under
 # /var/tmp/ls-token-refresher (Label Studio 1.23.2 from PyPI, a kube-apiserver + etcd built from
-# Debian's sources, helm/kubectl/promtool/kubernetes-validate/checkov), then runs lints, unit tests,
-# end-to-end tests against the real Label Studio and kube-apiserver, and the chart checks.
+# Debian's sources, helm/kubectl/promtool/kubernetes-validate/checkov), then runs lints (whole
+# workspace), the root crate's fast tests, the tests/e2e crate's tests against the real Label Studio,
+# kube-apiserver and Prometheus (fault injection included), and the chart checks.
 # Cold machine: ~20-30 min (mostly the one-off builds); warm: a few minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,16 +32,28 @@ for entry in "${pids[@]}"; do
 done
 echo "provisioned in $((SECONDS - t0))s"
 
-step "cargo fmt --check"
-cargo fmt --check || failures+=("fmt")
+step "cargo fmt --all --check"
+cargo fmt --all --check || failures+=("fmt")
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings || failures+=("clippy")
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings || failures+=("clippy")
 
-step "cargo test (unit, property, wiremock, real Label Studio, real kube-apiserver)"
-# Each end-to-end test starts its own Label Studio / apiserver; four at a time fit 2 cores.
-cargo test --no-fail-fast -- --test-threads="${LSTR_TEST_THREADS:-4}" 2>&1 | tee "$LOGS/cargo-test.log"
+# Two layers (see README, Development): the root crate's unit, property and wiremock tests, then the
+# workspace member tests/e2e against the real components, which runs the real binary.
+step "cargo test (root crate: unit, property, wiremock)"
+cargo test --no-fail-fast 2>&1 | tee "$LOGS/cargo-test.log"
 [[ "${PIPESTATUS[0]}" == 0 ]] || failures+=("cargo test")
+
+step "cargo test -p ls-token-refresher-e2e (real Label Studio, kube-apiserver, Prometheus, faults)"
+# The binary under test, built as the e2e crate's refresher::binary() builds it (so it is fresh and
+# a build error shows here, not inside a test).
+cargo build --quiet -p ls-token-refresher -p ls-token-refresher-e2e --bin ls-token-refresher 2>&1 \
+  | tee -a "$LOGS/cargo-test.log"
+[[ "${PIPESTATUS[0]}" == 0 ]] || failures+=("cargo build")
+# Each end-to-end test starts its own Label Studio / apiserver; four at a time fit 2 cores.
+cargo test -p ls-token-refresher-e2e --no-fail-fast -- --test-threads="${LSTR_TEST_THREADS:-4}" 2>&1 \
+  | tee -a "$LOGS/cargo-test.log"
+[[ "${PIPESTATUS[0]}" == 0 ]] || failures+=("cargo test -p ls-token-refresher-e2e")
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$LOGS/cargo-test.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' "$LOGS/cargo-test.log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 
@@ -55,7 +68,9 @@ echo "==> summary"
 grep -E '^test result:' "$LOGS/cargo-test.log" || true
 grep -E '^chart-checks:' "$LOGS/chart.log" || true
 lint_failed=0
-for f in "${failures[@]:-}"; do [[ "$f" == fmt || "$f" == clippy ]] && lint_failed=$((lint_failed + 1)); done
+for f in "${failures[@]:-}"; do
+  [[ "$f" == fmt || "$f" == clippy || "$f" == "cargo build" ]] && lint_failed=$((lint_failed + 1))
+done
 total_passed=$((passed + ${cpassed:-0}))
 total_failed=$((failed + ${cfailed:-0} + lint_failed))
 if ((${#failures[@]})); then echo "failed steps: ${failures[*]}"; fi

@@ -1,25 +1,15 @@
-//! Proves the real-Label-Studio harness and the server facts the refresher relies on
+//! Proves the real-Label-Studio harness (`label_studio`, `ls_api`) and the server facts the refresher relies on
 //! (see ../shared/docs/label-studio-token-api.md). Each test owns its own Label Studio instance;
 //! cargo runs them in parallel threads. Tokens are asserted on, never printed.
 
-mod support;
+use std::time::Duration;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use support::label_studio::{detail, jwt_claims, LabelStudio, LsOptions};
-
-fn now_secs_f64() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
-
-/// Sleeps until `exp` (a JWT `exp`, Unix seconds) plus `margin`.
-async fn sleep_past(exp: i64, margin: Duration) {
-    let wait = (exp as f64 - now_secs_f64()).max(0.0) + margin.as_secs_f64();
-    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-}
+use ls_token_refresher_e2e::{
+    clock::sleep_past,
+    jwt::jwt_claims,
+    label_studio::{LabelStudio, LsOptions},
+    ls_api::detail,
+};
 
 fn is_hex40(s: &str) -> bool {
     s.len() == 40
@@ -38,13 +28,13 @@ async fn pat_refresh_gives_access_with_configured_ttl_that_expires() {
         eprintln!("label-studio RSS after start: {} MiB", rss / (1024 * 1024));
     }
 
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     let c = jwt_claims(&pat);
     assert_eq!(c["token_type"], "refresh");
     assert_eq!(c["user_id"], "1", "user_id is a string");
     assert!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap() > 100 * 365 * 86400);
 
-    let (status, body) = ls.refresh(&pat).await;
+    let (status, body) = ls.api().refresh(&pat).await;
     assert_eq!(status, 200, "{}", detail(&body));
     let obj = body.as_object().expect("JSON object");
     assert_eq!(
@@ -63,94 +53,95 @@ async fn pat_refresh_gives_access_with_configured_ttl_that_expires() {
         "exp - iat = configured TTL"
     );
 
-    assert_eq!(ls.api_status(&format!("Bearer {access}")).await, 200);
+    assert_eq!(ls.api().whoami(&format!("Bearer {access}")).await, 200);
     assert_eq!(
-        ls.api_status(&format!("Bearer {pat}")).await,
+        ls.api().whoami(&format!("Bearer {pat}")).await,
         401,
         "a PAT is not a bearer token"
     );
-    assert_eq!(ls.api_status("Bearer garbage").await, 401);
-    let (s, b) = ls.refresh(&access).await;
+    assert_eq!(ls.api().whoami("Bearer garbage").await, 401);
+    let (s, b) = ls.api().refresh(&access).await;
     assert_eq!((s, detail(&b).as_str()), (401, "Token has wrong type"));
 
     // One PAT can serve many refreshes, and the PAT stays valid.
-    let access2 = ls.access_token(&pat).await;
-    assert_eq!(ls.api_status(&format!("Bearer {access2}")).await, 200);
+    let access2 = ls.api().access_token(&pat).await;
+    assert_eq!(ls.api().whoami(&format!("Bearer {access2}")).await, 200);
 
     // Only one valid PAT per user: create_pat() revokes the existing one on 409.
-    let pat2 = ls.create_pat().await;
+    let pat2 = ls.api().create_pat().await;
     assert_ne!(pat2, pat);
-    let (s, b) = ls.refresh(&pat).await;
+    let (s, b) = ls.api().refresh(&pat).await;
     assert_eq!((s, detail(&b).as_str()), (401, "Token is blacklisted"));
     // ... but access tokens minted from it live until their own exp.
-    assert_eq!(ls.api_status(&format!("Bearer {access}")).await, 200);
+    assert_eq!(ls.api().whoami(&format!("Bearer {access}")).await, 200);
 
     sleep_past(exp, Duration::from_millis(1500)).await;
     assert_eq!(
-        ls.api_status(&format!("Bearer {access}")).await,
+        ls.api().whoami(&format!("Bearer {access}")).await,
         401,
         "expired access token"
     );
-    let fresh = ls.access_token(&pat2).await;
-    assert_eq!(ls.api_status(&format!("Bearer {fresh}")).await, 200);
+    let fresh = ls.api().access_token(&pat2).await;
+    assert_eq!(ls.api().whoami(&format!("Bearer {fresh}")).await, 200);
 }
 
 #[tokio::test]
 async fn org_switches_jwt_off_and_legacy_on() {
     let ls = LabelStudio::start(LsOptions::default()).await;
     assert_eq!(
-        ls.org_tokens().await,
+        ls.api().org_tokens().await,
         (true, false),
         "stock org: JWT on, legacy off"
     );
-    let pat = ls.create_pat().await;
-    let legacy = ls.legacy_token().await;
+    let pat = ls.api().create_pat().await;
+    let legacy = ls.api().legacy_token().await;
     assert!(is_hex40(&legacy), "legacy token is 40 lowercase hex chars");
     assert_eq!(
-        ls.api_status(&format!("Token {legacy}")).await,
+        ls.api().whoami(&format!("Token {legacy}")).await,
         401,
         "legacy off"
     );
-    let (s, b) = ls.refresh(&legacy).await;
+    let (s, b) = ls.api().refresh(&legacy).await;
     assert_eq!((s, detail(&b).as_str()), (401, "Token is invalid"));
 
     // JWT off: refresh still issues an access token, but the API rejects it.
-    ls.set_org_tokens(false, true).await;
-    let (status, body) = ls.refresh(&pat).await;
+    ls.api().set_org_tokens(false, true).await;
+    let (status, body) = ls.api().refresh(&pat).await;
     assert_eq!(status, 200, "{}", detail(&body));
     let access = body["access"].as_str().unwrap().to_string();
-    assert_eq!(ls.api_status(&format!("Bearer {access}")).await, 401);
+    assert_eq!(ls.api().whoami(&format!("Bearer {access}")).await, 401);
     // Legacy on: `Token <legacy>` works (scheme case-insensitive).
-    assert_eq!(ls.legacy_token().await, legacy);
-    assert_eq!(ls.api_status(&format!("Token {legacy}")).await, 200);
-    assert_eq!(ls.api_status(&format!("token {legacy}")).await, 200);
-    assert_eq!(ls.api_status(&format!("Token {pat}")).await, 401);
+    assert_eq!(ls.api().legacy_token().await, legacy);
+    assert_eq!(ls.api().whoami(&format!("Token {legacy}")).await, 200);
+    assert_eq!(ls.api().whoami(&format!("token {legacy}")).await, 200);
+    assert_eq!(ls.api().whoami(&format!("Token {pat}")).await, 401);
 
-    let legacy2 = ls.reset_legacy_token().await;
+    let legacy2 = ls.api().reset_legacy_token().await;
     assert!(is_hex40(&legacy2));
     assert_ne!(legacy2, legacy);
     assert_eq!(
-        ls.api_status(&format!("Token {legacy}")).await,
+        ls.api().whoami(&format!("Token {legacy}")).await,
         401,
         "old legacy token revoked"
     );
-    assert_eq!(ls.api_status(&format!("Token {legacy2}")).await, 200);
+    assert_eq!(ls.api().whoami(&format!("Token {legacy2}")).await, 200);
 
     // Back to stock: the access token minted while JWT was off now works, legacy is refused.
-    ls.set_org_tokens(true, false).await;
-    assert_eq!(ls.api_status(&format!("Bearer {access}")).await, 200);
-    assert_eq!(ls.api_status(&format!("Token {legacy2}")).await, 401);
+    ls.api().set_org_tokens(true, false).await;
+    assert_eq!(ls.api().whoami(&format!("Bearer {access}")).await, 200);
+    assert_eq!(ls.api().whoami(&format!("Token {legacy2}")).await, 401);
 }
 
 #[tokio::test]
 async fn blacklist_rotate_and_short_lived_pats() {
     let ls = LabelStudio::start(LsOptions::default()).await;
-    let pat = ls.create_pat().await;
-    assert_eq!(ls.refresh(&pat).await.0, 200);
-    ls.blacklist(&pat).await;
-    let (s, b) = ls.refresh(&pat).await;
+    let pat = ls.api().create_pat().await;
+    assert_eq!(ls.api().refresh(&pat).await.0, 200);
+    ls.api().blacklist(&pat).await;
+    let (s, b) = ls.api().refresh(&pat).await;
     assert_eq!((s, detail(&b).as_str()), (401, "Token is blacklisted"));
     let (s, b) = ls
+        .api()
         .post_json(
             "/api/token/blacklist/",
             None,
@@ -163,13 +154,13 @@ async fn blacklist_rotate_and_short_lived_pats() {
     );
 
     // Rotation: new PAT, the old one is blacklisted at once.
-    let pat2 = ls.create_pat().await;
-    let access = ls.access_token(&pat2).await;
-    let pat3 = ls.rotate(&access, &pat2).await;
+    let pat2 = ls.api().create_pat().await;
+    let access = ls.api().access_token(&pat2).await;
+    let pat3 = ls.api().rotate(&access, &pat2).await;
     assert_ne!(pat3, pat2);
-    let (s, b) = ls.refresh(&pat2).await;
+    let (s, b) = ls.api().refresh(&pat2).await;
     assert_eq!((s, detail(&b).as_str()), (401, "Token is blacklisted"));
-    assert_eq!(ls.refresh(&pat3).await.0, 200);
+    assert_eq!(ls.api().refresh(&pat3).await.0, 200);
 
     // A PAT with a short lifetime minted from the Django side.
     // (8 s: minting takes 5-13 s of Django start-up on a loaded 2-core box, the clock starts at its end.)
@@ -178,24 +169,24 @@ async fn blacklist_rotate_and_short_lived_pats() {
     assert_eq!(c["token_type"], "refresh");
     let exp = c["exp"].as_i64().unwrap();
     assert_eq!(exp - c["iat"].as_i64().unwrap(), 8);
-    let access = ls.access_token(&short).await;
-    assert_eq!(ls.api_status(&format!("Bearer {access}")).await, 200);
+    let access = ls.api().access_token(&short).await;
+    assert_eq!(ls.api().whoami(&format!("Bearer {access}")).await, 200);
     sleep_past(exp, Duration::from_millis(1500)).await;
-    let (s, b) = ls.refresh(&short).await;
+    let (s, b) = ls.api().refresh(&short).await;
     assert_eq!((s, detail(&b).as_str()), (401, "Token is expired"));
     // It can be blacklisted like any other PAT (the OutstandingToken row exists): mint another one.
     let short2 = ls.mint_short_pat(3600).await;
-    assert_eq!(ls.refresh(&short2).await.0, 200);
-    ls.blacklist(&short2).await;
-    let (s, b) = ls.refresh(&short2).await;
+    assert_eq!(ls.api().refresh(&short2).await.0, 200);
+    ls.api().blacklist(&short2).await;
+    let (s, b) = ls.api().refresh(&short2).await;
     assert_eq!((s, detail(&b).as_str()), (401, "Token is blacklisted"));
 }
 
 #[tokio::test]
 async fn restart_keeps_url_and_pat_and_drop_cleans_up() {
     let mut ls = LabelStudio::start(LsOptions::default()).await;
-    let pat = ls.create_pat().await;
-    let access = ls.access_token(&pat).await;
+    let pat = ls.api().create_pat().await;
+    let access = ls.api().access_token(&pat).await;
     let url = ls.url();
     let pid = ls.pid().unwrap();
 
@@ -215,20 +206,20 @@ async fn restart_keeps_url_and_pat_and_drop_cleans_up() {
     assert_eq!(ls.url(), url, "same URL after restart");
     assert_ne!(ls.pid().unwrap(), pid);
     assert_eq!(
-        ls.api_status(&format!("Bearer {access}")).await,
+        ls.api().whoami(&format!("Bearer {access}")).await,
         200,
         "same signing key"
     );
-    let access2 = ls.access_token(&pat).await;
-    assert_eq!(ls.api_status(&format!("Bearer {access2}")).await, 200);
+    let access2 = ls.api().access_token(&pat).await;
+    assert_eq!(ls.api().whoami(&format!("Bearer {access2}")).await, 200);
     // Session-based helpers keep working (the session lives in the DB).
-    assert_eq!(ls.list_pats().await.len(), 1);
+    assert_eq!(ls.api().list_pats().await.len(), 1);
 
     // restart() on a running server also works.
     let pid2 = ls.pid().unwrap();
     ls.restart().await;
     assert_eq!(ls.url(), url);
-    assert_eq!(ls.refresh(&pat).await.0, 200);
+    assert_eq!(ls.api().refresh(&pat).await.0, 200);
 
     let pid3 = ls.pid().unwrap();
     let root = ls.root_dir().to_path_buf();
@@ -262,23 +253,23 @@ async fn instances_are_isolated_and_busy_ports_are_detected() {
         "B's first attempt saw A's port busy"
     );
 
-    assert_eq!(a.org_tokens().await, (true, false));
+    assert_eq!(a.api().org_tokens().await, (true, false));
     assert_eq!(
-        b.org_tokens().await,
+        b.api().org_tokens().await,
         (true, true),
         "legacy_enabled_at_start"
     );
 
     // Own signing key per instance: a PAT of A is invalid on B.
-    let pat_a = a.create_pat().await;
-    let pat_b = b.create_pat().await;
-    assert_eq!(a.refresh(&pat_a).await.0, 200);
-    assert_eq!(b.refresh(&pat_b).await.0, 200);
-    let (s, body) = b.refresh(&pat_a).await;
+    let pat_a = a.api().create_pat().await;
+    let pat_b = b.api().create_pat().await;
+    assert_eq!(a.api().refresh(&pat_a).await.0, 200);
+    assert_eq!(b.api().refresh(&pat_b).await.0, 200);
+    let (s, body) = b.api().refresh(&pat_a).await;
     assert_eq!((s, detail(&body).as_str()), (401, "Token is invalid"));
     // Own legacy token per instance.
-    let (la, lb) = (a.legacy_token().await, b.legacy_token().await);
+    let (la, lb) = (a.api().legacy_token().await, b.api().legacy_token().await);
     assert_ne!(la, lb);
-    assert_eq!(b.api_status(&format!("Token {lb}")).await, 200);
-    assert_eq!(b.api_status(&format!("Token {la}")).await, 401);
+    assert_eq!(b.api().whoami(&format!("Token {lb}")).await, 200);
+    assert_eq!(b.api().whoami(&format!("Token {la}")).await, 401);
 }

@@ -2,8 +2,6 @@
 //! 127.0.0.1 port with a short access-token lifetime): the real binary refreshes, validates and
 //! publishes, and every published token is checked against the real API.
 
-mod support;
-
 use std::{
     path::Path,
     sync::{
@@ -13,18 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ls_token_refresher::sink::rfc3339;
-use support::{
-    label_studio::{jwt_claims, LabelStudio, LsOptions},
-    refresher::{assert_no_secrets, read_set, run_to_end, workdir, RefresherProc},
+use ls_token_refresher_e2e::{
+    clock::{now, rfc3339},
+    jwt::jwt_claims,
+    label_studio::{LabelStudio, LsOptions},
+    log_scan::assert_no_secrets,
+    refresher::{run_to_end, workdir, RefresherProc},
+    token_dir::read_set,
+    wait::poll,
 };
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 /// Common `run` flags: trace logs (to prove nothing leaks even there) and quick retries.
 fn run_args<'a>(url: &'a str, dir: &'a str) -> Vec<&'a str> {
@@ -48,22 +43,17 @@ async fn wait_new_token(
     old: Option<&str>,
     timeout: Duration,
 ) -> (String, String, String) {
-    let t0 = Instant::now();
-    loop {
-        if let Some(set) = read_set(dir) {
-            if Some(set.0.as_str()) != old {
-                return set;
-            }
-        }
-        assert!(t0.elapsed() < timeout, "no new token within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll(timeout, Duration::from_millis(100), || async {
+        read_set(dir).filter(|set| Some(set.0.as_str()) != old)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no new token within {timeout:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn successive_refreshes_are_published_atomically_and_accepted() {
     let ls = LabelStudio::start_with_ttl(12).await;
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("token");
     std::fs::create_dir(&dir).unwrap();
@@ -107,7 +97,7 @@ async fn successive_refreshes_are_published_atomically_and_accepted() {
             "schedule uses the real TTL"
         );
         assert_eq!(
-            ls.api_status(&auth).await,
+            ls.api().whoami(&auth).await,
             200,
             "published token accepted by the real API"
         );
@@ -177,7 +167,7 @@ async fn successive_refreshes_are_published_atomically_and_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_token_check_and_startup_diagnosis() {
     let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     let url = ls.url();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t");
@@ -199,7 +189,7 @@ async fn once_token_check_and_startup_diagnosis() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     let (token, auth, _) = read_set(&dir).unwrap();
-    assert_eq!(ls.api_status(&auth).await, 200);
+    assert_eq!(ls.api().whoami(&auth).await, 200);
     assert_no_secrets(&out.stderr, &[&pat, &token]);
 
     // token: prints a working access token and nothing else.
@@ -207,7 +197,7 @@ async fn once_token_check_and_startup_diagnosis() {
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     let printed = out.stdout.trim();
     assert_eq!(jwt_claims(printed)["token_type"], "access");
-    assert_eq!(ls.api_status(&format!("Bearer {printed}")).await, 200);
+    assert_eq!(ls.api().whoami(&format!("Bearer {printed}")).await, 200);
     assert_no_secrets(&out.stderr, &[&pat, printed]);
 
     // check: every step passes.
@@ -235,7 +225,7 @@ async fn once_token_check_and_startup_diagnosis() {
     // Start-up diagnosis: exit 2 with one actionable line, nothing published.
     let empty = tmp.path().join("empty");
     std::fs::write(&empty, "\n").unwrap();
-    let access = ls.access_token(&pat).await;
+    let access = ls.api().access_token(&pat).await;
     let short = ls.mint_short_pat(1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let empty_dir = tmp.path().join("untouched");
@@ -318,7 +308,7 @@ async fn legacy_token_mode_detects_disabled_legacy_auth() {
         ..Default::default()
     })
     .await;
-    let legacy = ls.legacy_token().await;
+    let legacy = ls.api().legacy_token().await;
     let (tmp, dir, d) = workdir();
     let url = ls.url();
     let mut args = run_args(&url, &d);
@@ -329,7 +319,7 @@ async fn legacy_token_mode_detects_disabled_legacy_auth() {
     assert_eq!(token, legacy);
     assert_eq!(auth, format!("Token {legacy}"));
     assert_eq!(exp, "", "legacy tokens never expire");
-    assert_eq!(ls.api_status(&auth).await, 200);
+    assert_eq!(ls.api().whoami(&auth).await, 200);
     assert_eq!(
         proc.metric("ls_token_refresher_pat_expiration_timestamp_seconds")
             .await,
@@ -337,7 +327,7 @@ async fn legacy_token_mode_detects_disabled_legacy_auth() {
     );
 
     // The organization switches legacy tokens off: detected on the next re-check, reported.
-    ls.set_org_tokens(true, false).await;
+    ls.api().set_org_tokens(true, false).await;
     let body = proc.wait_ready(503, Duration::from_secs(15)).await;
     assert!(
         body.contains("rejected") && body.contains("legacy_disabled"),
@@ -354,7 +344,7 @@ async fn legacy_token_mode_detects_disabled_legacy_auth() {
         Some(0.0)
     );
     // Switched back on: recovers without restart.
-    ls.set_org_tokens(true, true).await;
+    ls.api().set_org_tokens(true, true).await;
     proc.wait_ready(200, Duration::from_secs(15)).await;
     assert_eq!(
         proc.metric("ls_token_refresher_refresh_total{result=\"success\"}")
@@ -373,7 +363,7 @@ async fn jwt_disabled_for_org_is_diagnosed_and_nothing_published() {
         ..Default::default()
     })
     .await;
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     let (tmp, dir, d) = workdir();
     let url = ls.url();
     let mut proc = RefresherProc::start(
@@ -416,10 +406,10 @@ async fn jwt_disabled_for_org_is_diagnosed_and_nothing_published() {
     assert!(out.stderr.contains("jwt_disabled"), "{}", out.stderr);
 
     // Switched on: the running refresher recovers by itself.
-    ls.set_org_tokens(true, false).await;
+    ls.api().set_org_tokens(true, false).await;
     proc.wait_ready(200, Duration::from_secs(20)).await;
     let (_, auth, _) = read_set(&dir).unwrap();
-    assert_eq!(ls.api_status(&auth).await, 200);
+    assert_eq!(ls.api().whoami(&auth).await, 200);
     assert_eq!(proc.signal_and_wait("TERM").code(), Some(0));
     assert_no_secrets(&proc.log_text(), &[&pat]);
 }
@@ -427,7 +417,7 @@ async fn jwt_disabled_for_org_is_diagnosed_and_nothing_published() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_pat_keeps_last_token_until_its_expiry() {
     let ls = LabelStudio::start_with_ttl(15).await;
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     let (tmp, dir, d) = workdir();
     let url = ls.url();
     let mut proc = RefresherProc::start(
@@ -437,7 +427,7 @@ async fn revoked_pat_keeps_last_token_until_its_expiry() {
         &[("LS_PAT", &pat)],
     );
     proc.wait_ready(200, Duration::from_secs(30)).await;
-    ls.blacklist(&pat).await;
+    ls.api().blacklist(&pat).await;
     // The refresher notices at its next refresh; from then on the last good token must stay.
     proc.wait_metric(
         "ls_token_refresher_refresh_errors_total{reason=\"revoked_pat\"}",
@@ -452,7 +442,7 @@ async fn revoked_pat_keeps_last_token_until_its_expiry() {
         let (t, _, _) = read_set(&dir).unwrap();
         assert_eq!(t, token, "the last good token was replaced or removed");
         assert_eq!(
-            ls.api_status(&auth).await,
+            ls.api().whoami(&auth).await,
             200,
             "the kept token must still work before its exp"
         );
@@ -481,7 +471,7 @@ async fn revoked_pat_keeps_last_token_until_its_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_pat_file_is_picked_up_without_restart() {
     let ls = LabelStudio::start_with_ttl(60).await;
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t");
     std::fs::create_dir(&dir).unwrap();
@@ -498,14 +488,14 @@ async fn rotated_pat_file_is_picked_up_without_restart() {
     let (before, _, _) = read_set(&dir).unwrap();
 
     // Rotate in Label Studio (the old PAT is blacklisted at once), then replace the file atomically.
-    let new_pat = ls.rotate(&before, &pat).await;
-    assert_eq!(ls.refresh(&pat).await.0, 401, "old PAT is dead");
+    let new_pat = ls.api().rotate(&before, &pat).await;
+    assert_eq!(ls.api().refresh(&pat).await.0, 401, "old PAT is dead");
     let tmp_file = tmp.path().join("pat.new");
     std::fs::write(&tmp_file, &new_pat).unwrap();
     std::fs::rename(&tmp_file, &pat_file).unwrap();
     // Picked up within the poll interval and used at once (the schedule said ~40 s away).
     let (after, auth, _) = wait_new_token(&dir, Some(&before), Duration::from_secs(10)).await;
-    assert_eq!(ls.api_status(&auth).await, 200);
+    assert_eq!(ls.api().whoami(&auth).await, 200);
     assert!(
         proc.metric("ls_token_refresher_source_reloads_total{result=\"changed\",source=\"file\"}")
             .await
@@ -522,7 +512,7 @@ async fn rotated_pat_file_is_picked_up_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_studio_restart_mid_run_costs_consumers_nothing() {
     let mut ls = LabelStudio::start_with_ttl(40).await;
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     let (tmp, dir, d) = workdir();
     let url = ls.url();
     let mut args = run_args(&url, &d);
@@ -571,7 +561,7 @@ async fn label_studio_restart_mid_run_costs_consumers_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (fresh, auth) = fresh.expect("no fresh token after Label Studio came back");
-    assert_eq!(ls.api_status(&auth).await, 200);
+    assert_eq!(ls.api().whoami(&auth).await, 200);
     stop.store(true, Ordering::Relaxed);
     consumer.join().unwrap();
     assert_eq!(

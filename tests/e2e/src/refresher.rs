@@ -1,15 +1,64 @@
 //! Runs the real `ls-token-refresher` binary as a child process (real signals, real exit codes),
 //! with its stderr captured to a file and its admin server on a free 127.0.0.1 port.
+//!
+//! The binary is built from the workspace's current source by [`binary`] (once per test process),
+//! so `cargo test -p ls-token-refresher-e2e` never runs a stale one.
 
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-/// Path of the binary under test (built by cargo for integration tests).
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_ls-token-refresher")
+use crate::{free_port, process, repo_root};
+
+/// Path of the binary under test: `cargo build --bin ls-token-refresher` of this workspace, run once
+/// per test process (a no-op when it is fresh; it waits while another cargo holds the build lock).
+///
+/// It builds with the same package selection as the tests (`-p ls-token-refresher -p
+/// ls-token-refresher-e2e`) so dependency features unify the same way and nothing is compiled twice,
+/// in the target dir cargo picks for the workspace (`CARGO_TARGET_DIR` is inherited).
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(build_binary)
+}
+
+fn build_binary() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let out = Command::new(&cargo)
+        .current_dir(repo_root())
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+            "-p",
+            "ls-token-refresher",
+            "-p",
+            "ls-token-refresher-e2e",
+            "--bin",
+            "ls-token-refresher",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cargo:?} build: {e}"));
+    assert!(
+        out.status.success(),
+        "cargo build --bin ls-token-refresher failed ({}); see its output above",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exe = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| {
+            m["reason"] == "compiler-artifact" && m["target"]["name"] == "ls-token-refresher"
+        })
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo build reported no ls-token-refresher executable");
+    assert!(exe.is_file(), "{} is missing", exe.display());
+    exe
 }
 
 /// A running refresher.
@@ -23,8 +72,11 @@ pub struct RefresherProc {
 
 /// Result of a finished one-shot command.
 pub struct Output {
+    /// How it exited.
     pub status: ExitStatus,
+    /// Everything it printed on stdout.
     pub stdout: String,
+    /// Everything it printed on stderr (logs).
     pub stderr: String,
 }
 
@@ -33,7 +85,7 @@ pub struct Output {
 pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(bin())
+    let mut child = Command::new(binary())
         .args(args)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -68,11 +120,12 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> Output {
 impl RefresherProc {
     /// Starts `run` with `args` (plus `--admin-addr` on a free port), logging to `dir/name.log`.
     pub fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> RefresherProc {
-        let port = super::free_port();
+        crate::init_crypto();
+        let port = free_port();
         let admin_addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin())
+        let child = Command::new(binary())
             .arg("run")
             .args(args)
             .args(["--admin-addr", &admin_addr])
@@ -165,9 +218,7 @@ impl RefresherProc {
     /// Sends `signal` (e.g. "TERM") by PID and waits up to 10 s for the exit status.
     pub fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status();
+        process::kill(child.id(), signal);
         let t0 = Instant::now();
         loop {
             if let Ok(Some(s)) = child.try_wait() {
@@ -221,28 +272,4 @@ pub fn workdir() -> (tempfile::TempDir, PathBuf, String) {
     std::fs::create_dir(&dir).unwrap();
     let s = dir.to_str().unwrap().to_owned();
     (tmp, dir, s)
-}
-
-/// Reads the published set consistently: resolves `..data` once and reads the files inside it.
-/// Returns None while nothing is published (or if a generation vanished mid-read; callers retry).
-pub fn read_set(dir: &Path) -> Option<(String, String, String)> {
-    let gen = std::fs::read_link(dir.join("..data")).ok()?;
-    let g = dir.join(gen);
-    let token = std::fs::read_to_string(g.join("token")).ok()?;
-    let auth = std::fs::read_to_string(g.join("authorization")).ok()?;
-    let exp = std::fs::read_to_string(g.join("expires_at")).ok()?;
-    Some((token, auth, exp))
-}
-
-/// Asserts that no JWT (every JWT starts with `eyJ`, the base64 of `{"`) and none of `secrets`
-/// appear anywhere in `log`.
-pub fn assert_no_secrets(log: &str, secrets: &[&str]) {
-    assert!(!log.contains("eyJ"), "a JWT appears in the logs:\n{log}");
-    for s in secrets {
-        assert!(!s.is_empty());
-        assert!(!log.contains(s), "a secret appears in the logs");
-        // Not even a prefix or suffix of the distinctive part.
-        let tail = &s[s.len().saturating_sub(16)..];
-        assert!(!log.contains(tail), "part of a secret appears in the logs");
-    }
 }

@@ -2,21 +2,25 @@
 //! the real binary, running as a least-privilege identity (only the shipped Role, enforced by the
 //! apiserver's RBAC) → a target Secret whose `authorization` the real API accepts.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
-    api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams},
+    api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams},
     Client,
 };
-use support::{
-    kube_api::ApiServer,
-    label_studio::{jwt_claims, LabelStudio},
-    rbac::{create_secret, grant_minimal_role, secret_data},
-    refresher::{assert_no_secrets, read_set, RefresherProc},
+use ls_token_refresher_e2e::{
+    clock::rfc3339,
+    jwt::jwt_claims,
+    kube_api::{can_i, create_secret, data_of, secret, secret_data},
+    kube_apiserver::{ApiServer, Identity},
+    label_studio::LabelStudio,
+    log_scan::assert_no_secrets,
+    rbac::grant_minimal_role,
+    refresher::RefresherProc,
+    token_dir::read_set,
+    wait::poll,
 };
 
 const PAT_SECRET: &str = "ls-pat";
@@ -35,7 +39,7 @@ async fn setup(ttl: u64) -> Env {
     let (kube, ls) = tokio::join!(ApiServer::start(), LabelStudio::start_with_ttl(ttl));
     let admin = kube.admin_client().await;
     let ns = kube.create_namespace("e2e").await;
-    let pat = ls.create_pat().await;
+    let pat = ls.api().create_pat().await;
     create_secret(&admin, &ns, PAT_SECRET, &[("pat", &pat)]).await;
     grant_minimal_role(&admin, &ns, kube.user_name(), PAT_SECRET, TARGET).await;
     let tmp = tempfile::tempdir().unwrap();
@@ -95,12 +99,8 @@ impl Env {
     /// The target Secret's (token, authorization, expires_at), if present.
     async fn target(&self) -> Option<(String, String, String)> {
         let s = self.secrets().get_opt(TARGET).await.ok()??;
-        let data = s.data?;
-        let get = |k: &str| {
-            data.get(k)
-                .map(|b| String::from_utf8(b.0.clone()).unwrap())
-                .unwrap_or_default()
-        };
+        s.data.as_ref()?;
+        let get = |k: &str| data_of(&s, k).unwrap_or_default();
         Some((get("token"), get("authorization"), get("expires_at")))
     }
 
@@ -109,19 +109,13 @@ impl Env {
         old: Option<&str>,
         timeout: Duration,
     ) -> (String, String, String) {
-        let t0 = Instant::now();
-        loop {
-            if let Some(t) = self.target().await {
-                if !t.0.is_empty() && Some(t.0.as_str()) != old {
-                    return t;
-                }
-            }
-            assert!(
-                t0.elapsed() < timeout,
-                "target Secret not updated within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        poll(timeout, Duration::from_millis(200), || async {
+            self.target()
+                .await
+                .filter(|t| !t.0.is_empty() && Some(t.0.as_str()) != old)
+        })
+        .await
+        .unwrap_or_else(|| panic!("target Secret not updated within {timeout:?}"))
     }
 
     /// Replaces the PAT Secret's data (replace, not merge, so keys can disappear).
@@ -135,11 +129,7 @@ impl Env {
     }
 
     async fn can_i(&self, verb: &str, what: &str) -> bool {
-        let out = self
-            .kube
-            .kubectl_as_user(["auth", "can-i", verb, what, "-n", &self.ns])
-            .await;
-        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+        can_i(&self.kube, Identity::User, &[verb, what, "-n", &self.ns]).await
     }
 }
 
@@ -164,16 +154,7 @@ async fn secret_to_secret_as_least_privilege_identity() {
     assert!(!env.can_i("delete", "secrets/ls-token").await);
     let other: Api<Secret> = Api::namespaced(env.kube.user_client(&env.ns).await, &env.ns);
     env.secrets()
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some("other".into()),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        )
+        .create(&PostParams::default(), &secret("other", &[]))
         .await
         .unwrap();
     assert!(
@@ -187,15 +168,12 @@ async fn secret_to_secret_as_least_privilege_identity() {
     let (t1, auth1, exp1) = env.wait_target_change(None, Duration::from_secs(10)).await;
     assert_eq!(auth1, format!("Bearer {t1}"));
     assert_eq!(
-        env.ls.api_status(&auth1).await,
+        env.ls.api().whoami(&auth1).await,
         200,
         "the real API accepts the token from the Secret"
     );
     let claims = jwt_claims(&t1);
-    assert_eq!(
-        exp1,
-        ls_token_refresher::sink::rfc3339(claims["exp"].as_i64().unwrap())
-    );
+    assert_eq!(exp1, rfc3339(claims["exp"].as_i64().unwrap()));
     let s = env.secrets().get(TARGET).await.unwrap();
     let meta = &s.metadata;
     assert_eq!(
@@ -222,11 +200,11 @@ async fn secret_to_secret_as_least_privilege_identity() {
     let (t2, auth2, _) = env
         .wait_target_change(Some(&t1), Duration::from_secs(30))
         .await;
-    assert_eq!(env.ls.api_status(&auth2).await, 200);
+    assert_eq!(env.ls.api().whoami(&auth2).await, 200);
     let (t3, auth3, _) = env
         .wait_target_change(Some(&t2), Duration::from_secs(30))
         .await;
-    assert_eq!(env.ls.api_status(&auth3).await, 200);
+    assert_eq!(env.ls.api().whoami(&auth3).await, 200);
     assert_eq!(
         proc.metric("ls_token_refresher_token_valid").await,
         Some(1.0)
@@ -248,17 +226,7 @@ async fn pat_rotation_deletion_and_missing_key_in_the_source_secret() {
     let env = setup(60).await;
     // Pre-existing target with someone else's key: we must never touch it.
     env.secrets()
-        .create(
-            &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some(TARGET.into()),
-                    ..Default::default()
-                },
-                data: Some(secret_data(&[("keep", "me")])),
-                ..Default::default()
-            },
-        )
+        .create(&PostParams::default(), &secret(TARGET, &[("keep", "me")]))
         .await
         .unwrap();
     let dir = env.tmp.path().join("tokens");
@@ -273,13 +241,13 @@ async fn pat_rotation_deletion_and_missing_key_in_the_source_secret() {
     );
 
     // Rotate the PAT in Label Studio (old one blacklisted at once) and in the Secret.
-    let new_pat = env.ls.rotate(&t1, &env.pat).await;
+    let new_pat = env.ls.api().rotate(&t1, &env.pat).await;
     env.set_pat_secret(&[("pat", &new_pat)]).await;
     let (t2, auth2, _) = env
         .wait_target_change(Some(&t1), Duration::from_secs(15))
         .await;
     assert_eq!(
-        env.ls.api_status(&auth2).await,
+        env.ls.api().whoami(&auth2).await,
         200,
         "token from the rotated PAT works"
     );
@@ -346,21 +314,14 @@ async fn pat_rotation_deletion_and_missing_key_in_the_source_secret() {
     env.secrets()
         .create(
             &PostParams::default(),
-            &Secret {
-                metadata: ObjectMeta {
-                    name: Some(PAT_SECRET.into()),
-                    ..Default::default()
-                },
-                data: Some(secret_data(&[("pat", &new_pat)])),
-                ..Default::default()
-            },
+            &secret(PAT_SECRET, &[("pat", &new_pat)]),
         )
         .await
         .unwrap();
     let (t3, auth3, _) = env
         .wait_target_change(Some(&t2), Duration::from_secs(15))
         .await;
-    assert_eq!(env.ls.api_status(&auth3).await, 200);
+    assert_eq!(env.ls.api().whoami(&auth3).await, 200);
 
     // Key missing: reported with the keys present (never values), then fixed.
     env.set_pat_secret(&[("wrong-key", &new_pat)]).await;
@@ -380,7 +341,7 @@ async fn pat_rotation_deletion_and_missing_key_in_the_source_secret() {
     let (t4, auth4, _) = env
         .wait_target_change(Some(&t3), Duration::from_secs(15))
         .await;
-    assert_eq!(env.ls.api_status(&auth4).await, 200);
+    assert_eq!(env.ls.api().whoami(&auth4).await, 200);
 
     let target = env.secrets().get(TARGET).await.unwrap();
     assert_eq!(
@@ -419,7 +380,7 @@ async fn apiserver_stopped_and_restarted_mid_run() {
         file_token = read_set(&dir).unwrap().0;
     }
     let (_, auth, _) = read_set(&dir).unwrap();
-    assert_eq!(env.ls.api_status(&auth).await, 200);
+    assert_eq!(env.ls.api().whoami(&auth).await, 200);
     assert!(
         proc.metric("ls_token_refresher_sink_write_errors_total{sink=\"secret\"}")
             .await
@@ -432,7 +393,7 @@ async fn apiserver_stopped_and_restarted_mid_run() {
     let (t2, auth2, _) = env
         .wait_target_change(Some(&t1), Duration::from_secs(60))
         .await;
-    assert_eq!(env.ls.api_status(&auth2).await, 200);
+    assert_eq!(env.ls.api().whoami(&auth2).await, 200);
     proc.wait_ready(200, Duration::from_secs(30)).await;
     assert_eq!(proc.signal_and_wait("TERM").code(), Some(0));
     assert_no_secrets(&proc.log_text(), &[&env.pat, &t1, &t2, &file_token]);
@@ -477,7 +438,7 @@ async fn conflict_with_another_field_manager_is_reported_not_forced() {
     let mut forced = env.start("forced", None, &["--target-secret-force"]);
     forced.wait_ready(200, Duration::from_secs(60)).await;
     let (_, auth, _) = env.target().await.unwrap();
-    assert_eq!(env.ls.api_status(&auth).await, 200);
+    assert_eq!(env.ls.api().whoami(&auth).await, 200);
     assert_eq!(forced.signal_and_wait("TERM").code(), Some(0));
     assert_no_secrets(&proc.log_text(), &[&env.pat]);
     assert_no_secrets(&forced.log_text(), &[&env.pat]);

@@ -1,5 +1,5 @@
 //! The Helm chart and the plain manifests in deploy/ against a real kube-apiserver (v1.20.2, see
-//! tests/support/kube_api.rs): every object is submitted with `kubectl apply --dry-run=server`, so the API server's
+//! the `kube_apiserver` harness): every object is submitted with `kubectl apply --dry-run=server`, so the API server's
 //! own validation and defaulting run on it. The chart's RBAC is then applied for real and probed with
 //! `kubectl auth can-i` (impersonating the chart's ServiceAccount) to prove the Role is exactly least-privilege.
 //!
@@ -13,48 +13,26 @@
 //! Tools: helm comes from tests/support/tools/provision.sh (cached), kubectl and the API server from the kube
 //! harness.
 
-mod support;
-
-use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use support::kube_api::ApiServer;
+use ls_token_refresher_e2e::{
+    kube_api::can_i,
+    kube_apiserver::{ApiServer, Identity},
+    repo_root,
+    tools::tools_env,
+};
 
 const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs provision.sh once per test process and returns the path of its env.sh.
-async fn tools_env() -> PathBuf {
-    static ENV: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
-    ENV.get_or_init(|| async {
-        let out = tokio::process::Command::new("bash")
-            .arg(repo().join("tests/support/tools/provision.sh"))
-            .arg("--env-file")
-            .env("LSTR_CACHE", support::cache_dir())
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .await
-            .expect("run provision.sh");
-        assert!(out.status.success(), "provision.sh failed: {}", out.status);
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-    .await
-    .clone()
-}
-
 /// `helm ARGS...` with the provisioned helm and its writable homes.
 async fn helm(args: &[&str]) -> Output {
-    let env = tools_env().await;
+    let env = tools_env();
     tokio::process::Command::new("bash")
         .arg("-c")
         .arg(r#"source "$0" && exec "$HELM" "$@""#)
         .arg(env)
         .args(args)
-        .current_dir(repo())
+        .current_dir(repo_root())
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -209,7 +187,7 @@ async fn chart_and_deploy_manifests_pass_server_side_dry_run_on_1_20() {
 
     // --- deploy/ ---------------------------------------------------------------------------------------------
     create_namespace_named(&server, "label-studio").await;
-    let read = |f: &str| std::fs::read_to_string(repo().join("deploy").join(f)).unwrap();
+    let read = |f: &str| std::fs::read_to_string(repo_root().join("deploy").join(f)).unwrap();
 
     for f in ["secret-mode.yaml", "classic-sidecar.yaml", "job-once.yaml"] {
         let yaml = read(f);
@@ -301,7 +279,7 @@ async fn chart_and_deploy_manifests_pass_server_side_dry_run_on_1_20() {
 }
 
 /// `kubectl auth can-i VERB RESOURCE -n IN_NS` as the ServiceAccount `sa_ns/sa` (admin impersonation).
-async fn can_i(
+async fn sa_can_i(
     server: &ApiServer,
     (sa_ns, sa): (&str, &str),
     in_ns: &str,
@@ -309,16 +287,12 @@ async fn can_i(
     resource: &str,
 ) -> bool {
     let who = format!("--as=system:serviceaccount:{sa_ns}:{sa}");
-    let out = server
-        .kubectl(["auth", "can-i", verb, resource, "-n", in_ns, who.as_str()])
-        .await;
-    let answer = text(&out.stdout).trim().to_string();
-    assert!(
-        answer == "yes" || answer == "no",
-        "can-i {verb} {resource}: {answer} / {}",
-        text(&out.stderr)
-    );
-    answer == "yes"
+    can_i(
+        server,
+        Identity::Admin,
+        &[verb, resource, "-n", in_ns, who.as_str()],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -351,12 +325,6 @@ async fn chart_rbac_is_least_privilege_on_a_real_api_server() {
         ("create", "events.events.k8s.io".to_string()),
         ("patch", "events.events.k8s.io".to_string()),
     ];
-    for (verb, resource) in &allowed {
-        assert!(
-            can_i(&server, (&ns, sa), &ns, verb, resource).await,
-            "the ServiceAccount cannot {verb} {resource}"
-        );
-    }
     let denied = [
         ("get", "secrets/some-other-secret".to_string()),
         ("list", "secrets".to_string()),
@@ -369,10 +337,13 @@ async fn chart_rbac_is_least_privilege_on_a_real_api_server() {
         ("get", "pods".to_string()),
         ("list", "events".to_string()),
     ];
-    for (verb, resource) in &denied {
-        assert!(
-            !can_i(&server, (&ns, sa), &ns, verb, resource).await,
-            "the ServiceAccount can {verb} {resource}"
+    let cases = (allowed.iter().map(|c| (c, true))).chain(denied.iter().map(|c| (c, false)));
+    for ((verb, resource), want) in cases {
+        assert_eq!(
+            sa_can_i(&server, (&ns, sa), &ns, verb, resource).await,
+            want,
+            "the ServiceAccount {} {verb} {resource}",
+            if want { "cannot" } else { "can" }
         );
     }
     // Nothing outside its namespace.
@@ -382,7 +353,7 @@ async fn chart_rbac_is_least_privilege_on_a_real_api_server() {
         ("create", "events".into()),
     ] {
         assert!(
-            !can_i(&server, (&ns, sa), &other, verb, &resource).await,
+            !sa_can_i(&server, (&ns, sa), &other, verb, &resource).await,
             "the ServiceAccount can {verb} {resource} in another namespace"
         );
     }

@@ -11,7 +11,7 @@
 //! Secrets, no garbage collection, pods stay Pending. API level is 1.20 (no CEL, no strict field
 //! validation, no streaming lists: do not enable kube's `streaming_lists()`).
 //!
-//! ```ignore
+//! ```text
 //! let server = ApiServer::start().await;                 // ~6 s warm; first run on a machine builds (~9 min)
 //! let ns = server.create_namespace("my-test").await;
 //! let admin = server.admin_client().await;               // system:masters
@@ -27,6 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -35,7 +36,8 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use super::{cache_dir, free_port, init_crypto};
+use crate::pki::{self, EC_KEY};
+use crate::{free_port, init_crypto, process, tail};
 
 /// Name of the least-privilege token-file user (in no group but `system:authenticated`).
 pub const USER_NAME: &str = "refresher";
@@ -45,25 +47,11 @@ pub const ADMIN_NAME: &str = "lstr-admin";
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs `provision.sh` once per test process (a warm run is a stamp check) and returns the bin dir.
-pub async fn provision() -> PathBuf {
-    static BIN: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
-    BIN.get_or_init(|| async {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/kube/provision.sh");
-        let out = tokio::process::Command::new("bash")
-            .arg(&script)
-            .env("LSTR_CACHE", cache_dir())
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit()) // a cold build shows its progress on the console
-            .output()
-            .await
-            .expect("run provision.sh");
-        assert!(
-            out.status.success(),
-            "{} failed: {}",
-            script.display(),
-            out.status
-        );
-        let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+pub fn provision() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let hint = "run `bash tests/support/kube/provision.sh` by hand (a cold build takes ~9 min)";
+        let bin = PathBuf::from(crate::provision("kube", &[], hint).trim());
         assert!(
             bin.join("kube-apiserver").is_file(),
             "no kube-apiserver in {}",
@@ -71,8 +59,6 @@ pub async fn provision() -> PathBuf {
         );
         bin
     })
-    .await
-    .clone()
 }
 
 /// Which identity a kubeconfig / client / kubectl call uses.
@@ -103,7 +89,7 @@ impl ApiServer {
     /// Panics with the tails of both logs if they do not come up.
     pub async fn start() -> ApiServer {
         init_crypto();
-        let bin = provision().await;
+        let bin = provision().to_path_buf();
         reap_orphans(&bin);
         let dir = tempfile::Builder::new()
             .prefix("lstr-kube-")
@@ -201,6 +187,7 @@ impl ApiServer {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// The apiserver's port on 127.0.0.1 (kept across restarts).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -313,6 +300,17 @@ impl ApiServer {
     /// Least-privilege user client with default namespace `namespace`.
     pub async fn user_client(&self, namespace: &str) -> Client {
         self.client_for(Identity::User, namespace).await
+    }
+
+    /// A client that trusts the cluster CA and presents `token` (which the server may not know).
+    pub fn client_with_token(&self, token: &str) -> Client {
+        init_crypto();
+        let mut config = Config::new(self.url().parse().unwrap());
+        config.root_cert = Some(vec![pki::pem_to_der(
+            &fs::read_to_string(self.ca_pem_path()).unwrap(),
+        )]);
+        config.auth_info.token = Some(token.to_string().into());
+        Client::try_from(config).expect("kube client")
     }
 
     /// Creates a namespace `<prefix>-<random>` (prefix sanitised to a DNS label) and returns its name.
@@ -435,14 +433,18 @@ impl ApiServer {
     pub fn log_tails(&self) -> String {
         format!(
             "--- etcd.log (tail) ---\n{}\n--- kube-apiserver.log (tail) ---\n{}",
-            tail(&self.dir.path().join("etcd.log"), 40),
-            tail(&self.dir.path().join("kube-apiserver.log"), 60)
+            tail_file(&self.dir.path().join("etcd.log"), 40),
+            tail_file(&self.dir.path().join("kube-apiserver.log"), 60)
         )
     }
 
     /// Resident set size in KiB of (kube-apiserver, etcd), read from /proc.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let rss = |c: &Option<Child>| c.as_ref().map(|c| proc_rss_kib(c.id())).unwrap_or(0);
+        let rss = |c: &Option<Child>| {
+            c.as_ref()
+                .and_then(|c| process::rss_kib(c.id()))
+                .unwrap_or(0)
+        };
         (rss(&self.apiserver), rss(&self.etcd))
     }
 
@@ -454,7 +456,7 @@ impl ApiServer {
         let pid = std::process::id();
         let mut text = format!(
             "{pid} {}\n{}\n",
-            proc_start_time(pid).unwrap_or(0),
+            process::start_time(pid).unwrap_or(0),
             self.etcd_data.path().display()
         );
         for child in [&self.etcd, &self.apiserver].into_iter().flatten() {
@@ -604,14 +606,6 @@ impl Drop for ApiServer {
 
 // ---------------------------------------------------------------------- helpers
 
-/// The `kube::Error::Api` status code of a result, if it is an API error.
-pub fn api_error_code<T>(r: &Result<T, kube::Error>) -> Option<u16> {
-    match r {
-        Err(kube::Error::Api(s)) => Some(s.code),
-        _ => None,
-    }
-}
-
 const OWNER_FILE: &str = "owner.pids";
 
 /// Kills etcd/kube-apiserver processes and removes dirs left behind by test processes that died without
@@ -643,7 +637,7 @@ fn reap_orphans(bin: &Path) {
         let [owner_pid, owner_start] = owner[..] else {
             continue;
         };
-        if proc_start_time(owner_pid as u32) == Some(owner_start) {
+        if process::start_time(owner_pid as u32) == Some(owner_start) {
             continue; // still owned by a live process
         }
         let etcd_data = lines.next().map(PathBuf::from);
@@ -654,7 +648,7 @@ fn reap_orphans(bin: &Path) {
                     "[kube harness] killing orphaned {} (pid {pid})",
                     dir.display()
                 );
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                process::kill(pid, "9");
             }
         }
         let ours = |d: &PathBuf| {
@@ -666,13 +660,6 @@ fn reap_orphans(bin: &Path) {
         }
         let _ = fs::remove_dir_all(&dir);
     }
-}
-
-/// Start time (clock ticks since boot) of a live process, from /proc/PID/stat.
-fn proc_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn random_token() -> String {
@@ -720,29 +707,16 @@ async fn etcd_healthy(port: u16) -> bool {
     )
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+/// The last `lines` lines of the file at `path` (of its last 64 KiB).
+fn tail_file(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return format!("(no {})", path.display());
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut s = String::new();
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    s.push_str(&String::from_utf8_lossy(&buf));
-    let all: Vec<&str> = s.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn proc_rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    tail(&String::from_utf8_lossy(&buf), lines)
 }
 
 const OPENSSL_CNF: &str = "\
@@ -774,13 +748,7 @@ authorityKeyIdentifier = keyid
 /// All keys are EC P-256 (instant to generate; rustls and Go both accept them).
 fn make_pki(dir: &Path) {
     fs::write(dir.join("openssl.cnf"), OPENSSL_CNF).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = EC_KEY;
     openssl(
         dir,
         &[
@@ -865,18 +833,5 @@ fn make_pki(dir: &Path) {
 }
 
 fn openssl(dir: &Path, a: &[&str], b: &[&str], c: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(a)
-        .args(b)
-        .args(c)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl {:?} failed: {}",
-        [a, b, c].concat(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    pki::openssl(dir, [a, b, c].concat());
 }

@@ -1,4 +1,4 @@
-//! Real Label Studio 1.23.2 per test.
+//! A real Label Studio 1.23.2 process per test.
 //!
 //! `LabelStudio::start(LsOptions::default()).await` copies the provisioned template data dir (see
 //! `tests/support/ls/provision.sh`, run automatically, ~instant when warm) into a fresh temp dir, gives it
@@ -7,21 +7,22 @@
 //! own data dir, own HOME, own port, own signing key. The process is stopped (by PID) on `stop()` and on
 //! drop, and it also exits by itself if the test process dies (a watchdog thread in the launcher).
 //!
-//! Helpers never print tokens; panics carry statuses and error details only.
+//! The API is reached through [`LabelStudio::api`] ([`LsApi`]); only what needs the server's files
+//! (minting a short-lived PAT from the Django side) is here.
 //!
-//! Environment knobs: `LSTR_CACHE` (cache root, see `cache_dir()`), `LSTR_NO_PROVISION=1` (do not run
-//! provision.sh, only check the cache), `LSTR_KEEP_LS_DIR=1` (keep the temp dir of each instance).
+//! Environment knobs: `LSTR_CACHE` (cache root, see [`crate::cache_dir`]), `LSTR_NO_PROVISION=1` (do not
+//! run provision.sh, only check the cache), `LSTR_KEEP_LS_DIR=1` (keep the temp dir of each instance).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use serde_json::{json, Value};
+use crate::ls_api::{http_client, LsApi};
+use crate::{cache_dir, free_port, process, support_dir, tail};
 
 /// The test superuser created by provision.sh (fixed, local-only credentials).
 pub const ADMIN_EMAIL: &str = "admin@example.com";
@@ -32,7 +33,7 @@ pub const LS_VERSION: &str = "1.23.2";
 
 /// Directory holding provision.sh, test_settings.py and mint_pat.py.
 pub fn ls_support_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/ls")
+    support_dir("ls")
 }
 
 /// How to start a test Label Studio.
@@ -68,11 +69,17 @@ impl Default for LsOptions {
 /// Paths printed by provision.sh.
 #[derive(Clone, Debug)]
 pub struct Provisioned {
+    /// The virtualenv Label Studio is installed in.
     pub venv: PathBuf,
+    /// Its `label-studio` console script.
     pub label_studio_bin: PathBuf,
+    /// Its python.
     pub python: PathBuf,
+    /// The template data dir (migrated DB with the admin user), copied per instance.
     pub template: PathBuf,
+    /// The admin's e-mail.
     pub email: String,
+    /// The admin's password.
     pub password: String,
 }
 
@@ -86,10 +93,10 @@ pub fn provision() -> &'static Provisioned {
         let how = format!(
             "run `bash {}` (needs PyPI; ~5 min cold, cached under {}/ls-{LS_VERSION})",
             script.display(),
-            super::cache_dir().display()
+            cache_dir().display()
         );
         if std::env::var_os("LSTR_NO_PROVISION").is_some_and(|v| v == "1") {
-            let dir = super::cache_dir().join(format!("ls-{LS_VERSION}"));
+            let dir = cache_dir().join(format!("ls-{LS_VERSION}"));
             let p = Provisioned {
                 venv: dir.join("venv"),
                 label_studio_bin: dir.join("venv/bin/label-studio"),
@@ -104,19 +111,7 @@ pub fn provision() -> &'static Provisioned {
             );
             return p;
         }
-        let out = Command::new("bash")
-            .arg(&script)
-            .env("LSTR_CACHE", super::cache_dir())
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run provision.sh ({e}): {how}"));
-        assert!(
-            out.status.success(),
-            "provision.sh failed ({}); see its stderr above; {how}",
-            out.status
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stdout = crate::provision("ls", &[], &how);
         let vars: BTreeMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
         let get = |k: &str| -> String {
             vars.get(k)
@@ -183,16 +178,16 @@ pub struct LabelStudio {
     log_path: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// For `/health` while starting.
     http: reqwest::Client,
-    /// Session cookies of the admin (name → value); empty until the first session call.
-    cookies: Mutex<BTreeMap<String, String>>,
+    /// The API client, once the port is known (always set on a started instance).
+    api: Option<LsApi>,
 }
 
 impl LabelStudio {
     /// Provisions (if needed), prepares a fresh data dir and starts Label Studio; panics on failure with the
     /// tail of its log.
     pub async fn start(opts: LsOptions) -> LabelStudio {
-        super::init_crypto();
         let prov = provision();
         let root = tempfile::Builder::new()
             .prefix("lstr-ls-")
@@ -232,12 +227,6 @@ impl LabelStudio {
             "preparing the data dir failed: {}",
             String::from_utf8_lossy(&prep.stderr)
         );
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("build reqwest client");
         let mut ls = LabelStudio {
             log_path: root_path.join("label-studio.log"),
             opts,
@@ -248,14 +237,14 @@ impl LabelStudio {
             home,
             port: 0,
             child: None,
-            http,
-            cookies: Mutex::new(BTreeMap::new()),
+            http: http_client(),
+            api: None,
         };
         let t0 = Instant::now();
         let mut first = ls.opts.port;
         let mut last_err = String::new();
         for _attempt in 0..5 {
-            let port = first.take().unwrap_or_else(super::free_port);
+            let port = first.take().unwrap_or_else(free_port);
             match ls.spawn_and_wait(port).await {
                 Ok(()) => {
                     eprintln!(
@@ -265,6 +254,7 @@ impl LabelStudio {
                         t0.elapsed().as_secs_f64(),
                         ls.data_dir.display()
                     );
+                    ls.api = Some(LsApi::new(&ls.url(), &prov.email, &prov.password));
                     return ls;
                 }
                 Err(SpawnError::PortMoved(msg)) => {
@@ -286,9 +276,9 @@ impl LabelStudio {
         .await
     }
 
-    /// Starts with default options (access TTL 300 s, legacy off).
-    pub async fn start_default() -> LabelStudio {
-        Self::start(LsOptions::default()).await
+    /// The API of this instance, as its admin. Its session survives [`Self::restart`].
+    pub fn api(&self) -> &LsApi {
+        self.api.as_ref().expect("Label Studio was started")
     }
 
     /// Spawns the server on `port` and waits for it; on failure the process is stopped again.
@@ -439,6 +429,7 @@ impl LabelStudio {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -448,10 +439,12 @@ impl LabelStudio {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The server's log (stdout and stderr of every start).
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }
 
+    /// Its data dir (SQLite DB, secret key).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
@@ -459,10 +452,6 @@ impl LabelStudio {
     /// The instance's temp dir (data dir, HOME, log); removed on drop.
     pub fn root_dir(&self) -> &Path {
         &self.root_path
-    }
-
-    pub fn options(&self) -> &LsOptions {
-        &self.opts
     }
 
     /// Whether the server process is still alive.
@@ -475,10 +464,7 @@ impl LabelStudio {
 
     /// Resident memory of the server process, from /proc.
     pub fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        process::rss_kib(self.pid()?).map(|kib| kib * 1024)
     }
 
     /// SIGTERM to the server (by PID, its own process group), wait up to 5 s, then SIGKILL. Idempotent.
@@ -490,7 +476,7 @@ impl LabelStudio {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return;
         }
-        signal_group(pid, "TERM");
+        process::kill_group(pid, "TERM");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match child.try_wait() {
@@ -501,7 +487,7 @@ impl LabelStudio {
                 _ => break,
             }
         }
-        signal_group(pid, "KILL");
+        process::kill_group(pid, "KILL");
         let _ = child.kill();
         let _ = child.wait();
     }
@@ -532,325 +518,6 @@ impl LabelStudio {
             }
         }
         panic!("restart: could not get port {port} back: {last}");
-    }
-
-    // ---------------------------------------------------------------- HTTP helpers
-
-    fn api(&self, path: &str) -> String {
-        format!("{}{}", self.url(), path)
-    }
-
-    fn cookie_header(&self) -> String {
-        let c = self.cookies.lock().unwrap();
-        c.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn absorb_cookies(&self, headers: &reqwest::header::HeaderMap) {
-        let mut c = self.cookies.lock().unwrap();
-        for v in headers.get_all(reqwest::header::SET_COOKIE) {
-            let Ok(v) = v.to_str() else { continue };
-            let first = v.split(';').next().unwrap_or("");
-            if let Some((k, val)) = first.split_once('=') {
-                c.insert(k.trim().to_string(), val.trim().to_string());
-            }
-        }
-    }
-
-    /// Session login of the admin (GET the form for the CSRF cookie, POST credentials → 302).
-    pub async fn login(&self) {
-        self.cookies.lock().unwrap().clear();
-        let login = self.api("/user/login/");
-        let r = self
-            .http
-            .get(&login)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /user/login/: {e}"));
-        self.absorb_cookies(r.headers());
-        let csrf = self
-            .cookies
-            .lock()
-            .unwrap()
-            .get("csrftoken")
-            .cloned()
-            .unwrap_or_else(|| panic!("GET /user/login/ ({}) set no csrftoken cookie", r.status()));
-        let body = format!(
-            "email={}&password={}&csrfmiddlewaretoken={}",
-            urlencode(&self.prov.email),
-            urlencode(&self.prov.password),
-            urlencode(&csrf)
-        );
-        let r = self
-            .http
-            .post(&login)
-            .header(reqwest::header::COOKIE, self.cookie_header())
-            .header(reqwest::header::REFERER, &login)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST /user/login/: {e}"));
-        let status = r.status().as_u16();
-        self.absorb_cookies(r.headers());
-        assert!(
-            status == 302 && self.cookies.lock().unwrap().contains_key("sessionid"),
-            "session login as {} failed: HTTP {status} (expected 302 with a sessionid cookie)",
-            self.prov.email
-        );
-    }
-
-    /// A request authenticated with the admin's session cookie (logs in on first use and again once
-    /// if the session was rejected).
-    pub async fn session_request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        for attempt in 0..2 {
-            if attempt == 1 || !self.cookies.lock().unwrap().contains_key("sessionid") {
-                self.login().await;
-            }
-            let csrf = self
-                .cookies
-                .lock()
-                .unwrap()
-                .get("csrftoken")
-                .cloned()
-                .unwrap_or_default();
-            let mut rb = self
-                .http
-                .request(method.clone(), self.api(path))
-                .header(reqwest::header::COOKIE, self.cookie_header())
-                .header("X-CSRFToken", csrf)
-                .header(reqwest::header::REFERER, self.api("/"));
-            if let Some(b) = body {
-                rb = rb.json(b);
-            }
-            let r = rb
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-            self.absorb_cookies(r.headers());
-            let status = r.status().as_u16();
-            if attempt == 0 && (status == 401 || status == 403) {
-                continue;
-            }
-            return (status, body_json(r).await);
-        }
-        unreachable!()
-    }
-
-    /// POST a JSON body; `authorization` is the full header value (e.g. `"Bearer …"`).
-    pub async fn post_json(
-        &self,
-        path: &str,
-        authorization: Option<&str>,
-        body: &Value,
-    ) -> (u16, Value) {
-        self.send(
-            "POST",
-            path,
-            self.http.post(self.api(path)).json(body),
-            authorization,
-        )
-        .await
-    }
-
-    /// GET; `authorization` is the full header value.
-    pub async fn get(&self, path: &str, authorization: Option<&str>) -> (u16, Value) {
-        self.send("GET", path, self.http.get(self.api(path)), authorization)
-            .await
-    }
-
-    /// Sends `rb` with an optional `Authorization` header value; panics on transport errors.
-    async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        mut rb: reqwest::RequestBuilder,
-        authorization: Option<&str>,
-    ) -> (u16, Value) {
-        if let Some(a) = authorization {
-            rb = rb.header(reqwest::header::AUTHORIZATION, a);
-        }
-        let r = rb
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = r.status().as_u16();
-        (status, body_json(r).await)
-    }
-
-    // ---------------------------------------------------------------- tokens
-
-    /// Creates a PAT for the admin (`POST /api/token/`). Label Studio allows one valid PAT per user: on
-    /// 409 every listed PAT (and any other live one) is blacklisted first, then creation is retried once.
-    pub async fn create_pat(&self) -> String {
-        let (status, body) = self
-            .session_request(reqwest::Method::POST, "/api/token/", None)
-            .await;
-        let (status, body) = if status == 409 {
-            for t in self.list_pats().await {
-                let (s, _) = self
-                    .post_json("/api/token/blacklist/", None, &json!({ "refresh": t }))
-                    .await;
-                assert!(
-                    s == 204 || s == 404,
-                    "blacklisting an existing PAT: HTTP {s}"
-                );
-            }
-            self.session_request(reqwest::Method::POST, "/api/token/", None)
-                .await
-        } else {
-            (status, body)
-        };
-        assert_eq!(
-            status,
-            201,
-            "POST /api/token/: HTTP {status}: {}",
-            detail(&body)
-        );
-        body["token"]
-            .as_str()
-            .unwrap_or_else(|| panic!("POST /api/token/ 201 without a token field"))
-            .to_string()
-    }
-
-    /// The admin's live PATs as Label Studio lists them (`header.payload`, no signature).
-    pub async fn list_pats(&self) -> Vec<String> {
-        let (status, body) = self
-            .session_request(reqwest::Method::GET, "/api/token/", None)
-            .await;
-        assert_eq!(
-            status,
-            200,
-            "GET /api/token/: HTTP {status}: {}",
-            detail(&body)
-        );
-        body.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t["token"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The admin's legacy token (40 hex chars), whatever the org switches are.
-    pub async fn legacy_token(&self) -> String {
-        let (status, body) = self
-            .session_request(reqwest::Method::GET, "/api/current-user/token", None)
-            .await;
-        assert_eq!(
-            status,
-            200,
-            "GET /api/current-user/token: HTTP {status}: {}",
-            detail(&body)
-        );
-        body["token"]
-            .as_str()
-            .expect("legacy token field")
-            .to_string()
-    }
-
-    /// Replaces the admin's legacy token and returns the new one.
-    pub async fn reset_legacy_token(&self) -> String {
-        let (status, body) = self
-            .session_request(
-                reqwest::Method::POST,
-                "/api/current-user/reset-token/",
-                None,
-            )
-            .await;
-        assert!(
-            status == 200 || status == 201,
-            "POST /api/current-user/reset-token/: HTTP {status}: {}",
-            detail(&body)
-        );
-        body["token"]
-            .as_str()
-            .expect("legacy token field")
-            .to_string()
-    }
-
-    /// Current org switches: `(api_tokens_enabled, legacy_api_tokens_enabled)`.
-    pub async fn org_tokens(&self) -> (bool, bool) {
-        let (status, body) = self
-            .session_request(reqwest::Method::GET, "/api/jwt/settings", None)
-            .await;
-        assert_eq!(
-            status,
-            200,
-            "GET /api/jwt/settings: HTTP {status}: {}",
-            detail(&body)
-        );
-        (
-            body["api_tokens_enabled"]
-                .as_bool()
-                .expect("api_tokens_enabled"),
-            body["legacy_api_tokens_enabled"]
-                .as_bool()
-                .expect("legacy_api_tokens_enabled"),
-        )
-    }
-
-    /// Sets the org switches (JWT/PAT auth, legacy token auth). Effective from the next request.
-    pub async fn set_org_tokens(&self, api_tokens_enabled: bool, legacy_enabled: bool) {
-        let want = json!({
-            "api_tokens_enabled": api_tokens_enabled,
-            "legacy_api_tokens_enabled": legacy_enabled,
-        });
-        let (status, body) = self
-            .session_request(reqwest::Method::POST, "/api/jwt/settings", Some(&want))
-            .await;
-        assert!(
-            (200..300).contains(&status),
-            "POST /api/jwt/settings: HTTP {status}: {}",
-            detail(&body)
-        );
-        assert_eq!(
-            self.org_tokens().await,
-            (api_tokens_enabled, legacy_enabled)
-        );
-    }
-
-    /// Revokes a PAT (`POST /api/token/blacklist/`, expects 204).
-    pub async fn blacklist(&self, pat: &str) {
-        let (status, body) = self
-            .post_json("/api/token/blacklist/", None, &json!({ "refresh": pat }))
-            .await;
-        assert_eq!(
-            status,
-            204,
-            "POST /api/token/blacklist/: HTTP {status}: {}",
-            detail(&body)
-        );
-    }
-
-    /// `POST /api/token/rotate/` authenticated with `access`, rotating `pat`: returns the new PAT; the old
-    /// one is blacklisted at once. (Label Studio needs the PAT in the body: the access token alone → 400.)
-    pub async fn rotate(&self, access: &str, pat: &str) -> String {
-        let (status, body) = self
-            .post_json(
-                "/api/token/rotate/",
-                Some(&format!("Bearer {access}")),
-                &json!({ "refresh": pat }),
-            )
-            .await;
-        assert_eq!(
-            status,
-            200,
-            "POST /api/token/rotate/: HTTP {status}: {}",
-            detail(&body)
-        );
-        body["refresh"].as_str().expect("refresh field").to_string()
     }
 
     /// Mints a PAT that expires `lifetime_secs` after now, from the Django side (mint_pat.py). It is a
@@ -884,26 +551,6 @@ impl LabelStudio {
         );
         token
     }
-
-    /// `POST /api/token/refresh/ {"refresh": pat}` → (status, JSON body).
-    pub async fn refresh(&self, pat: &str) -> (u16, Value) {
-        self.post_json("/api/token/refresh/", None, &json!({ "refresh": pat }))
-            .await
-    }
-
-    /// Exchanges `pat` for an access token, asserting 200.
-    pub async fn access_token(&self, pat: &str) -> String {
-        let (status, body) = self.refresh(pat).await;
-        assert_eq!(status, 200, "refresh: HTTP {status}: {}", detail(&body));
-        body["access"].as_str().expect("access field").to_string()
-    }
-
-    /// `GET /api/current-user/whoami` with `Authorization: <authorization>` → HTTP status.
-    pub async fn api_status(&self, authorization: &str) -> u16 {
-        self.get("/api/current-user/whoami", Some(authorization))
-            .await
-            .0
-    }
 }
 
 impl Drop for LabelStudio {
@@ -924,60 +571,6 @@ impl Drop for LabelStudio {
             }
         }
     }
-}
-
-/// Claims (payload) of a JWT, without verification.
-pub fn jwt_claims(token: &str) -> Value {
-    let payload = token.split('.').nth(1).expect("JWT has a payload part");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .expect("JWT payload is base64url");
-    serde_json::from_slice(&bytes).expect("JWT payload is JSON")
-}
-
-/// The `detail` of a Label Studio error body (or the body itself if it has none).
-pub fn detail(body: &Value) -> String {
-    match body.get("detail") {
-        Some(Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => body.to_string(),
-    }
-}
-
-async fn body_json(r: reqwest::Response) -> Value {
-    let text = r.text().await.unwrap_or_default();
-    if text.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_str(&text).unwrap_or(Value::String(text))
-}
-
-fn signal_group(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg("--")
-        .arg(format!("-{pid}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// Removes temp dirs of earlier instances whose test process died without running `Drop` (e.g. SIGKILL);

@@ -1,115 +1,48 @@
-//! Proves the real-kube-apiserver harness (tests/support/kube_api.rs) behaves like a real cluster for what the
+//! Proves the real-kube-apiserver harness (`kube_apiserver`, `kube_api`, `rbac`) behaves like a real cluster for what the
 //! refresher needs: RBAC with resourceNames, name-scoped watches, server-side apply conflicts, restarts.
 
-mod support;
-
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::ByteString;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use support::kube_api::{api_error_code, ApiServer, Identity};
+use ls_token_refresher_e2e::{
+    kube_api::{api_error_code, can_i, data_of, secret},
+    kube_apiserver::{ApiServer, Identity},
+    rbac::grant_secret_access,
+};
 
-fn secret(name: &str, key: &str, value: &str) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            key.to_string(),
-            ByteString(value.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
+/// Asserts what `kubectl auth can-i ARGS…` answers as each identity.
+async fn assert_can_i(server: &ApiServer, cases: &[(Identity, &[&str], bool)]) {
+    for (identity, args, want) in cases {
+        assert_eq!(
+            can_i(server, *identity, args).await,
+            *want,
+            "{identity:?}: kubectl auth can-i {args:?}"
+        );
     }
 }
 
-fn data_of(s: &Secret, key: &str) -> Option<String> {
-    s.data
-        .as_ref()?
-        .get(key)
-        .map(|b| String::from_utf8(b.0.clone()).unwrap())
-}
-
-/// Grants `verbs` on secrets `names` in `ns` to the harness's least-privilege user.
-async fn grant_secret_access(
-    server: &ApiServer,
-    ns: &str,
-    role: &str,
-    verbs: &[&str],
-    names: &[&str],
-) {
-    let admin = server.admin_client().await;
-    let roles: Api<Role> = Api::namespaced(admin.clone(), ns);
-    roles
-        .create(
-            &PostParams::default(),
-            &Role {
-                metadata: ObjectMeta {
-                    name: Some(role.into()),
-                    ..Default::default()
-                },
-                rules: Some(vec![PolicyRule {
-                    api_groups: Some(vec![String::new()]),
-                    resources: Some(vec!["secrets".into()]),
-                    resource_names: Some(names.iter().map(|s| s.to_string()).collect()),
-                    verbs: verbs.iter().map(|s| s.to_string()).collect(),
-                    ..Default::default()
-                }]),
-            },
-        )
-        .await
-        .expect("create role");
-    let bindings: Api<RoleBinding> = Api::namespaced(admin, ns);
-    bindings
-        .create(
-            &PostParams::default(),
-            &RoleBinding {
-                metadata: ObjectMeta {
-                    name: Some(role.into()),
-                    ..Default::default()
-                },
-                role_ref: RoleRef {
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    kind: "Role".into(),
-                    name: role.into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "User".into(),
-                    api_group: Some("rbac.authorization.k8s.io".into()),
-                    name: server.user_name().into(),
-                    ..Default::default()
-                }]),
-            },
-        )
-        .await
-        .expect("create rolebinding");
-}
-
-async fn can_i(server: &ApiServer, identity: Identity, args: &[&str]) -> bool {
-    let mut full = vec!["auth", "can-i"];
-    full.extend_from_slice(args);
-    let out = server.kubectl_as(identity, &full).await;
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    match stdout.as_str() {
-        "yes" => {
-            assert!(out.status.success());
-            true
+/// GETs Secret `name` through `api` (a user's), retrying for up to 10 s while the authorizer has not
+/// seen a new binding yet (RBAC is enforced from informers).
+async fn get_when_granted(api: &Api<Secret>, name: &str, context: &str) -> Secret {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match api.get(name).await {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for RBAC {context}: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => panic!("user still denied {context}: {e}"),
         }
-        "no" => {
-            assert_eq!(out.status.code(), Some(1), "can-i no exits 1");
-            false
-        }
-        _ => panic!(
-            "kubectl auth can-i {args:?}: status {:?} stdout {stdout:?} stderr {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
     }
+}
+
+/// A Secret `name` holding `key: value`.
+fn secret1(name: &str, key: &str, value: &str) -> Secret {
+    secret(name, &[(key, value)])
 }
 
 #[tokio::test]
@@ -164,11 +97,11 @@ async fn admin_creates_namespace_and_secrets() {
 
     let secrets: Api<Secret> = Api::namespaced(server.admin_client().await, &ns);
     secrets
-        .create(&PostParams::default(), &secret("a", "k", "v1"))
+        .create(&PostParams::default(), &secret1("a", "k", "v1"))
         .await
         .unwrap();
     secrets
-        .create(&PostParams::default(), &secret("b", "k", "v2"))
+        .create(&PostParams::default(), &secret1("b", "k", "v2"))
         .await
         .unwrap();
     assert_eq!(
@@ -187,7 +120,7 @@ async fn admin_creates_namespace_and_secrets() {
     assert_eq!(names, ["a", "b"]);
     // Duplicate create is a real 409 AlreadyExists.
     let dup = secrets
-        .create(&PostParams::default(), &secret("a", "k", "x"))
+        .create(&PostParams::default(), &secret1("a", "k", "x"))
         .await;
     assert_eq!(api_error_code(&dup), Some(409));
     // A client started from the admin kubeconfig file (as a child process would via KUBECONFIG) works too.
@@ -217,11 +150,14 @@ async fn least_privilege_user_needs_rbac_and_is_scoped_by_resource_name() {
     let ns = server.create_namespace("rbac").await;
     let admin_secrets: Api<Secret> = Api::namespaced(server.admin_client().await, &ns);
     admin_secrets
-        .create(&PostParams::default(), &secret("target", "token", "t0"))
+        .create(&PostParams::default(), &secret1("target", "token", "t0"))
         .await
         .unwrap();
     admin_secrets
-        .create(&PostParams::default(), &secret("other", "token", "secret!"))
+        .create(
+            &PostParams::default(),
+            &secret1("other", "token", "secret!"),
+        )
         .await
         .unwrap();
 
@@ -236,7 +172,7 @@ async fn least_privilege_user_needs_rbac_and_is_scoped_by_resource_name() {
     assert_eq!(
         api_error_code(
             &user_secrets
-                .create(&PostParams::default(), &secret("new", "k", "v"))
+                .create(&PostParams::default(), &secret1("new", "k", "v"))
                 .await
         ),
         Some(403)
@@ -247,68 +183,40 @@ async fn least_privilege_user_needs_rbac_and_is_scoped_by_resource_name() {
         Some(403)
     );
     // A wrong token is a 401, proving the 403s above came from RBAC for a real identity.
-    {
-        let mut config = kube::Config::new(server.url().parse().unwrap());
-        config.root_cert = Some(vec![pem_to_der(
-            &std::fs::read_to_string(server.ca_pem_path()).unwrap(),
-        )]);
-        config.auth_info.token = Some("not-a-token".to_string().into());
-        let anon: Api<Secret> = Api::namespaced(kube::Client::try_from(config).unwrap(), &ns);
-        assert_eq!(api_error_code(&anon.get("target").await), Some(401));
-    }
-    assert!(
-        !can_i(
-            &server,
-            Identity::User,
-            &["get", "secrets/target", "-n", &ns]
-        )
-        .await
-    );
-    assert!(
-        can_i(
-            &server,
-            Identity::Admin,
-            &["get", "secrets/target", "-n", &ns]
-        )
-        .await
-    );
-    assert!(
-        !can_i(
-            &server,
-            Identity::Admin,
-            &[
-                "get",
-                "secrets/target",
-                "-n",
-                &ns,
-                "--as",
-                server.user_name()
-            ]
-        )
-        .await
-    );
+    let anon: Api<Secret> = Api::namespaced(server.client_with_token("not-a-token"), &ns);
+    assert_eq!(api_error_code(&anon.get("target").await), Some(401));
+    assert_can_i(
+        &server,
+        &[
+            (Identity::User, &["get", "secrets/target", "-n", &ns], false),
+            (Identity::Admin, &["get", "secrets/target", "-n", &ns], true),
+            (
+                Identity::Admin,
+                &[
+                    "get",
+                    "secrets/target",
+                    "-n",
+                    &ns,
+                    "--as",
+                    server.user_name(),
+                ],
+                false,
+            ),
+        ],
+    )
+    .await;
 
     grant_secret_access(
-        &server,
+        &server.admin_client().await,
         &ns,
         "refresher",
+        server.user_name(),
         &["get", "list", "watch"],
         &["target"],
     )
     .await;
 
-    // RBAC is enforced from informers: allow a moment for the binding to be seen.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let got = loop {
-        match user_secrets.get("target").await {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for RBAC: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => panic!("user still denied after binding: {e}"),
-        }
-    };
+    let got = get_when_granted(&user_secrets, "target", "after binding").await;
     assert_eq!(data_of(&got, "token").as_deref(), Some("t0"));
     let denied = user_secrets.get("other").await;
     assert_eq!(api_error_code(&denied), Some(403), "{denied:?}");
@@ -336,37 +244,32 @@ async fn least_privilege_user_needs_rbac_and_is_scoped_by_resource_name() {
 
     // kubectl agrees with the API.
     for verb in ["get", "list", "watch"] {
-        assert!(
-            can_i(
-                &server,
-                Identity::User,
-                &[verb, "secrets/target", "-n", &ns]
-            )
-            .await,
-            "{verb}"
-        );
-        assert!(
-            !can_i(&server, Identity::User, &[verb, "secrets/other", "-n", &ns]).await,
-            "{verb}"
-        );
+        assert_can_i(
+            &server,
+            &[
+                (Identity::User, &[verb, "secrets/target", "-n", &ns], true),
+                (Identity::User, &[verb, "secrets/other", "-n", &ns], false),
+            ],
+        )
+        .await;
     }
-    assert!(!can_i(&server, Identity::User, &["list", "secrets", "-n", &ns]).await);
-    assert!(
-        !can_i(
-            &server,
-            Identity::User,
-            &["update", "secrets/target", "-n", &ns]
-        )
-        .await
-    );
-    assert!(
-        !can_i(
-            &server,
-            Identity::User,
-            &["get", "secrets/target", "-n", "default"]
-        )
-        .await
-    );
+    assert_can_i(
+        &server,
+        &[
+            (Identity::User, &["list", "secrets", "-n", &ns], false),
+            (
+                Identity::User,
+                &["update", "secrets/target", "-n", &ns],
+                false,
+            ),
+            (
+                Identity::User,
+                &["get", "secrets/target", "-n", "default"],
+                false,
+            ),
+        ],
+    )
+    .await;
     // The namespaced user kubeconfig picks the namespace up.
     let kc = server.write_user_kubeconfig(&ns);
     let out = tokio::process::Command::new(server.kubectl_path())
@@ -403,22 +306,16 @@ async fn least_privilege_user_needs_rbac_and_is_scoped_by_resource_name() {
         }
     }
     assert_eq!(seen_init, ["target"]);
-    admin_secrets
-        .patch(
-            "other",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"stringData": {"token": "o1"}})),
-        )
-        .await
-        .unwrap();
-    admin_secrets
-        .patch(
-            "target",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"stringData": {"token": "t1"}})),
-        )
-        .await
-        .unwrap();
+    for (name, token) in [("other", "o1"), ("target", "t1")] {
+        admin_secrets
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"stringData": {"token": token}})),
+            )
+            .await
+            .unwrap();
+    }
     let ev = tokio::time::timeout(Duration::from_secs(20), stream.next())
         .await
         .expect("update event in time")
@@ -532,10 +429,18 @@ async fn apiserver_restart_keeps_data() {
     let ns = server.create_namespace("restart").await;
     let secrets: Api<Secret> = Api::namespaced(server.admin_client().await, &ns);
     secrets
-        .create(&PostParams::default(), &secret("kept", "k", "before"))
+        .create(&PostParams::default(), &secret1("kept", "k", "before"))
         .await
         .unwrap();
-    grant_secret_access(&server, &ns, "reader", &["get"], &["kept"]).await;
+    grant_secret_access(
+        &server.admin_client().await,
+        &ns,
+        "reader",
+        server.user_name(),
+        &["get"],
+        &["kept"],
+    )
+    .await;
 
     server.stop_apiserver();
     assert!(!server.apiserver_running());
@@ -567,20 +472,8 @@ async fn apiserver_restart_keeps_data() {
     assert!(old_ok, "the pre-restart client reconnects");
     // RBAC objects survived too; the user token (same token file) still works.
     let user: Api<Secret> = Api::namespaced(server.user_client(&ns).await, &ns);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match user.get("kept").await {
-            Ok(s) => {
-                assert_eq!(data_of(&s, "k").as_deref(), Some("before"));
-                break;
-            }
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for RBAC after restart: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await
-            }
-            Err(e) => panic!("user denied after restart: {e}"),
-        }
-    }
+    let kept = get_when_granted(&user, "kept", "after restart").await;
+    assert_eq!(data_of(&kept, "k").as_deref(), Some("before"));
 }
 
 #[tokio::test]
@@ -592,20 +485,7 @@ async fn instances_are_isolated_and_run_in_parallel() {
     let b_ns: Api<Namespace> = Api::all(b.admin_client().await);
     assert_eq!(api_error_code(&b_ns.get(&ns).await), Some(404));
     // A's user token means nothing to B.
-    let mut config = kube::Config::new(b.url().parse().unwrap());
-    config.root_cert = Some(vec![pem_to_der(
-        &std::fs::read_to_string(b.ca_pem_path()).unwrap(),
-    )]);
-    config.auth_info.token = Some(a.user_token().to_string().into());
-    let cross: Api<Namespace> = Api::all(kube::Client::try_from(config).unwrap());
+    let cross: Api<Namespace> = Api::all(b.client_with_token(a.user_token()));
     assert_eq!(api_error_code(&cross.get("default").await), Some(401));
     assert!(b_ns.get("default").await.is_ok());
-}
-
-fn pem_to_der(pem: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .unwrap()
 }

@@ -1,0 +1,109 @@
+//! Harnesses for testing ls-token-refresher against real components, compiled once and shared by
+//! every test binary in `tests/e2e/tests/`. One module per harness or concern:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`label_studio`] | a real Label Studio 1.23.2 process per test (start/stop/restart by PID) |
+//! | [`ls_api`] | Label Studio API client: session login, PATs, legacy token, org switches, refresh |
+//! | [`kube_apiserver`] | a real kube-apiserver + etcd per test (PKI, kubeconfigs, kubectl) |
+//! | [`kube_api`], [`rbac`] | Kubernetes API helpers; the chart's least-privilege Role |
+//! | [`refresher`] | the real `ls-token-refresher` binary as a child process |
+//! | [`token_dir`] | readers of a published token directory (`..data` generations) |
+//! | [`fault_proxy`], [`http1`] | a misbehaving HTTP/1.1 proxy and the minimal HTTP it speaks |
+//! | [`tls`], [`pki`] | an HTTPS front with a self-signed certificate; `openssl` helpers |
+//! | [`consumer`] | a workload that keeps reading the published set and checks it against the API |
+//! | [`tmpfs`] | a real tmpfs, remounted read-only or filled to ENOSPC |
+//! | [`fault_suite`] | the flags, metrics and steps the fault tests share |
+//! | [`prometheus`], [`tools`] | a real Prometheus server; the cached helm/kubectl/promtool |
+//! | [`clock`], [`jwt`], [`wait`], [`process`], [`log_scan`] | time, JWT claims, polling, PIDs, secret scans |
+//!
+//! Everything listens on 127.0.0.1 only, every wait is bounded, and every process a harness starts
+//! is stopped by PID on drop. Provisioning scripts live in `tests/support/{ls,kube,tools}/` of the
+//! repository ([`support_dir`]); their results are cached under [`cache_dir`].
+
+pub mod clock;
+pub mod consumer;
+pub mod fault_proxy;
+pub mod fault_suite;
+pub mod http1;
+pub mod jwt;
+pub mod kube_api;
+pub mod kube_apiserver;
+pub mod label_studio;
+pub mod log_scan;
+pub mod ls_api;
+pub mod pki;
+pub mod process;
+pub mod prometheus;
+pub mod rbac;
+pub mod refresher;
+pub mod tls;
+pub mod tmpfs;
+pub mod token_dir;
+pub mod tools;
+pub mod wait;
+
+use std::path::{Path, PathBuf};
+
+/// Root of the per-machine cache (venvs, built binaries, tools): `$LSTR_CACHE`, by default
+/// `/var/tmp/ls-token-refresher`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("LSTR_CACHE")
+        .map(Into::into)
+        .unwrap_or_else(|| "/var/tmp/ls-token-refresher".into())
+}
+
+/// The repository root (the workspace holding this crate in `tests/e2e`).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("tests/e2e lives two levels below the repository root")
+}
+
+/// `tests/support/<name>` of the repository: the provisioning scripts (`ls`, `kube`, `tools`).
+pub fn support_dir(name: &str) -> PathBuf {
+    repo_root().join("tests/support").join(name)
+}
+
+/// Runs `tests/support/<component>/provision.sh ARGS…` (idempotent and flock-protected; a stamp
+/// check when the cache is warm; a cold run shows its progress on stderr) and returns what it printed
+/// on stdout. Panics with `hint` (how to provision by hand) if it cannot run or fails.
+pub fn provision(component: &str, args: &[&str], hint: &str) -> String {
+    let script = support_dir(component).join("provision.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .env("LSTR_CACHE", cache_dir())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} ({e}): {hint}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}); see its stderr above; {hint}",
+        script.display(),
+        out.status
+    );
+    String::from_utf8(out.stdout).expect("provision.sh prints UTF-8")
+}
+
+/// Installs rustls' ring provider once per process: reqwest (built with `rustls-no-provider`) panics without it.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}

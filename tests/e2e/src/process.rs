@@ -1,0 +1,38 @@
+//! Child processes by PID: signals and /proc figures.
+
+use std::process::{Command, Stdio};
+
+/// Sends `signal` (e.g. `"TERM"`, `"KILL"`, `"9"`) to `pid` with kill(1); errors are ignored.
+pub fn kill(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Sends `signal` to the process group `pgid` (`kill -SIG -- -PGID`); errors are ignored.
+pub fn kill_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Resident set size of a live process in KiB (`VmRSS` in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Start time (clock ticks since boot) of a live process, from /proc/PID/stat: with the PID, it
+/// tells a process apart from a later one that reuses the PID.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
