@@ -118,9 +118,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     // Truthful at scrape time, not only at the loop's last attempt: an expiry in between shows at once.
-    s.metrics
-        .token_valid
-        .set(i64::from(s.health.is_ready()));
+    s.metrics.token_valid.set(i64::from(s.health.is_ready()));
     (
         [(
             header::CONTENT_TYPE,
@@ -134,7 +132,9 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 pub fn quit_allowed(peer: IpAddr, headers: &HeaderMap) -> Result<(), &'static str> {
     let loopback = match peer {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     };
     if !loopback {
         return Err("quit is accepted from loopback only (a container in this pod)\n");
@@ -180,7 +180,14 @@ mod tests {
         (code, buf)
     }
 
-    async fn serve(enable_quit: bool) -> (SocketAddr, Health, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+    async fn serve(
+        enable_quit: bool,
+    ) -> (
+        SocketAddr,
+        Health,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let clock = Arc::new(SystemClock::new());
         let health = Health::new(clock, &["file"]);
         let shutdown = CancellationToken::new();
@@ -188,9 +195,14 @@ mod tests {
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             enable_quit,
         };
-        let (addr, server) = bind(&args, health.clone(), Arc::new(Metrics::new()), shutdown.clone())
-            .await
-            .unwrap();
+        let (addr, server) = bind(
+            &args,
+            health.clone(),
+            Arc::new(Metrics::new()),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
         (addr, health, shutdown, tokio::spawn(server))
     }
 
@@ -201,7 +213,10 @@ mod tests {
         let (code, body) = request(addr, "GET", "/readyz", "").await;
         assert_eq!(code, 503);
         assert!(body.contains("no token published"));
-        let expires = health.clock().now().after(std::time::Duration::from_secs(60));
+        let expires = health
+            .clock()
+            .now()
+            .after(std::time::Duration::from_secs(60));
         health.set_held(
             0,
             Held {
@@ -214,7 +229,9 @@ mod tests {
         assert_eq!(code, 200);
         assert!(body.contains("ls_token_refresher_build_info"));
         assert_eq!(
-            request(addr, "POST", "/quitquitquit", "X-LS-Quit: 1\r\n").await.0,
+            request(addr, "POST", "/quitquitquit", "X-LS-Quit: 1\r\n")
+                .await
+                .0,
             404,
             "quit is opt-in"
         );
@@ -242,7 +259,10 @@ mod tests {
         let mut with = HeaderMap::new();
         with.insert(QUIT_HEADER, "1".parse().unwrap());
         for peer in ["10.0.0.7", "192.168.1.2", "::ffff:10.0.0.1", "2001:db8::1"] {
-            assert!(quit_allowed(peer.parse().unwrap(), &with).is_err(), "{peer}");
+            assert!(
+                quit_allowed(peer.parse().unwrap(), &with).is_err(),
+                "{peer}"
+            );
         }
         for peer in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
             assert!(quit_allowed(peer.parse().unwrap(), &with).is_ok(), "{peer}");

@@ -96,7 +96,9 @@ pub async fn run(args: CheckArgs) -> Result<Report, ConfigError> {
         return Ok(r);
     }
     let mut pat_handle = args.pat.start(
-        cluster.as_ref().map(|c| (c.client.clone(), c.namespace.as_str())),
+        cluster
+            .as_ref()
+            .map(|c| (c.client.clone(), c.namespace.as_str())),
         metrics.clone(),
         shutdown.clone(),
     );
@@ -117,7 +119,10 @@ pub async fn run(args: CheckArgs) -> Result<Report, ConfigError> {
         PatState::Pending => {
             r.fail(
                 "PAT",
-                format!("no answer from {} within {SOURCE_WAIT:?}", pat_handle.describe),
+                format!(
+                    "no answer from {} within {SOURCE_WAIT:?}",
+                    pat_handle.describe
+                ),
             );
             return Ok(r);
         }
@@ -136,7 +141,10 @@ pub async fn run(args: CheckArgs) -> Result<Report, ConfigError> {
     match usable {
         Usable::Pat { exp: Some(exp) } => r.ok(
             "PAT",
-            format!("Personal Access Token (JWT refresh token), expires {}", rfc3339(exp)),
+            format!(
+                "Personal Access Token (JWT refresh token), expires {}",
+                rfc3339(exp)
+            ),
         ),
         Usable::Pat { exp: None } => r.ok(
             "PAT",

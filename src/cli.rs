@@ -265,12 +265,10 @@ pub fn one_line_error(err: &clap::Error) -> String {
         }
         _ => {}
     }
-    let env = strings(ContextKind::InvalidArg)
-        .first()
-        .and_then(|a| {
-            let long = a.split_whitespace().next()?.trim_start_matches("--");
-            env_of(long)
-        });
+    let env = strings(ContextKind::InvalidArg).first().and_then(|a| {
+        let long = a.split_whitespace().next()?.trim_start_matches("--");
+        env_of(long)
+    });
     let text = err.to_string();
     let first = text
         .lines()
@@ -304,18 +302,48 @@ mod tests {
 
     #[test]
     fn each_command_takes_what_it_needs() {
-        let cli = parse(&["run", "--url", "http://x", "--pat", "p", "--token-dir", "/tmp/t"]).unwrap();
+        let cli = parse(&[
+            "run",
+            "--url",
+            "http://x",
+            "--pat",
+            "p",
+            "--token-dir",
+            "/tmp/t",
+        ])
+        .unwrap();
         let Command::Run(run) = cli.command else {
             panic!("run")
         };
         assert_eq!(run.ls.url.as_str(), "http://x");
-        assert_eq!(run.sinks.token_dir.as_deref(), Some(std::path::Path::new("/tmp/t")));
+        assert_eq!(
+            run.sinks.token_dir.as_deref(),
+            Some(std::path::Path::new("/tmp/t"))
+        );
         let cli = parse(&["token", "--url", "http://x", "--pat-file", "/f"]).unwrap();
         assert!(matches!(cli.command, Command::Token(_)));
         // Logging flags work on either side of the subcommand.
-        let cli = parse(&["--log-level", "debug", "check", "--url", "http://x", "--pat", "p"]).unwrap();
+        let cli = parse(&[
+            "--log-level",
+            "debug",
+            "check",
+            "--url",
+            "http://x",
+            "--pat",
+            "p",
+        ])
+        .unwrap();
         assert_eq!(cli.log.log_level.0, tracing::Level::DEBUG);
-        let cli = parse(&["check", "--url", "http://x", "--pat", "p", "--log-format", "json"]).unwrap();
+        let cli = parse(&[
+            "check",
+            "--url",
+            "http://x",
+            "--pat",
+            "p",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
         assert_eq!(cli.log.log_format, crate::telemetry::LogFormat::Json);
     }
 
@@ -323,15 +351,33 @@ mod tests {
     fn missing_and_conflicting_arguments_are_one_line_naming_flags_and_env() {
         let e = line(&["run", "--url", "http://x", "--pat", "p"]);
         assert!(
-            !e.contains('\n') && e.contains("--token-dir (LS_TOKEN_DIR)") && e.contains("LS_TARGET_SECRET"),
+            !e.contains('\n')
+                && e.contains("--token-dir (LS_TOKEN_DIR)")
+                && e.contains("LS_TARGET_SECRET"),
             "{e}"
         );
         let e = line(&["token", "--url", "http://x"]);
-        assert!(e.contains("one of --pat (LS_PAT), --pat-file (LS_PAT_FILE), --pat-secret (LS_PAT_SECRET)"), "{e}");
+        assert!(
+            e.contains(
+                "one of --pat (LS_PAT), --pat-file (LS_PAT_FILE), --pat-secret (LS_PAT_SECRET)"
+            ),
+            "{e}"
+        );
         let e = line(&["token", "--pat", "p"]);
         assert!(e.contains("missing --url (LS_URL)"), "{e}");
-        let e = line(&["token", "--url", "http://x", "--pat", "p", "--pat-file", "/f"]);
-        assert!(e.contains("cannot be used with") && e.contains("LS_PAT_FILE") && !e.contains("\n"), "{e}");
+        let e = line(&[
+            "token",
+            "--url",
+            "http://x",
+            "--pat",
+            "p",
+            "--pat-file",
+            "/f",
+        ]);
+        assert!(
+            e.contains("cannot be used with") && e.contains("LS_PAT_FILE") && !e.contains("\n"),
+            "{e}"
+        );
         assert!(!e.contains(" p "), "never echoes the PAT: {e}");
     }
 
@@ -340,8 +386,19 @@ mod tests {
         let e = line(&["run", "--min-lead", "5x"]);
         assert!(!e.contains('\n'), "{e}");
         assert!(e.contains("--min-lead") && e.contains("LS_MIN_LEAD"), "{e}");
-        let e = line(&["token", "--url", "http://x", "--pat", "p", "--request-timeout", "0s"]);
-        assert!(e.contains("greater than 0") && e.contains("LS_REQUEST_TIMEOUT"), "{e}");
+        let e = line(&[
+            "token",
+            "--url",
+            "http://x",
+            "--pat",
+            "p",
+            "--request-timeout",
+            "0s",
+        ]);
+        assert!(
+            e.contains("greater than 0") && e.contains("LS_REQUEST_TIMEOUT"),
+            "{e}"
+        );
         let e = line(&["frobnicate"]);
         assert!(!e.contains('\n'));
     }
@@ -349,14 +406,32 @@ mod tests {
     #[test]
     fn arguments_never_show_the_pat_in_debug() {
         let pat = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2ln";
-        let cli = parse(&["run", "--url", "http://x", "--pat", pat, "--token-dir", "/t"]).unwrap();
+        let cli = parse(&[
+            "run",
+            "--url",
+            "http://x",
+            "--pat",
+            pat,
+            "--token-dir",
+            "/t",
+        ])
+        .unwrap();
         let text = format!("{cli:?}");
         assert!(!text.contains(pat) && !text.contains("eyJ"), "{text}");
     }
 
     #[test]
     fn admin_default_is_not_9090() {
-        let cli = parse(&["run", "--url", "http://x", "--pat", "p", "--token-dir", "/t"]).unwrap();
+        let cli = parse(&[
+            "run",
+            "--url",
+            "http://x",
+            "--pat",
+            "p",
+            "--token-dir",
+            "/t",
+        ])
+        .unwrap();
         let Command::Run(run) = cli.command else {
             panic!("run")
         };

@@ -302,7 +302,8 @@ impl ExchangeError {
         match self {
             ExchangeError::InvalidResponse { .. } => true,
             ExchangeError::Http { status, detail, .. } => {
-                matches!(status, 404 | 405 | 501) || ((400..500).contains(status) && detail.is_none())
+                matches!(status, 404 | 405 | 501)
+                    || ((400..500).contains(status) && detail.is_none())
             }
             _ => false,
         }
@@ -492,15 +493,12 @@ impl HttpExchange {
         }
         let v: serde_json::Value = serde_json::from_slice(&r.body)
             .map_err(|_| self.invalid(what, "/api/version is not JSON: is this Label Studio?"))?;
-        let release = v
-            .get("release")
-            .and_then(|x| x.as_str())
-            .ok_or_else(|| {
-                self.invalid(
-                    what,
-                    "/api/version has no \"release\": is this Label Studio?",
-                )
-            })?;
+        let release = v.get("release").and_then(|x| x.as_str()).ok_or_else(|| {
+            self.invalid(
+                what,
+                "/api/version has no \"release\": is this Label Studio?",
+            )
+        })?;
         Ok(release
             .chars()
             .filter(|c| c.is_ascii_graphic())
@@ -611,10 +609,12 @@ impl Exchange for HttpExchange {
     async fn identify(&self) -> Identity {
         match self.version().await {
             Ok(release) => Identity::LabelStudio(release),
-            Err(ExchangeError::InvalidResponse { problem, .. }) => Identity::NotLabelStudio(problem),
-            Err(e) if e.looks_foreign() => {
-                Identity::NotLabelStudio("/api/version is not there (404/405/501 or a page that is not Label Studio's)")
+            Err(ExchangeError::InvalidResponse { problem, .. }) => {
+                Identity::NotLabelStudio(problem)
             }
+            Err(e) if e.looks_foreign() => Identity::NotLabelStudio(
+                "/api/version is not there (404/405/501 or a page that is not Label Studio's)",
+            ),
             Err(e) => Identity::Unknown(e),
         }
     }
@@ -984,15 +984,25 @@ mod tests {
         assert!(foreign(400, "text/plain", "bad"));
         assert!(!classify_status("t", &ls_error(401, "Token is invalid"), None).looks_foreign());
         assert!(!classify_status("t", &ls_error(400, "Validation error"), None).looks_foreign());
-        assert!(!foreign(502, "text/html", "<h1>Bad Gateway</h1>"), "proxy 5xx is transient");
+        assert!(
+            !foreign(502, "text/html", "<h1>Bad Gateway</h1>"),
+            "proxy 5xx is transient"
+        );
     }
 
     #[test]
     fn reply_debug_never_shows_the_body() {
         let access = make_jwt(r#"{"token_type":"access","exp":1000}"#);
-        let r = reply(200, "application/json", &format!(r#"{{"access":"{access}"}}"#));
+        let r = reply(
+            200,
+            "application/json",
+            &format!(r#"{{"access":"{access}"}}"#),
+        );
         let text = format!("{r:?}");
-        assert!(!text.contains(&access) && text.contains("body_bytes"), "{text}");
+        assert!(
+            !text.contains(&access) && text.contains("body_bytes"),
+            "{text}"
+        );
         let t = parse_refresh_body(&r).unwrap();
         assert!(!format!("{t:?}").contains(&access));
     }

@@ -56,7 +56,10 @@ impl Health {
     pub fn new(clock: Arc<dyn Clock>, kinds: &[&'static str]) -> Self {
         Health {
             inner: Arc::new(Mutex::new(Inner {
-                slots: kinds.iter().map(|&kind| Slot { kind, held: None }).collect(),
+                slots: kinds
+                    .iter()
+                    .map(|&kind| Slot { kind, held: None })
+                    .collect(),
                 draining: false,
                 loop_deadline: None,
                 problem: None,
@@ -153,7 +156,12 @@ impl Health {
         };
         for s in &g.slots {
             match s.held {
-                None => return Err(why(format!("no token published to the {} sink yet", s.kind))),
+                None => {
+                    return Err(why(format!(
+                        "no token published to the {} sink yet",
+                        s.kind
+                    )))
+                }
                 Some(h) if !h.valid => {
                     return Err(why(format!(
                         "the token in the {} sink was rejected by the API",

@@ -146,9 +146,9 @@ pub fn usable(secret: &Secret, describe: &str, now: f64) -> Result<Usable, Crede
         Err(JwtError::Empty) => Err(CredentialError::Empty(describe.to_owned())),
         Err(_) => Err(CredentialError::Unrecognised(describe.to_owned())),
         Ok(CredentialKind::Access(_)) => Err(CredentialError::AccessToken),
-        Ok(CredentialKind::OtherJwt(c)) => Err(CredentialError::OtherJwt(
-            c.token_type.unwrap_or_default(),
-        )),
+        Ok(CredentialKind::OtherJwt(c)) => {
+            Err(CredentialError::OtherJwt(c.token_type.unwrap_or_default()))
+        }
         Ok(CredentialKind::Pat(c)) => match c.exp {
             Some(exp) if (exp as f64) <= now => Err(CredentialError::Expired(rfc3339(exp))),
             exp => Ok(Usable::Pat { exp }),
@@ -264,7 +264,11 @@ pub(crate) mod tests {
             Ok(Usable::Pat { exp: Some(5000) })
         );
         assert_eq!(
-            usable(&Secret::new("0123456789abcdef0123456789abcdef01234567"), "x", 0.0),
+            usable(
+                &Secret::new("0123456789abcdef0123456789abcdef01234567"),
+                "x",
+                0.0
+            ),
             Ok(Usable::Legacy)
         );
     }

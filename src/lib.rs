@@ -13,29 +13,29 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, clippy::dbg_macro, clippy::todo)]
 
-pub mod secret;
-pub mod reason;
-pub mod values;
 pub mod clock;
-pub mod token;
 pub mod jwt;
+pub mod reason;
+pub mod secret;
+pub mod token;
+pub mod values;
 
-pub mod metrics;
 pub mod health;
+pub mod metrics;
 pub mod notify;
 pub mod telemetry;
 
-pub mod schedule;
-pub mod exchange;
 pub mod cluster;
-pub mod source;
+pub mod exchange;
+pub mod schedule;
 pub mod sink;
+pub mod source;
 
 pub mod refresher;
 
 pub mod admin;
 pub mod proxy;
 
-pub mod cli;
 pub mod check;
+pub mod cli;
 pub mod cmd;

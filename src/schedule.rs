@@ -33,11 +33,21 @@ pub struct TimingArgs {
     pub refresh_fraction: Fraction,
 
     /// Refresh at least this long before the access token expires.
-    #[arg(long, env = "LS_MIN_LEAD", default_value = "30s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "LS_MIN_LEAD",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
     pub min_lead: Dur,
 
     /// Refresh up to this much earlier at random, so many replicas do not refresh in lock-step.
-    #[arg(long, env = "LS_JITTER", default_value = "10s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "LS_JITTER",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub jitter: Dur,
 
     /// First retry delay after a failed refresh (doubles per failure, with jitter).

@@ -72,6 +72,9 @@ mod tests {
         };
         assert_eq!(set.auth.header_value().expose(), "Bearer abc");
         assert_eq!(set.expires_at_rfc3339(), "1970-01-01T00:01:00Z");
-        assert!(!format!("{set:?}").contains("abc"), "Debug never shows the token");
+        assert!(
+            !format!("{set:?}").contains("abc"),
+            "Debug never shows the token"
+        );
     }
 }

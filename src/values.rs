@@ -293,7 +293,10 @@ mod tests {
         ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
-        assert!("0s".parse::<PositiveDur>().unwrap_err().contains("greater than 0"));
+        assert!("0s"
+            .parse::<PositiveDur>()
+            .unwrap_err()
+            .contains("greater than 0"));
         assert_eq!(
             "2s".parse::<PositiveDur>().unwrap(),
             PositiveDur(Duration::from_secs(2))
@@ -347,9 +350,6 @@ mod tests {
         for local in ["http://127.0.0.1:1", "http://localhost", "http://[::1]:80"] {
             assert!(local.parse::<BaseUrl>().unwrap().is_loopback(), "{local}");
         }
-        assert!("https://ls.example"
-            .parse::<BaseUrl>()
-            .unwrap()
-            .is_https());
+        assert!("https://ls.example".parse::<BaseUrl>().unwrap().is_https());
     }
 }

@@ -226,7 +226,9 @@ async fn identify_tells_label_studio_from_other_servers() {
     let ls = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/version"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"release": "1.23.2"})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"release": "1.23.2"})),
+        )
         .mount(&ls)
         .await;
     let (ex, _) = client(&ls.uri(), defaults);
@@ -251,16 +253,22 @@ async fn identify_tells_label_studio_from_other_servers() {
         .mount(&down)
         .await;
     let (ex, _) = client(&down.uri(), defaults);
-    assert!(matches!(ex.identify().await, Identity::Unknown(_)), "a proxy's 502 says nothing");
+    assert!(
+        matches!(ex.identify().await, Identity::Unknown(_)),
+        "a proxy's 502 says nothing"
+    );
 
     // A server answering POST /api/token/refresh with 501 looks foreign; Label Studio's 5xx does not.
     let e = refresh_with(ResponseTemplate::new(501).set_body_string("Not Implemented"))
         .await
         .unwrap_err();
     assert!(e.looks_foreign(), "{e}");
-    let e = refresh_with(ResponseTemplate::new(500).set_body_json(serde_json::json!({"detail": "User matching query does not exist."})))
-        .await
-        .unwrap_err();
+    let e = refresh_with(
+        ResponseTemplate::new(500)
+            .set_body_json(serde_json::json!({"detail": "User matching query does not exist."})),
+    )
+    .await
+    .unwrap_err();
     assert!(!e.looks_foreign(), "{e}");
 }
 
@@ -271,7 +279,11 @@ async fn health_probe_is_short_and_strict() {
     let slow = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/health"))
-        .respond_with(ResponseTemplate::new(200).set_body_string("UP").set_delay(Duration::from_secs(5)))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("UP")
+                .set_delay(Duration::from_secs(5)),
+        )
         .mount(&slow)
         .await;
     let (ex, _) = client(&slow.uri(), |c| c.request_timeout = Duration::from_secs(10));

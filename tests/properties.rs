@@ -32,8 +32,8 @@ proptest::proptest! {
     fn duration_flags_parse_or_refuse(
         s in "([0-9]{1,25}(\\.[0-9]{1,3})?(ms|s|m|h|d|x)?){1,3}|\\PC{0,24}",
     ) {
-        if let Ok(d) = s.parse::<ls_token_refresher::config::Dur>() {
-            proptest::prop_assert!(d.0 <= ls_token_refresher::config::MAX_DURATION);
+        if let Ok(d) = s.parse::<ls_token_refresher::values::Dur>() {
+            proptest::prop_assert!(d.0 <= ls_token_refresher::values::MAX_DURATION);
         }
     }
 
@@ -53,6 +53,7 @@ proptest::proptest! {
             jitter: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            legacy_recheck: Duration::from_secs(60),
         };
         if let Plan::In(d) = plan(&policy, now, iat, exp, rand) {
             proptest::prop_assert!(d <= MAX_WAIT);
@@ -79,6 +80,7 @@ proptest::proptest! {
             jitter: Duration::from_secs(jitter),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            legacy_recheck: Duration::from_secs(60),
         };
         let exp = iat + ttl;
         let now = iat as f64 + seen;
@@ -113,6 +115,7 @@ proptest::proptest! {
             jitter: Duration::ZERO,
             backoff_initial: initial,
             backoff_max: max,
+            legacy_recheck: Duration::from_secs(60),
         };
         let remaining = remaining_ms.map(Duration::from_millis);
         let retry_after = retry_after_s.map(Duration::from_secs);
@@ -165,7 +168,7 @@ proptest::proptest! {
 #[test]
 fn duration_flag_overflow_is_refused() {
     let r = std::panic::catch_unwind(|| {
-        "10000000000000000000s10000000000000000000s".parse::<ls_token_refresher::config::Dur>()
+        "10000000000000000000s10000000000000000000s".parse::<ls_token_refresher::values::Dur>()
     });
     assert!(
         matches!(r, Ok(Err(_))),

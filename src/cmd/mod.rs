@@ -114,8 +114,7 @@ async fn connect(
     pat: &PatSourceArgs,
     sinks: Option<&SinkArgs>,
 ) -> Result<Option<Cluster>, AppError> {
-    let needed =
-        pat.secret_ref().is_some() || sinks.is_some_and(|s| s.target_secret.is_some());
+    let needed = pat.secret_ref().is_some() || sinks.is_some_and(|s| s.target_secret.is_some());
     if !needed {
         return Ok(None);
     }
@@ -172,7 +171,11 @@ async fn preflight(sinks: &[Box<dyn Sink>]) -> Result<(), AppError> {
         match sink.preflight().await {
             Ok(what) => tracing::debug!(sink = sink.kind(), "preflight: {what}"),
             Err(e) if sink.preflight_is_fatal() => return Err(AppError::config(e.message)),
-            Err(e) => tracing::warn!(sink = sink.kind(), "preflight failed (will retry when publishing): {}", e.message),
+            Err(e) => tracing::warn!(
+                sink = sink.kind(),
+                "preflight failed (will retry when publishing): {}",
+                e.message
+            ),
         }
     }
     Ok(())
@@ -190,10 +193,7 @@ fn notifier(
         return Arc::new(NoNotifier);
     };
     let regarding = match &kube.pod_name {
-        Some(pod) => cluster::pod_ref(
-            kube.pod_namespace.as_deref().unwrap_or(&c.namespace),
-            pod,
-        ),
+        Some(pod) => cluster::pod_ref(kube.pod_namespace.as_deref().unwrap_or(&c.namespace), pod),
         None => match pat
             .secret_ref()
             .or(sinks.and_then(|s| s.target_secret.as_ref()))

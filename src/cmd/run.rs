@@ -5,8 +5,8 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    attempt_budget, build_sinks, connect, notifier, preflight, spawn_signal_handler,
-    start_source, warn_cleartext, AppError,
+    attempt_budget, build_sinks, connect, notifier, preflight, spawn_signal_handler, start_source,
+    warn_cleartext, AppError,
 };
 use crate::{
     admin::{self, AdminArgs},
@@ -40,7 +40,13 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
         sinks.push(Box::new(sink));
         (addr, tokens)
     });
-    let notifier = notifier(&args.kube, &args.pat, Some(&args.sinks), cluster.as_ref(), &metrics);
+    let notifier = notifier(
+        &args.kube,
+        &args.pat,
+        Some(&args.sinks),
+        cluster.as_ref(),
+        &metrics,
+    );
     let refresher = Refresher::new(exchange, pat, sinks, policy, metrics.clone())
         .with_notifier(notifier)
         .with_attempt_budget(attempt_budget(&args.ls));
@@ -108,10 +114,14 @@ async fn serve(
 ) -> Result<(), AppError> {
     let health = refresher.health();
     spawn_signal_handler(shutdown.clone(), Some(health.clone()))?;
-    let (admin_addr, admin_server) =
-        admin::bind(admin_args, health.clone(), metrics.clone(), shutdown.clone())
-            .await
-            .map_err(AppError::config)?;
+    let (admin_addr, admin_server) = admin::bind(
+        admin_args,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(AppError::config)?;
     let admin_task = tokio::spawn(admin_server);
     let proxy_task = match proxy {
         Some((addr, args, tokens)) => {

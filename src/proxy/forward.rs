@@ -65,7 +65,9 @@ pub(super) fn route_of(method: &Method, path: &str) -> Route {
     let under = |p: &str| canonical == p || canonical.starts_with(&format!("{p}/"));
     if is("api/token/refresh") && method == Method::POST {
         Route::LocalRefresh
-    } else if under("api/token") || is("api/current-user/token") || is("api/current-user/reset-token")
+    } else if under("api/token")
+        || is("api/current-user/token")
+        || is("api/current-user/reset-token")
     {
         Route::Blocked
     } else {
@@ -247,7 +249,13 @@ async fn forward(
     let answer = tokio::time::timeout(shared.timeout, request.send()).await;
     let answered = Instant::now();
     let resp = match answer {
-        Err(_) => return upstream_error(shared, Reason::Timeout, "Label Studio did not answer in time"),
+        Err(_) => {
+            return upstream_error(
+                shared,
+                Reason::Timeout,
+                "Label Studio did not answer in time",
+            )
+        }
         Ok(Err(e)) => {
             let reason = if e.is_timeout() {
                 Reason::Timeout
@@ -380,7 +388,11 @@ mod tests {
     #[test]
     fn token_endpoints_are_answered_or_refused_in_every_spelling() {
         let post = Method::POST;
-        for p in ["/api/token/refresh", "/api/token/refresh/", "//api//token/refresh/"] {
+        for p in [
+            "/api/token/refresh",
+            "/api/token/refresh/",
+            "//api//token/refresh/",
+        ] {
             assert_eq!(route_of(&post, p), Route::LocalRefresh, "{p}");
         }
         for p in [
@@ -397,7 +409,12 @@ mod tests {
             assert_eq!(route_of(&post, p), Route::Blocked, "{p}");
         }
         assert_eq!(route_of(&Method::GET, "/api/token/refresh"), Route::Blocked);
-        for p in ["/api/projects/", "/api/tokenizer", "/data/upload/1/x.png", "/"] {
+        for p in [
+            "/api/projects/",
+            "/api/tokenizer",
+            "/data/upload/1/x.png",
+            "/",
+        ] {
             assert_eq!(route_of(&Method::GET, p), Route::Forward, "{p}");
         }
     }

@@ -45,8 +45,7 @@ use crate::{
 };
 
 /// Where `proxy` listens by default: loopback (a sidecar's consumer shares the pod's network).
-pub const DEFAULT_PROXY_ADDR: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9418);
+pub const DEFAULT_PROXY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9418);
 /// Open client connections beyond this are closed at once: memory stays bounded whatever a
 /// misbehaving client does (an idle connection costs a few KiB).
 const MAX_CONNECTIONS: usize = 4096;

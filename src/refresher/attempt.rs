@@ -112,10 +112,7 @@ impl<E: Exchange> Refresher<E> {
     }
 
     /// Step 3: the exchange, and when (monotonic and wall) its answer arrived.
-    async fn exchange_pat(
-        &self,
-        pat: &Secret,
-    ) -> Result<(AccessToken, Mono, f64), AttemptError> {
+    async fn exchange_pat(&self, pat: &Secret) -> Result<(AccessToken, Mono, f64), AttemptError> {
         let access = self.exchange.refresh(pat).await?;
         Ok((access, self.clock.now(), self.clock.wall()))
     }
@@ -255,7 +252,9 @@ impl<E: Exchange> Refresher<E> {
             .map(rfc3339)
             .unwrap_or_else(|| "never (legacy token)".into());
         if st.failing.take().is_some() {
-            self.notifier.recovered("access token refreshed again").await;
+            self.notifier
+                .recovered("access token refreshed again")
+                .await;
         }
         self.health.set_problem(None);
         let now = self.clock.now();

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::{
     clock::manual::ManualClock,
-    exchange::{AccessToken, Accepted, Identity},
+    exchange::{Accepted, AccessToken, Identity},
     jwt::{self, tests::make_jwt},
     metrics::Metrics,
     schedule::Policy,
@@ -409,7 +409,11 @@ async fn legacy_token_is_validated_published_once_and_invalidated() {
     assert_eq!(p.set.auth.scheme, Scheme::Token);
     assert_eq!(p.set.expires_at, None);
     r.refresher.attempt().await.unwrap();
-    assert_eq!(r.sinks[0].count(), 1, "unchanged legacy token is not rewritten");
+    assert_eq!(
+        r.sinks[0].count(),
+        1,
+        "unchanged legacy token is not rewritten"
+    );
     assert_eq!(r.ls.refreshes(), 0, "legacy tokens are never refreshed");
     assert_eq!(r.ls.seen_auth.lock().unwrap()[0], format!("Token {legacy}"));
     r.ls.validations
@@ -488,7 +492,8 @@ async fn revoked_pat_triggers_reread_and_new_pat_is_used_at_once() {
         .expect("re-read requested");
     let failed_at = r.clock.now();
     let second = pat();
-    r.publisher.set(PatState::Ready(Secret::new(second.clone())));
+    r.publisher
+        .set(PatState::Ready(Secret::new(second.clone())));
     sink.until(2).await;
     assert!(
         r.clock.now().since(failed_at) < Duration::from_secs(2),
@@ -569,7 +574,10 @@ async fn clock_skew_in_either_direction_keeps_the_cadence() {
         tokio::time::sleep(Duration::from_secs(600)).await;
         // 60 s tokens refresh at exp - 30 s: every ~29 s, so ~21 in 600 s (plus the first).
         let n = r.ls.refreshes();
-        assert!((20..=23).contains(&n), "skew {skew}: {n} refreshes in 600 s");
+        assert!(
+            (20..=23).contains(&n),
+            "skew {skew}: {n} refreshes in 600 s"
+        );
         assert!(r.health.is_ready(), "skew {skew}: {:?}", r.health.ready());
         let offset = metric(&r.metrics, "ls_token_refresher_clock_offset_seconds");
         assert!(
@@ -685,7 +693,10 @@ async fn recovery_after_a_long_outage_is_prompt() {
     let back = r.clock.now();
     r.sinks[0].until(2).await;
     let gap = r.clock.now().since(back);
-    assert!(gap <= Duration::from_secs(3), "recovered {gap:?} after the return");
+    assert!(
+        gap <= Duration::from_secs(3),
+        "recovered {gap:?} after the return"
+    );
     assert!(r.health.is_ready());
     stop(shutdown, task).await;
 }
@@ -743,7 +754,10 @@ async fn wrong_url_is_diagnosed_at_once() {
         .once(Duration::from_secs(60), &CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(e.config && e.message.contains("does not point at Label Studio"), "{e}");
+    assert!(
+        e.config && e.message.contains("does not point at Label Studio"),
+        "{e}"
+    );
     assert!(t0.elapsed() < Duration::from_secs(1));
 
     // The same answer from a real Label Studio (a 5xx it may give) is retried.

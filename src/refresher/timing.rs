@@ -152,7 +152,10 @@ mod tests {
             let wait = at.since(t.received).as_secs_f64();
             assert!((28.9..=30.0).contains(&wait), "skew {skew}: wait {wait}");
             let left = t.expires().since(t.received).as_secs_f64();
-            assert!((58.9..=60.0).contains(&left), "skew {skew}: expires in {left}");
+            assert!(
+                (58.9..=60.0).contains(&left),
+                "skew {skew}: expires in {left}"
+            );
         }
     }
 

@@ -119,7 +119,8 @@ impl<E: Exchange> Refresher<E> {
                 }
                 Woke::Stepped | Woke::Rejected => {
                     let now = self.clock.now();
-                    if let Some(last) = st.last_check.filter(|l| now.since(*l) < CHECK_MIN_INTERVAL) {
+                    if let Some(last) = st.last_check.filter(|l| now.since(*l) < CHECK_MIN_INTERVAL)
+                    {
                         // Coalesce: one check at the end of the interval.
                         check_due = Some(last.after(CHECK_MIN_INTERVAL));
                         continue;
@@ -136,7 +137,8 @@ impl<E: Exchange> Refresher<E> {
                         Check::Keep => {
                             if let (Next::Refresh(_), Some(p)) = (next, &self.current) {
                                 if let Timing::Jwt(t) = p.timing {
-                                    next = Next::Refresh(t.refresh_at(&self.policy, self.clock.now()));
+                                    next =
+                                        Next::Refresh(t.refresh_at(&self.policy, self.clock.now()));
                                 }
                             }
                         }
@@ -201,7 +203,9 @@ impl<E: Exchange> Refresher<E> {
                 Check::Rejected
             }
             Err(e) => {
-                tracing::info!("{why}: could not check the current token ({e}); keeping the schedule");
+                tracing::info!(
+                    "{why}: could not check the current token ({e}); keeping the schedule"
+                );
                 Check::Keep
             }
         }

@@ -69,9 +69,11 @@ impl FileSink {
             )));
         }
         // An unpredictable name, created exclusively: a planted file or symlink is never followed.
-        let probe = self
-            .dir
-            .join(format!("..probe.{}.{:016x}", std::process::id(), fastrand::u64(..)));
+        let probe = self.dir.join(format!(
+            "..probe.{}.{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -67,7 +67,11 @@ impl SecretSink {
 
     async fn apply(&self, set: &TokenSet, dry_run: bool) -> Result<(), SinkError> {
         let body = apply_body(&self.namespace, &self.name, set);
-        let op = if dry_run { "dry_run_apply_secret" } else { "apply_secret" };
+        let op = if dry_run {
+            "dry_run_apply_secret"
+        } else {
+            "apply_secret"
+        };
         let result = tokio::time::timeout(
             APPLY_TIMEOUT,
             self.api
@@ -279,7 +283,8 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.message.contains(r#"conflict with "helm" using v1: .data.token"#),
+            err.message
+                .contains(r#"conflict with "helm" using v1: .data.token"#),
             "the server's detail names the field and manager: {err}"
         );
         assert!(err.summary.contains("conflict") && !err.summary.contains("ns/out"));

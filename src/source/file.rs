@@ -210,7 +210,7 @@ fn gives_no_events(dir: &Path) -> bool {
         0x5346_414F, // AFS
         0x6B41_4653, // kAFS
     ];
-    rustix::fs::statfs(dir).is_ok_and(|st| NO_EVENTS.contains(&(st.f_type as i64)))
+    rustix::fs::statfs(dir).is_ok_and(|st| NO_EVENTS.contains(&{ st.f_type }))
 }
 
 impl DirWatcher {
@@ -272,7 +272,11 @@ impl DirWatcher {
             if gives_no_events(&dir) {
                 poll = true;
             }
-            if self.watches.iter().any(|w| w.dir == dir && w.filter == filter) {
+            if self
+                .watches
+                .iter()
+                .any(|w| w.dir == dir && w.filter == filter)
+            {
                 continue;
             }
             match inotify::add_watch(fd, &dir, watch_flags()) {

@@ -248,13 +248,17 @@ mod tests {
         send(watcher::Event::Init);
         send(watcher::Event::InitDone);
         handle.changed().await;
-        assert!(matches!(handle.current(), PatState::Unavailable(m) if m.detail.contains("not found")));
+        assert!(
+            matches!(handle.current(), PatState::Unavailable(m) if m.detail.contains("not found"))
+        );
         send(watcher::Event::Apply(secret("pat", "one")));
         handle.changed().await;
         assert_eq!(handle.current(), PatState::Ready(Secret::new("one")));
         send(watcher::Event::Delete(secret("pat", "one")));
         handle.changed().await;
-        assert!(matches!(handle.current(), PatState::Unavailable(m) if m.summary.contains("deleted")));
+        assert!(
+            matches!(handle.current(), PatState::Unavailable(m) if m.summary.contains("deleted"))
+        );
         send(watcher::Event::Apply(secret("pat", "two")));
         handle.changed().await;
         assert_eq!(handle.current(), PatState::Ready(Secret::new("two")));

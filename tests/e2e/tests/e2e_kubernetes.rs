@@ -176,9 +176,11 @@ async fn secret_to_secret_as_least_privilege_identity() {
     assert_eq!(exp1, rfc3339(claims["exp"].as_i64().unwrap()));
     let s = env.secrets().get(TARGET).await.unwrap();
     let meta = &s.metadata;
+    // Our own label key: Helm and Kustomize own `app.kubernetes.io/managed-by` on the Secrets they
+    // create, and applying it would conflict (issue 9, item 6).
     assert_eq!(
-        meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
-        "ls-token-refresher"
+        meta.labels.as_ref().unwrap()["ls-token-refresher/managed"],
+        "true"
     );
     assert_eq!(
         meta.annotations.as_ref().unwrap()["ls-token-refresher/expires-at"],

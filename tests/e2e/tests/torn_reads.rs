@@ -21,9 +21,9 @@ use std::{
 };
 
 use ls_token_refresher::{
-    exchange::{Authorization, Scheme},
     secret::Secret,
     sink::{file::FileSink, TokenSet},
+    token::{Authorization, Scheme},
 };
 use ls_token_refresher_e2e::{
     process,
