@@ -12,7 +12,10 @@ use http::{
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::{standin, Shared};
+use super::{
+    body::{IdleTimeout, Progress, Stall, Watched},
+    standin, Shared,
+};
 use crate::{reason::Reason, token::Authorization};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -240,23 +243,51 @@ async fn forward(
     };
     value.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, value);
+    let progress = Progress::new();
     let request = shared
         .client
         .request(parts.method, url)
         .headers(headers)
-        .body(reqwest::Body::wrap(body));
+        .body(reqwest::Body::wrap(Watched::new(body, progress.clone())));
     let prepared = started.elapsed();
-    let answer = tokio::time::timeout(shared.timeout, request.send()).await;
+    let send = request.send();
+    tokio::pin!(send);
+    // The timeout bounds silence, not the transfer: an upload may take as long as it keeps moving.
+    let answer = loop {
+        let deadline = match progress.stall(shared.timeout, tokio::time::Instant::now()) {
+            Stall::Until(deadline) => deadline,
+            Stall::Client => {
+                return json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "client_timeout",
+                    "the request body stopped arriving for longer than --proxy-timeout",
+                )
+            }
+            Stall::Upstream => {
+                return upstream_error(
+                    shared,
+                    Reason::Timeout,
+                    "Label Studio did not answer in time",
+                )
+            }
+        };
+        tokio::select! {
+            answer = &mut send => break answer,
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    };
     let answered = Instant::now();
     let resp = match answer {
-        Err(_) => {
-            return upstream_error(
-                shared,
-                Reason::Timeout,
-                "Label Studio did not answer in time",
-            )
+        Err(_) if progress.client_failed() => {
+            // The client broke off its own upload: not Label Studio's failure (and nobody is
+            // left to read this answer).
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "client_aborted",
+                "the request body could not be read from the client",
+            );
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             let reason = if e.is_timeout() {
                 Reason::Timeout
             } else if is_tls(&e) {
@@ -266,7 +297,7 @@ async fn forward(
             };
             return upstream_error(shared, reason, reason.summary());
         }
-        Ok(Ok(r)) => r,
+        Ok(r) => r,
     };
     if resp.status() == StatusCode::UNAUTHORIZED {
         // Our token was refused: the loop checks it and refreshes at once if so (rate-limited).
@@ -279,7 +310,19 @@ async fn forward(
             map_location_back(resp.headers_mut(), shared.upstream.as_str(), h);
         }
     }
-    let resp = resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    let cut = shared.metrics.clone();
+    let resp = resp.map(|b| {
+        IdleTimeout::new(
+            b,
+            shared.timeout,
+            Box::new(move || {
+                cut.proxy_upstream_errors_total
+                    .with_label_values(&[Reason::Timeout.as_str()])
+                    .inc();
+            }),
+        )
+        .boxed_unsync()
+    });
     shared
         .metrics
         .proxy_added_latency_seconds

@@ -13,12 +13,26 @@
 //! - No valid token: 503 with a JSON reason and `Retry-After`, never an unauthenticated forward.
 //!   Label Studio unreachable or slow: 502/504 with a reason. A 401 from Label Studio reports the
 //!   token rejected (the refresh loop checks it and refreshes at once if it is).
-//! - Bodies stream both ways, unbuffered and uncapped; hop-by-hop headers are handled per RFC
-//!   9110 §7.6.1; the client's `Host` is passed through, because Label Studio builds its absolute
-//!   URLs (pagination `next`) from it and they must lead back through the proxy
-//!   (docs/consumers.md has the experiment). Behind an ingress that routes by `Host`, set
+//! - Bodies stream both ways, unbuffered and uncapped. `--proxy-timeout` bounds silences, not
+//!   transfers (see `body.rs`): a client whose upload stops gets 408, Label Studio silent past it
+//!   504, an answer body that stops is cut.
+//! - Framing is hyper's (RFC 9112): differing `Content-Length`s, a `Transfer-Encoding` not ending
+//!   in chunked, and heads over `MAX_HEAD_BYTES` or 100 fields are answered 400/431 before a
+//!   request exists. With both `Transfer-Encoding: chunked` and `Content-Length`, hyper frames the
+//!   body as chunked, drops `Content-Length` and closes the connection after the answer (§6.3):
+//!   what follows the chunked body is never read as a request, and the forwarded request has our
+//!   framing only. It is not turned into a 400 because hyper removes `Content-Length` before the
+//!   request reaches us (telling the two cases apart would mean parsing heads a second time).
+//! - Connections: at most `MAX_CONNECTIONS`; a client must send a complete request head within
+//!   `HEADER_READ_TIMEOUT` of connecting or of its previous answer (so idle keep-alive connections
+//!   close after it too), and the first bytes, which tell HTTP/1 from HTTP/2 and which hyper itself
+//!   would wait for forever, within the same time.
+//! - Hop-by-hop headers are handled per RFC 9110 §7.6.1; the client's `Host` is passed through,
+//!   because Label Studio builds its absolute URLs (pagination `next`) from it and they must lead
+//!   back through the proxy (docs/consumers.md has the experiment). Behind an ingress that routes by `Host`, set
 //!   `--proxy-upstream-host`: the upstream's `Host` is sent and `Location` headers are mapped back.
 
+mod body;
 mod forward;
 pub mod standin;
 
@@ -49,7 +63,8 @@ pub const DEFAULT_PROXY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::
 /// Open client connections beyond this are closed at once: memory stays bounded whatever a
 /// misbehaving client does (an idle connection costs a few KiB).
 const MAX_CONNECTIONS: usize = 4096;
-/// A client must send a request's headers within this (slow-loris clients are dropped).
+/// A client must send a request's headers within this (slow-loris clients are dropped), starting
+/// from the connection's first moment and between keep-alive requests.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head accepted (request line + headers); beyond it hyper answers 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -63,7 +78,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "LS_PROXY_ADDR", value_name = "ADDR")]
     pub proxy_addr: Option<SocketAddr>,
 
-    /// Longest wait for Label Studio's response head, and for each piece of a streamed body.
+    /// Longest silence while forwarding: waiting for Label Studio's answer, or for the next piece of a body either way.
     #[arg(
         long,
         env = "LS_PROXY_TIMEOUT",
@@ -121,10 +136,10 @@ impl Proxy {
         rejections: RejectionReport,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
+        // No total or read timeout here (uploads and exports are large, and a read timeout would
+        // also fire while a long upload is still being sent): `--proxy-timeout` bounds silences,
+        // judged per request in `forward` and `body`.
         let client = exchange::client_builder(ls.ca_file.as_deref(), ls.connect_timeout.0)?
-            // No total timeout (uploads and exports are large): the head has its own timeout,
-            // and a body that stalls longer than this between pieces is cut.
-            .read_timeout(args.proxy_timeout.0)
             .pool_idle_timeout(Duration::from_secs(90))
             .http1_only()
             .build()
@@ -185,6 +200,7 @@ async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES);
     builder.http2().max_concurrent_streams(256);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -210,13 +226,23 @@ async fn serve(
         let service = hyper::service::service_fn(move |req| {
             forward::handle(for_requests.clone(), peer.ip(), req)
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         metrics.proxy_connections.inc();
         tokio::spawn(async move {
-            let _ = conn.await;
+            // hyper's protocol detection waits for the first bytes with no timeout of its own:
+            // a client that sends nothing would hold its slot forever.
+            let spoke = tokio::select! {
+                _ = shutdown.cancelled() => false,
+                r = tokio::time::timeout(HEADER_READ_TIMEOUT, first_bytes(&stream)) => r == Ok(true),
+            };
+            if spoke {
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                let _ = watcher.watch(conn).await;
+            }
             metrics.proxy_connections.dec();
             drop(slot);
         });
@@ -227,4 +253,25 @@ async fn serve(
         _ = tokio::time::sleep(DRAIN) => {}
     }
     Ok(())
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): until a client has sent all of it or something
+/// else, it is not known which protocol it speaks.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How often a partial preface is looked at again (only a client that splits the preface across
+/// packets, or stalls in it on purpose, ever waits here).
+const PREFACE_POLL: Duration = Duration::from_millis(20);
+
+/// Waits until the client has sent enough to tell HTTP/1 from HTTP/2 (false: it closed first).
+/// Peeks, so hyper reads the same bytes again.
+async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        match stream.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+            // A part of the preface: a peek would return the same bytes at once.
+            Ok(_) => tokio::time::sleep(PREFACE_POLL).await,
+        }
+    }
 }

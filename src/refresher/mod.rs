@@ -56,6 +56,11 @@ impl RejectionReport {
     pub fn token_rejected(&self) {
         self.0.notify_one();
     }
+
+    /// Resolves at the next report (or at once if one is pending): the refresh loop's side.
+    pub async fn reported(&self) {
+        self.0.notified().await
+    }
 }
 
 /// A failed attempt.

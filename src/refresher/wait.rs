@@ -102,7 +102,7 @@ impl<E: Exchange> Refresher<E> {
                     Wake::WallClockStepped => Woke::Stepped,
                 },
                 _ = self.pat.changed() => Woke::PatChanged,
-                _ = rejections.0.notified() => Woke::Rejected,
+                _ = rejections.reported() => Woke::Rejected,
                 _ = wait_until_back(&self.exchange), if probe => Woke::Back,
             };
             match woke {

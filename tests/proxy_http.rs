@@ -1,0 +1,1113 @@
+//! The auth proxy in-process, against a tiny upstream on 127.0.0.1 that records everything it
+//! receives: header replacement, hop-by-hop handling, `Host` passthrough and the upstream-host mode
+//! with `Location` mapping, the local answers (503 without a token, the stand-in refresh, refusals),
+//! protocol abuse (CONNECT, absolute-form, `Transfer-Encoding` + `Content-Length`, oversized heads,
+//! silent connections), upstream failures, the 401 report, timeouts and streaming both ways.
+//!
+//! The proxy is built the way `cmd` builds it: a [`MemorySink`] feeding its watch channel and a
+//! [`Health`] whose single slot the test sets. The stock clients and the real Label Studio are
+//! proven in `tests/e2e/tests/proxy_*.rs`.
+
+use std::{
+    collections::hash_map::DefaultHasher,
+    convert::Infallible,
+    hash::Hasher,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use ls_token_refresher::{
+    clock::SystemClock,
+    exchange::LabelStudioArgs,
+    health::{Health, Held},
+    metrics::Metrics,
+    proxy::{Proxy, ProxyArgs},
+    reason::Reason,
+    refresher::RejectionReport,
+    secret::Secret,
+    sink::{memory::MemorySink, Sink},
+    token::{Authorization, Scheme, TokenSet},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Notify,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The token the proxy holds in these tests (not a JWT: the proxy never looks inside).
+const TOKEN: &str = "test-access-token-8f3a1c";
+/// Lifetime of [`TOKEN`] from the test's start.
+const TOKEN_TTL: i64 = 300;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+// ------------------------------------------------------------------------------------------------
+// The recording upstream
+
+/// One request as the upstream received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    seen: Mutex<Vec<Seen>>,
+    /// Bytes of the body of the request to `/upload` received so far.
+    upload_progress: AtomicU64,
+    /// `/download` sends its first part, then waits for this before the rest.
+    download_gate: Notify,
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    state: Arc<UpstreamState>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(UpstreamState::default());
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(upstream_answer(st, addr, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, state }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
+    *r.status_mut() = status;
+    r
+}
+
+/// A deterministic byte pattern (so both ends can check a body without keeping it).
+fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((offset + i) * 31 % 251) as u8)
+        .collect()
+}
+
+fn digest(bytes: &[u8], h: &mut DefaultHasher) {
+    h.write(bytes);
+}
+
+async fn upstream_answer(
+    st: Arc<UpstreamState>,
+    me: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, mut body) = req.into_parts();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    // Routes answer under a `--url` path prefix too.
+    let path = parts.uri.path();
+    let path = path.strip_prefix("/prefix").unwrap_or(path).to_owned();
+    let mut kept = Vec::new();
+    let mut hash = DefaultHasher::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            len += data.len() as u64;
+            if path == "/upload" {
+                digest(&data, &mut hash);
+                st.upload_progress.store(len, Ordering::SeqCst);
+            } else {
+                kept.extend_from_slice(&data);
+            }
+        }
+    }
+    st.seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        target: target.clone(),
+        headers: parts.headers.clone(),
+        body: kept,
+    });
+    match path.as_str() {
+        "/status/401" => full(StatusCode::UNAUTHORIZED, r#"{"detail":"nope"}"#),
+        "/redirect" => {
+            let mut r = full(StatusCode::FOUND, "");
+            r.headers_mut().insert(
+                header::LOCATION,
+                format!("http://{me}/prefix/landed?x=1").parse().unwrap(),
+            );
+            r
+        }
+        "/slow-head" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            full(StatusCode::OK, "late")
+        }
+        "/upload" => full(
+            StatusCode::OK,
+            format!("{len} {:x}", hash.finish()).into_bytes(),
+        ),
+        "/drip" => drip(30, Duration::from_millis(100), false),
+        "/stall" => drip(3, Duration::from_millis(10), true),
+        "/download" => {
+            let total: u64 = parts
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            download(st, total)
+        }
+        _ => {
+            let mut r = full(StatusCode::OK, r#"{"ok":true}"#);
+            let h = r.headers_mut();
+            h.insert(header::CONNECTION, "x-resp-private".parse().unwrap());
+            h.insert("x-resp-private", "1".parse().unwrap());
+            h.insert("keep-alive", "timeout=5".parse().unwrap());
+            h.insert("x-kept", "1".parse().unwrap());
+            r
+        }
+    }
+}
+
+/// Streams `total` pattern bytes: the first [`GATE_AT`] at once, the rest only after
+/// `download_gate` is notified (so a proxy that buffered the answer would never deliver the start).
+fn download(st: Arc<UpstreamState>, total: u64) -> Response<Body> {
+    const PIECE: u64 = 64 * 1024;
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let st = st.clone();
+        async move {
+            if sent >= total {
+                return None;
+            }
+            if sent == GATE_AT.min(total) && sent > 0 {
+                st.download_gate.notified().await;
+            }
+            let end = (sent + PIECE).min(total);
+            let end = if sent < GATE_AT {
+                end.min(GATE_AT)
+            } else {
+                end
+            };
+            let data = Bytes::from(pattern(sent, (end - sent) as usize));
+            Some((Ok::<_, Infallible>(Frame::data(data)), end))
+        }
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/octet-stream".parse().unwrap(),
+    );
+    r
+}
+
+/// `pieces` pieces of 1000 pattern bytes, `gap` apart; with `hang`, then silence (no end).
+fn drip(pieces: u64, gap: Duration, hang: bool) -> Response<Body> {
+    let stream = futures::stream::unfold(0u64, move |i| async move {
+        if i == pieces {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            return None;
+        }
+        tokio::time::sleep(gap).await;
+        let data = Bytes::from(pattern(i * 1000, 1000));
+        Some((Ok::<_, Infallible>(Frame::data(data)), i + 1))
+    });
+    Response::new(StreamBody::new(stream).boxed_unsync())
+}
+
+/// Where the gated download pauses.
+const GATE_AT: u64 = 1024 * 1024;
+
+// ------------------------------------------------------------------------------------------------
+// The proxy under test
+
+struct Harness {
+    proxy: SocketAddr,
+    upstream: Upstream,
+    health: Health,
+    sink: MemorySink,
+    rejections: RejectionReport,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+struct Options {
+    url_suffix: &'static str,
+    timeout: &'static str,
+    upstream_host: bool,
+    /// Publish [`TOKEN`] and mark it valid before the first request.
+    with_token: bool,
+    /// Point the proxy at this URL instead of the recording upstream.
+    url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            url_suffix: "",
+            timeout: "5s",
+            upstream_host: false,
+            with_token: true,
+            url: None,
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn token_set() -> TokenSet {
+    TokenSet {
+        auth: Authorization {
+            scheme: Scheme::Bearer,
+            token: Secret::new(TOKEN),
+        },
+        expires_at: Some(unix_now() + TOKEN_TTL),
+        refreshed_at: unix_now(),
+    }
+}
+
+impl Harness {
+    async fn start(opts: Options) -> Harness {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let upstream = Upstream::start().await;
+        let url = opts
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("{}{}", upstream.url(), opts.url_suffix));
+        let ls = LabelStudioArgs {
+            url: url.parse().unwrap(),
+            request_timeout: "10s".parse().unwrap(),
+            connect_timeout: "1s".parse().unwrap(),
+            ca_file: None,
+            validate_path: "/api/current-user/whoami".parse().unwrap(),
+            no_validate: false,
+            require_https: false,
+        };
+        let args = ProxyArgs {
+            proxy_addr: None,
+            proxy_timeout: opts.timeout.parse().unwrap(),
+            proxy_upstream_host: opts.upstream_host,
+        };
+        let (sink, tokens) = MemorySink::new();
+        let health = Health::new(Arc::new(SystemClock::new()), &["proxy"]);
+        let rejections = RejectionReport::default();
+        let metrics = Arc::new(Metrics::new());
+        let proxy = Proxy::new(
+            &args,
+            &ls,
+            tokens,
+            health.clone(),
+            rejections.clone(),
+            metrics.clone(),
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let (addr, server) = proxy
+            .bind("127.0.0.1:0".parse().unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+        tokio::spawn(server);
+        let h = Harness {
+            proxy: addr,
+            upstream,
+            health,
+            sink,
+            rejections,
+            metrics,
+            shutdown,
+        };
+        if opts.with_token {
+            h.publish_valid().await;
+        }
+        h
+    }
+
+    /// Publishes [`TOKEN`] and marks it valid for [`TOKEN_TTL`].
+    async fn publish_valid(&self) {
+        self.sink.publish(&token_set()).await.unwrap();
+        let now = self.health.clock().now();
+        self.health.set_held(
+            0,
+            Held {
+                expires: Some(now.after(Duration::from_secs(TOKEN_TTL as u64))),
+                valid: true,
+            },
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Sends raw bytes on a fresh connection and reads until the server closes it (or 5 s pass:
+/// then `closed` is false).
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    read_until_close(&mut s, Duration::from_secs(5)).await
+}
+
+async fn read_until_close(s: &mut TcpStream, limit: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(limit, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+fn status_lines(answer: &str) -> Vec<&str> {
+    answer
+        .split("\r\n")
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect()
+}
+
+fn json_body(answer: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+fn values<'a>(h: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    h.get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------------
+// Forwarding
+
+#[tokio::test]
+async fn every_forwarded_request_carries_exactly_our_authorization() {
+    let h = Harness::start(Options::default()).await;
+    let r = client()
+        .post(h.url("/api/projects/7/import?commit_to_project=true&x=%2F"))
+        .header(
+            header::AUTHORIZATION,
+            "Bearer a-stale-token-of-someone-else",
+        )
+        .header("x-api-key", "a-foreign-key")
+        .header("proxy-authorization", "Basic Zm9yZWlnbg==")
+        .header("x-custom", "kept")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(r#"[{"image":"x"}]"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.method, "POST");
+    assert_eq!(
+        s.target,
+        "/api/projects/7/import?commit_to_project=true&x=%2F"
+    );
+    assert_eq!(
+        values(&s.headers, "authorization"),
+        [format!("Bearer {TOKEN}")]
+    );
+    assert!(values(&s.headers, "x-api-key").is_empty());
+    assert!(values(&s.headers, "proxy-authorization").is_empty());
+    assert_eq!(values(&s.headers, "x-custom"), ["kept"]);
+    assert_eq!(values(&s.headers, "content-type"), ["application/json"]);
+    assert_eq!(s.body, br#"[{"image":"x"}]"#);
+    // The answer carries nothing of ours.
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(TOKEN));
+
+    // Legacy scheme: `Token`, and still only ours.
+    h.sink
+        .publish(&TokenSet {
+            auth: Authorization {
+                scheme: Scheme::Token,
+                token: Secret::new("legacy40hex"),
+            },
+            expires_at: None,
+            refreshed_at: unix_now(),
+        })
+        .await
+        .unwrap();
+    let r = client()
+        .get(h.url("/api/current-user/whoami"))
+        .header(header::AUTHORIZATION, "Token placeholder-not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = h.upstream.seen();
+    assert_eq!(
+        values(&seen[1].headers, "authorization"),
+        ["Token legacy40hex"]
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_both_ways() {
+    let h = Harness::start(Options::default()).await;
+    let req = format!(
+        "GET /api/projects/ HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, x-private\r\nX-Private: secret-hop\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\nTrailer: x-t\r\nUpgrade: websocket\r\nProxy-Connection: keep-alive\r\nX-End-To-End: yes\r\n\r\n",
+        h.proxy
+    );
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nx-kept: 1\r\n"), "{answer}");
+    assert!(!answer.contains("x-resp-private"), "{answer}");
+    assert!(!answer.contains("keep-alive: timeout=5"), "{answer}");
+    let seen = h.upstream.seen();
+    let got = &seen[0].headers;
+    for name in [
+        "x-private",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-connection",
+    ] {
+        assert!(values(got, name).is_empty(), "{name} was forwarded");
+    }
+    assert!(values(got, "connection")
+        .iter()
+        .all(|v| !v.contains("x-private")));
+    assert_eq!(values(got, "x-end-to-end"), ["yes"]);
+}
+
+#[tokio::test]
+async fn host_passes_through_and_the_path_prefix_is_kept() {
+    let h = Harness::start(Options {
+        url_suffix: "/prefix",
+        ..Options::default()
+    })
+    .await;
+    let r = client()
+        .get(h.url("/api/projects/?page=2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client().get(h.url("/redirect")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let seen = h.upstream.seen();
+    assert_eq!(seen[0].target, "/prefix/api/projects/?page=2");
+    let client_host = h.proxy.to_string();
+    assert_eq!(values(&seen[0].headers, "host"), [client_host.as_str()]);
+    assert_eq!(
+        values(&seen[0].headers, "x-forwarded-host"),
+        [client_host.as_str()]
+    );
+    assert_eq!(values(&seen[0].headers, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values(&seen[0].headers, "x-forwarded-proto"), ["http"]);
+    // Host passthrough: Location is left alone (Label Studio built it from our Host already).
+    assert_eq!(
+        r.headers()[header::LOCATION],
+        format!("http://{}/prefix/landed?x=1", h.upstream.addr).as_str()
+    );
+}
+
+#[tokio::test]
+async fn upstream_host_mode_sends_the_upstreams_host_and_maps_location_back() {
+    let h = Harness::start(Options {
+        url_suffix: "/prefix",
+        upstream_host: true,
+        ..Options::default()
+    })
+    .await;
+    let r = client().get(h.url("/redirect")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let seen = h.upstream.seen();
+    let up = h.upstream.addr.to_string();
+    assert_eq!(values(&seen[0].headers, "host"), [up.as_str()]);
+    assert_eq!(
+        values(&seen[0].headers, "x-forwarded-host"),
+        [h.proxy.to_string().as_str()]
+    );
+    // `<upstream>/prefix/landed` → `http://<proxy>/landed`: back through the proxy, prefix removed.
+    assert_eq!(
+        r.headers()[header::LOCATION],
+        format!("http://{}/landed?x=1", h.proxy).as_str()
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Local answers
+
+#[tokio::test]
+async fn without_a_valid_token_the_answer_is_503_json_and_nothing_is_forwarded() {
+    let h = Harness::start(Options {
+        with_token: false,
+        ..Options::default()
+    })
+    .await;
+    let check = |r: &reqwest::Response| {
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    };
+    // Nothing obtained yet.
+    let r = client()
+        .get(h.url("/api/projects/"))
+        .header(header::AUTHORIZATION, "Token placeholder")
+        .send()
+        .await
+        .unwrap();
+    check(&r);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "starting");
+    assert_eq!(body["status_code"], 503);
+    assert_eq!(body["source"], "ls-token-refresher-proxy");
+    assert!(body["detail"].as_str().unwrap().contains("no valid"));
+
+    // A token that Label Studio rejected, with the loop's reason (PAT revoked).
+    h.publish_valid().await;
+    h.health.invalidate_all();
+    h.health
+        .set_problem(Some((Reason::RevokedPat, Reason::RevokedPat.summary())));
+    let r = client().get(h.url("/api/projects/")).send().await.unwrap();
+    check(&r);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], Reason::RevokedPat.as_str());
+    assert!(body["detail"]
+        .as_str()
+        .unwrap()
+        .contains(Reason::RevokedPat.summary()));
+    // The SDK's refresh is refused the same way (it retries 503s honouring Retry-After).
+    let r = client()
+        .post(h.url("/api/token/refresh/"))
+        .json(&serde_json::json!({"refresh": "placeholder"}))
+        .send()
+        .await
+        .unwrap();
+    check(&r);
+
+    // An expired token is no better.
+    h.sink.publish(&token_set()).await.unwrap();
+    h.health.set_held(
+        0,
+        Held {
+            expires: Some(h.health.clock().now()),
+            valid: true,
+        },
+    );
+    let r = client().get(h.url("/api/projects/")).send().await.unwrap();
+    check(&r);
+    assert!(h.upstream.seen().is_empty(), "forwarded without a token");
+    assert_eq!(
+        h.metric("ls_token_refresher_proxy_requests_total{code=\"5xx\"}"),
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn the_sdks_refresh_is_answered_locally_with_a_standin_mirroring_exp() {
+    use base64::Engine;
+    let h = Harness::start(Options::default()).await;
+    let exp = token_set().expires_at.unwrap();
+    let mut standins = Vec::new();
+    for path in ["/api/token/refresh/", "/api/token/refresh"] {
+        let r = client()
+            .post(h.url(path))
+            .json(&serde_json::json!({"refresh": "placeholder.jwt.key"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let text = r.text().await.unwrap();
+        assert!(!text.contains(TOKEN), "the real token left the proxy");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let access = body["access"].as_str().unwrap().to_owned();
+        let payload = access.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        // The SDK needs a decodable JWT with a future exp; it then refreshes when we do.
+        assert!(
+            (claims["exp"].as_i64().unwrap() - exp).abs() <= 1,
+            "{claims}"
+        );
+        assert_eq!(claims["token_type"], "access");
+        assert_eq!(claims["iss"], "ls-token-refresher-proxy");
+        standins.push(access);
+    }
+    assert_ne!(standins[0], standins[1]);
+    // Token management through the proxy is refused, whatever the spelling.
+    for (method, path) in [
+        ("GET", "/api/token/"),
+        ("POST", "/api/token/rotate/"),
+        ("POST", "/api/token/blacklist/"),
+        ("POST", "/api/%74oken/rotate/"),
+        ("GET", "/api/current-user/token"),
+        ("POST", "/api/current-user/reset-token/"),
+        ("GET", "/api/token/refresh/"),
+    ] {
+        let r = client()
+            .request(method.parse().unwrap(), h.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{method} {path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["reason"], "refused");
+    }
+    assert!(
+        h.upstream.seen().is_empty(),
+        "a token endpoint was forwarded"
+    );
+    // A stand-in sent back is dropped like any other credential.
+    let r = client()
+        .get(h.url("/api/current-user/whoami"))
+        .bearer_auth(&standins[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        values(&h.upstream.seen()[0].headers, "authorization"),
+        [format!("Bearer {TOKEN}")]
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Protocol abuse
+
+#[tokio::test]
+async fn connect_and_absolute_form_targets_are_refused_and_nothing_is_forwarded() {
+    let h = Harness::start(Options::default()).await;
+    let (a, _) = raw(
+        h.proxy,
+        b"GET http://example.com/api/projects/ HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{a}");
+    assert_eq!(json_body(&a)["reason"], "refused");
+    let (a, _) = raw(
+        h.proxy,
+        format!(
+            "GET http://{}/api/projects/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            h.upstream.addr, h.upstream.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{a}");
+    // CONNECT, followed at once by what a tunnel would carry (a TLS ClientHello): 405, and the
+    // bytes after it are read as HTTP (garbage: 400), never relayed anywhere.
+    let (a, closed) = raw(
+        h.proxy,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    )
+    .await;
+    let statuses = status_lines(&a);
+    assert_eq!(statuses[0], "HTTP/1.1 405 Method Not Allowed", "{a}");
+    assert!(
+        statuses[1..].iter().all(|s| s.starts_with("HTTP/1.1 400")),
+        "{a}"
+    );
+    assert!(closed, "the connection after a refused CONNECT stays open");
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+}
+
+/// RFC 9112 §6.3: with both `Transfer-Encoding: chunked` and `Content-Length`, hyper frames the
+/// body by the chunked coding, drops `Content-Length` and closes the connection after answering,
+/// so bytes after the chunked body are never read as a request. Both orders of the two headers.
+#[tokio::test]
+async fn transfer_encoding_with_content_length_never_smuggles_a_request() {
+    let h = Harness::start(Options::default()).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    // CL.TE: Content-Length covers the smuggled request too.
+    let chunked = "5\r\nhello\r\n0\r\n\r\n";
+    let cl = chunked.len() + smuggled.len();
+    let te_cl = [
+        format!("POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}"),
+        format!("POST /first HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: {cl}\r\n\r\n{chunked}{smuggled}"),
+        // TE.CL: a short Content-Length, the smuggled request inside a chunk.
+        format!(
+            "POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+            smuggled.len()
+        ),
+    ];
+    for (i, req) in te_cl.iter().enumerate() {
+        let (a, closed) = raw(h.proxy, req.as_bytes()).await;
+        assert_eq!(status_lines(&a), ["HTTP/1.1 200 OK"], "case {i}: {a}");
+        assert!(closed, "case {i}: the connection stays open after TE+CL");
+    }
+    let seen = h.upstream.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.target, "/first");
+        assert!(values(&s.headers, "content-length")
+            .iter()
+            .all(|v| *v != cl.to_string()));
+    }
+    assert_eq!(seen[0].body, b"hello");
+    assert_eq!(seen[1].body, b"hello");
+    // The smuggled bytes arrive as body data (framed by us), never as a request.
+    assert_eq!(seen[2].body, smuggled.as_bytes());
+    assert!(seen.iter().all(|s| !s.target.contains("smuggled")));
+}
+
+#[tokio::test]
+async fn differing_content_lengths_and_bad_codings_are_400_and_oversized_heads_431() {
+    let h = Harness::start(Options::default()).await;
+    let (a, closed) = raw(
+        h.proxy,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 30\r\n\r\nhelloGET /smuggled HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{a}");
+    assert!(closed);
+    let (a, _) = raw(
+        h.proxy,
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+    )
+    .await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{a}");
+    // A head beyond 64 KiB: 431, and the next client is served as usual.
+    let big = format!(
+        "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let (a, closed) = raw(h.proxy, big.as_bytes()).await;
+    assert_eq!(
+        status_lines(&a),
+        ["HTTP/1.1 431 Request Header Fields Too Large"],
+        "{a}"
+    );
+    assert!(closed);
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (a, _) = raw(
+        h.proxy,
+        format!("GET /x HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        status_lines(&a),
+        ["HTTP/1.1 431 Request Header Fields Too Large"],
+        "{a}"
+    );
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+    let r = client().get(h.url("/fine")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Upstream failures and rejections
+
+#[tokio::test]
+async fn a_401_from_label_studio_reports_the_token_rejected() {
+    let h = Harness::start(Options::default()).await;
+    let reported = h.rejections.clone();
+    let waiter = tokio::spawn(async move { reported.reported().await });
+    let r = client().get(h.url("/api/projects/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished(), "a 200 reported a rejection");
+    let r = client().get(h.url("/status/401")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the 401 itself is passed on");
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("no rejection reported after a 401")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn refused_upstream_is_502_and_a_silent_one_504_with_reasons() {
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let h = Harness::start(Options {
+        url: Some(dead),
+        ..Options::default()
+    })
+    .await;
+    let r = client().get(h.url("/api/projects/")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "network");
+    assert_eq!(
+        h.metric("ls_token_refresher_proxy_upstream_errors_total{reason=\"network\"}"),
+        1.0
+    );
+
+    let h = Harness::start(Options {
+        timeout: "1s",
+        ..Options::default()
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    let r = client().get(h.url("/slow-head")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(
+        t0.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        t0.elapsed()
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "timeout");
+    assert_eq!(
+        h.metric("ls_token_refresher_proxy_upstream_errors_total{reason=\"timeout\"}"),
+        1.0
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Bodies and timeouts
+
+/// An upload's first part reaches Label Studio while the client still holds the rest, and a
+/// download's first part reaches the client while Label Studio still holds the rest: neither side
+/// is buffered. Then both bodies complete byte for byte.
+#[tokio::test]
+async fn bodies_stream_both_ways_without_buffering() {
+    let h = Harness::start(Options::default()).await;
+    const TOTAL: u64 = 8 * 1024 * 1024;
+    const FIRST: u64 = 2 * 1024 * 1024;
+    let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let upload = tokio::spawn(
+        client()
+            .post(h.url("/upload"))
+            .header(header::CONTENT_LENGTH, TOTAL)
+            .body(reqwest::Body::wrap_stream(rx))
+            .send(),
+    );
+    let mut tx = tx;
+    let mut sent = 0u64;
+    let mut expect = DefaultHasher::new();
+    use futures::SinkExt;
+    while sent < FIRST {
+        let piece = pattern(sent, 64 * 1024);
+        digest(&piece, &mut expect);
+        sent += piece.len() as u64;
+        tx.send(Ok(Bytes::from(piece))).await.unwrap();
+    }
+    let progress = &h.upstream.state.upload_progress;
+    let t0 = std::time::Instant::now();
+    while progress.load(Ordering::SeqCst) < FIRST {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the upload's start never reached the upstream ({} bytes): the proxy buffers request bodies",
+            progress.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while sent < TOTAL {
+        let piece = pattern(sent, 64 * 1024);
+        digest(&piece, &mut expect);
+        sent += piece.len() as u64;
+        tx.send(Ok(Bytes::from(piece))).await.unwrap();
+    }
+    drop(tx);
+    let r = upload.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("{TOTAL} {:x}", expect.finish())
+    );
+
+    let r = client()
+        .get(h.url(&format!("/download?n={TOTAL}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut got = 0u64;
+    let mut gate_opened = false;
+    while let Some(piece) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the download's start never reached the client: the proxy buffers answers")
+    {
+        let piece = piece.unwrap();
+        assert_eq!(piece.as_ref(), pattern(got, piece.len()).as_slice());
+        got += piece.len() as u64;
+        if got >= GATE_AT && !gate_opened {
+            gate_opened = true;
+            h.upstream.state.download_gate.notify_one();
+        }
+    }
+    assert_eq!(got, TOTAL);
+}
+
+/// `--proxy-timeout` bounds silence, not size: an upload or a download that keeps moving for
+/// longer than the timeout completes; an upload that stops is cut with 408 (the client's fault,
+/// not counted as Label Studio's), a download that stops is cut mid-body (counted).
+#[tokio::test]
+async fn the_timeout_bounds_silence_not_the_length_of_a_transfer() {
+    let h = Harness::start(Options {
+        timeout: "1s",
+        ..Options::default()
+    })
+    .await;
+    // 3 s of upload in 100 ms steps: three times the timeout, never silent for long.
+    let pieces = 30u64;
+    let stream = futures::stream::unfold(0u64, move |i| async move {
+        if i == pieces {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((
+            Ok::<_, std::io::Error>(Bytes::from(pattern(i * 1000, 1000))),
+            i + 1,
+        ))
+    });
+    let r = client()
+        .post(h.url("/upload"))
+        .header(header::CONTENT_LENGTH, pieces * 1000)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .starts_with(&format!("{} ", pieces * 1000)));
+
+    // A client that stops sending its body: 408, and nothing is counted as an upstream failure.
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-part")
+        .await
+        .unwrap();
+    let (a, _) = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 408 Request Timeout"], "{a}");
+    assert_eq!(json_body(&a)["reason"], "client_timeout");
+    assert_eq!(
+        h.metric("ls_token_refresher_proxy_upstream_errors_total{reason=\"timeout\"}"),
+        0.0
+    );
+
+    // 3 s of download in 100 ms steps.
+    let r = client().get(h.url("/drip")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.expect("a slow but moving download is cut");
+    assert_eq!(body.len(), 30_000);
+    // A download that stops: the head and the first pieces arrive, then the body is cut.
+    let r = client().get(h.url("/stall")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let t0 = std::time::Instant::now();
+    let cut = r.bytes().await;
+    assert!(cut.is_err(), "a stalled download ended normally");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(
+        h.metric("ls_token_refresher_proxy_upstream_errors_total{reason=\"timeout\"}"),
+        1.0
+    );
+}
+
+/// A client that connects and sends nothing (or only part of the HTTP/2 preface) is dropped after
+/// the header timeout instead of holding a connection slot forever.
+#[tokio::test(start_paused = true)]
+async fn silent_connections_are_closed() {
+    let h = Harness::start(Options {
+        with_token: false,
+        ..Options::default()
+    })
+    .await;
+    let mut silent = TcpStream::connect(h.proxy).await.unwrap();
+    let mut partial = TcpStream::connect(h.proxy).await.unwrap();
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let mut idle = TcpStream::connect(h.proxy).await.unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"));
+    // Time is paused: the reads below return when the server closes (time auto-advances while
+    // every task waits), or fail the test after an hour of virtual time.
+    for (name, s) in [
+        ("silent", &mut silent),
+        ("partial preface", &mut partial),
+        ("idle keep-alive", &mut idle),
+    ] {
+        let r = tokio::time::timeout(Duration::from_secs(3600), s.read(&mut buf)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "{name} connection still open"
+        );
+    }
+}
