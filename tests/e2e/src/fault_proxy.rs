@@ -5,8 +5,11 @@
 //! in full, and then — depending on the [`Fault`] in force *when the request arrived* — passed on,
 //! delayed, dripped, replaced, truncated or never answered. Switching to [`Fault::Refuse`] closes the
 //! listening socket and every open connection (connects are refused); switching away binds the same
-//! port again. Every access token seen in an upstream answer is kept (see [`FaultProxy::tokens`]) so
-//! the suite can scan the logs for each token ever issued. Keep-alive to the client is preserved.
+//! port again. A fault can be limited to one path prefix ([`FaultProxy::scope`]). Every access token
+//! seen in an upstream answer is kept (see [`FaultProxy::tokens`]) so the suite can scan the logs for
+//! each token ever issued, and every request's path and header names (never values) are recorded.
+//! Chunked request bodies are passed on with a `Content-Length`. Keep-alive to the client is
+//! preserved.
 //!
 //! Listens on 127.0.0.1 only, every wait is bounded, and it stops on drop.
 
@@ -94,6 +97,8 @@ pub struct RequestRecord {
     pub path: String,
     /// Name of the fault in force.
     pub fault: String,
+    /// Names of the request's header fields, lower case, in order (never values).
+    pub header_names: Vec<String>,
 }
 
 struct Shared {
@@ -101,6 +106,8 @@ struct Shared {
     fault: watch::Sender<Fault>,
     tokens: TokenLog,
     requests: Mutex<Vec<RequestRecord>>,
+    /// Only requests whose path starts with this meet the fault (None: every request).
+    scope: Mutex<Option<String>>,
 }
 
 /// The fault-injecting proxy. Stops (listener and every connection) on drop.
@@ -122,6 +129,7 @@ impl FaultProxy {
             fault,
             tokens: TokenLog::default(),
             requests: Mutex::new(Vec::new()),
+            scope: Mutex::new(None),
         });
         let shutdown = CancellationToken::new();
         tokio::spawn(accept_loop(
@@ -145,6 +153,12 @@ impl FaultProxy {
     /// Switches the behaviour; applies to every request that arrives from now on.
     pub fn set(&self, fault: Fault) {
         self.shared.fault.send_replace(fault);
+    }
+
+    /// Limits the fault to requests whose path starts with `prefix` (the others pass); None: every
+    /// request. [`Fault::Refuse`] closes the listener whatever the scope.
+    pub fn scope(&self, prefix: Option<&str>) {
+        *self.shared.scope.lock().unwrap() = prefix.map(str::to_owned);
     }
 
     /// The behaviour in force.
@@ -246,11 +260,15 @@ where
                 None => return,
             },
         };
-        let fault = shared.fault.borrow().clone();
+        let fault = match &*shared.scope.lock().unwrap() {
+            Some(prefix) if !req.path.starts_with(prefix.as_str()) => Fault::Pass,
+            _ => shared.fault.borrow().clone(),
+        };
         shared.requests.lock().unwrap().push(RequestRecord {
             at: Instant::now(),
             path: req.path.clone(),
             fault: fault.name(),
+            header_names: header_names(&req.head),
         });
         let keep = tokio::select! {
             _ = kill.cancelled() => return,
@@ -261,6 +279,15 @@ where
             return;
         }
     }
+}
+
+fn header_names(head: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(head)
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, _)| k.trim().to_ascii_lowercase())
+        .collect()
 }
 
 /// Answers one request according to `fault`; false when the connection must be closed.

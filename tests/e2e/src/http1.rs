@@ -73,8 +73,33 @@ fn take_request(buf: &mut Vec<u8>) -> Result<Option<HttpRequest>, ()> {
         };
     };
     let head_text = String::from_utf8_lossy(&buf[..end]).into_owned();
-    if header(&head_text, "transfer-encoding").is_some() {
-        return Err(()); // our client never sends chunked requests
+    if let Some(te) = header(&head_text, "transfer-encoding") {
+        if !te.eq_ignore_ascii_case("chunked") {
+            return Err(());
+        }
+        // Chunked (the auth proxy forwards bodies of unknown length so): passed on with a
+        // Content-Length, which every upstream understands (Label Studio's dev server does not
+        // read chunked request bodies).
+        let Some((body, used)) = chunked_body(&buf[end..])? else {
+            return if buf.len() > MAX_REQUEST {
+                Err(())
+            } else {
+                Ok(None)
+            };
+        };
+        let mut head: String = head_text
+            .split("\r\n")
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                !l.is_empty()
+                    && !l.starts_with("transfer-encoding:")
+                    && !l.starts_with("content-length:")
+            })
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        buf.drain(..end + used);
+        return Ok(Some(parse_request(head.into_bytes(), body)));
     }
     let len: usize = match header(&head_text, "content-length") {
         Some(v) => v.parse().map_err(|_| ())?,
@@ -90,6 +115,34 @@ fn take_request(buf: &mut Vec<u8>) -> Result<Option<HttpRequest>, ()> {
     let body = buf[end..end + len].to_vec();
     buf.drain(..end + len);
     Ok(Some(parse_request(head, body)))
+}
+
+/// A complete chunked body at the start of `rest`: (decoded body, bytes used); None while
+/// incomplete; Err when malformed or too large.
+fn chunked_body(rest: &[u8]) -> Result<Option<(Vec<u8>, usize)>, ()> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(line_end) = rest[at..].windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = String::from_utf8_lossy(&rest[at..at + line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| ())?;
+        if size > MAX_REQUEST || body.len() + size > MAX_REQUEST {
+            return Err(());
+        }
+        at += line_end + 2;
+        if size == 0 {
+            // No trailers from our clients: the final CRLF.
+            return Ok((rest.len() >= at + 2).then(|| (body, at + 2)));
+        }
+        if rest.len() < at + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&rest[at..at + size]);
+        at += size + 2;
+    }
 }
 
 /// Reads the next request from `s` (`buf` keeps what arrived beyond it); None at EOF, on an error

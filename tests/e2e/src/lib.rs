@@ -8,6 +8,8 @@
 //! | [`kube_apiserver`] | a real kube-apiserver + etcd per test (PKI, kubeconfigs, kubectl) |
 //! | [`kube_api`], [`rbac`] | Kubernetes API helpers; the chart's least-privilege Role |
 //! | [`refresher`] | the real `ls-token-refresher` binary as a child process |
+//! | [`auth_proxy`] | the binary serving the auth proxy (PAT file, trace logs); a raw HTTP/1.1 client |
+//! | [`stock_clients`] | label-studio-sdk 2.1.2 and the ML backend 1.0.9 as their users run them |
 //! | [`token_dir`] | readers of a published token directory (`..data` generations) |
 //! | [`fault_proxy`], [`http1`] | a misbehaving HTTP/1.1 proxy and the minimal HTTP it speaks |
 //! | [`tls`], [`pki`] | an HTTPS front with a self-signed certificate; `openssl` helpers |
@@ -18,9 +20,10 @@
 //! | [`clock`], [`jwt`], [`wait`], [`process`], [`log_scan`] | time, JWT claims, polling, PIDs, secret scans |
 //!
 //! Everything listens on 127.0.0.1 only, every wait is bounded, and every process a harness starts
-//! is stopped by PID on drop. Provisioning scripts live in `tests/support/{ls,kube,tools}/` of the
+//! is stopped by PID on drop. Provisioning scripts live in `tests/support/{ls,kube,tools,consumers}/` of the
 //! repository ([`support_dir`]); their results are cached under [`cache_dir`].
 
+pub mod auth_proxy;
 pub mod clock;
 pub mod consumer;
 pub mod fault_proxy;
@@ -37,6 +40,7 @@ pub mod process;
 pub mod prometheus;
 pub mod rbac;
 pub mod refresher;
+pub mod stock_clients;
 pub mod tls;
 pub mod tmpfs;
 pub mod token_dir;

@@ -120,13 +120,25 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> Output {
 impl RefresherProc {
     /// Starts `run` with `args` (plus `--admin-addr` on a free port), logging to `dir/name.log`.
     pub fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> RefresherProc {
+        Self::start_command("run", dir, name, args, env)
+    }
+
+    /// Starts `command` (`run` or `proxy`) with `args` (plus `--admin-addr` on a free port),
+    /// logging to `dir/name.log`.
+    pub fn start_command(
+        command: &str,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> RefresherProc {
         crate::init_crypto();
         let port = free_port();
         let admin_addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(binary())
-            .arg("run")
+            .arg(command)
             .args(args)
             .args(["--admin-addr", &admin_addr])
             .env_clear()
@@ -136,7 +148,7 @@ impl RefresherProc {
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
-            .expect("spawn ls-token-refresher run");
+            .unwrap_or_else(|e| panic!("spawn ls-token-refresher {command}: {e}"));
         RefresherProc {
             child: Some(child),
             admin: format!("http://{admin_addr}"),
