@@ -680,7 +680,6 @@ async fn without_a_valid_token_the_answer_is_503_json_and_nothing_is_forwarded()
 
 #[tokio::test]
 async fn the_sdks_refresh_is_answered_locally_with_a_standin_mirroring_exp() {
-    use base64::Engine;
     let h = Harness::start(Options::default()).await;
     let exp = token_set().expires_at.unwrap();
     let mut standins = Vec::new();
@@ -696,13 +695,7 @@ async fn the_sdks_refresh_is_answered_locally_with_a_standin_mirroring_exp() {
         assert!(!text.contains(TOKEN), "the real token left the proxy");
         let body: serde_json::Value = serde_json::from_str(&text).unwrap();
         let access = body["access"].as_str().unwrap().to_owned();
-        let payload = access.split('.').nth(1).unwrap();
-        let claims: serde_json::Value = serde_json::from_slice(
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(payload)
-                .unwrap(),
-        )
-        .unwrap();
+        let claims = claims(&access);
         // The SDK needs a decodable JWT with a future exp; it then refreshes when we do.
         assert!(
             (claims["exp"].as_i64().unwrap() - exp).abs() <= 1,
@@ -748,6 +741,50 @@ async fn the_sdks_refresh_is_answered_locally_with_a_standin_mirroring_exp() {
         values(&h.upstream.seen()[0].headers, "authorization"),
         [format!("Bearer {TOKEN}")]
     );
+}
+
+/// The stand-in's `exp` is read by a client on this host's clock: it must be when the held token
+/// stops working here (the refresh loop's skew-corrected expiry), not Label Studio's claim, which
+/// a Label Studio clock running behind would put in the past.
+#[tokio::test]
+async fn the_standin_expires_on_the_clients_clock_whatever_label_studios_says() {
+    let h = Harness::start(Options::default()).await;
+    // Label Studio's clock is 400 s behind ours: its `exp` claim is already past for us, though
+    // the token has TOKEN_TTL seconds left (as the loop measured).
+    h.sink
+        .publish(&TokenSet {
+            expires_at: Some(unix_now() + TOKEN_TTL - 400),
+            ..token_set()
+        })
+        .await
+        .unwrap();
+    let r = client()
+        .post(h.url("/api/token/refresh/"))
+        .json(&serde_json::json!({"refresh": "placeholder"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let exp = claims(body["access"].as_str().unwrap())["exp"]
+        .as_i64()
+        .unwrap();
+    let want = unix_now() + TOKEN_TTL;
+    assert!(
+        (exp - want).abs() <= 2,
+        "stand-in exp {exp}, want about {want}"
+    );
+}
+
+fn claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ pub(super) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// every 2 s during an outage, so asking clients to wait longer would only delay them.
 const RETRY_AFTER_SECS: u64 = 2;
 
+/// Lifetime of a stand-in while the held token is a legacy one (which has no expiry).
+const LEGACY_STANDIN_SECS: i64 = 3600;
+
 /// Handles one request (never fails: every problem is an HTTP answer).
 pub(super) async fn handle(
     shared: Arc<Shared>,
@@ -158,13 +161,14 @@ fn local_refresh(shared: &Shared) -> Response<ProxyBody> {
         return unavailable(shared);
     }
     let now = crate::clock::unix_now() as i64;
-    // A legacy token never expires; the stand-in then lasts an hour (the SDK asks again).
-    let exp = shared
-        .tokens
-        .borrow()
-        .as_ref()
-        .and_then(|set| set.expires_at)
-        .unwrap_or(now + 3600);
+    // The client reads `exp` on this host's clock: when the held token stops working here, as
+    // the refresh loop measured it (monotonic, corrected for Label Studio's clock), so the client
+    // refreshes when we do even if Label Studio's `exp` claim is skewed. A legacy token never
+    // expires; the stand-in then lasts an hour (the SDK asks again).
+    let exp = match shared.health.earliest_expiry() {
+        Some(at) => now + at.since(shared.health.clock().now()).as_secs() as i64,
+        None => now + LEGACY_STANDIN_SECS,
+    };
     let body = serde_json::json!({ "access": standin::token(exp, now) });
     json(StatusCode::OK, &body)
 }

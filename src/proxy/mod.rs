@@ -23,6 +23,10 @@
 //!   what follows the chunked body is never read as a request, and the forwarded request has our
 //!   framing only. It is not turned into a 400 because hyper removes `Content-Length` before the
 //!   request reaches us (telling the two cases apart would mean parsing heads a second time).
+//! - A request body without a length (chunked) is forwarded chunked. Label Studio's own server
+//!   (`label-studio start`, Django's development server) does not read chunked request bodies:
+//!   observed with 1.23.2, such a request runs with an empty body. Clients behind the proxy must
+//!   send a length, as label-studio-sdk, requests and httpx do for bytes, JSON and files.
 //! - Connections: at most `MAX_CONNECTIONS`; a client must send a complete request head within
 //!   `HEADER_READ_TIMEOUT` of connecting or of its previous answer (so idle keep-alive connections
 //!   close after it too), and the first bytes, which tell HTTP/1 from HTTP/2 and which hyper itself

@@ -4,8 +4,9 @@
 //! `/api/token/refresh/` and caches the `access` it gets until that token's `exp` (it decodes the
 //! claims without verifying them). Behind the proxy the SDK must keep doing that — but it must
 //! never hold the real access token. So the proxy answers with a JWT-shaped stand-in whose `exp`
-//! mirrors the real token's (the SDK then refreshes when we do) and which is useless anywhere
-//! else: unsigned (`alg: none`), marked as ours, and dropped by the proxy on every request.
+//! is when the real token stops working, on this host's clock (the SDK, sharing it, then
+//! refreshes when we do, even if Label Studio's clock is off) and which is useless anywhere else:
+//! unsigned (`alg: none`), marked as ours, and dropped by the proxy on every request.
 
 use base64::Engine;
 
