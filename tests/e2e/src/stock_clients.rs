@@ -127,19 +127,23 @@ impl Summary {
     }
 }
 
-/// Runs a script with `python` and a clean environment of `env`, killed after `limit`.
+/// Runs a client script (`--duration` and `extra` flags) with the SDK venv's python and a clean
+/// environment of `env`; killed if it runs [`SCRIPT_SLACK`] beyond its duration.
 async fn run_script(
-    python: &Path,
-    script: &Path,
-    args: &[&str],
+    script: &str,
+    duration: Duration,
+    extra: &[&str],
     env: &[(&str, &str)],
     home: &Path,
-    limit: Duration,
 ) -> Summary {
     std::fs::create_dir_all(home).unwrap();
-    let child = tokio::process::Command::new(python)
-        .arg(script)
-        .args(args)
+    let script = scripts().join(script);
+    let limit = duration + SCRIPT_SLACK;
+    let child = tokio::process::Command::new(&venvs().sdk_python)
+        .arg(&script)
+        .arg("--duration")
+        .arg(duration.as_secs().to_string())
+        .args(extra)
         .current_dir(scripts())
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
@@ -176,16 +180,12 @@ pub async fn sdk_flow(
     duration: Duration,
     extra: &[&str],
 ) -> Summary {
-    let secs = duration.as_secs().to_string();
-    let mut args = vec!["--duration", secs.as_str()];
-    args.extend_from_slice(extra);
     run_script(
-        &venvs().sdk_python,
-        &scripts().join("sdk_flow.py"),
-        &args,
+        "sdk_flow.py",
+        duration,
+        extra,
         &[("LABEL_STUDIO_URL", url), ("LABEL_STUDIO_API_KEY", key)],
         home,
-        duration + SCRIPT_SLACK,
     )
     .await
 }
@@ -200,20 +200,16 @@ pub async fn ml_driver(
     duration: Duration,
     extra: &[&str],
 ) -> Summary {
-    let secs = duration.as_secs().to_string();
-    let mut args = vec!["--duration", secs.as_str()];
-    args.extend_from_slice(extra);
     run_script(
-        &venvs().sdk_python,
-        &scripts().join("ml_backend/driver.py"),
-        &args,
+        "ml_backend/driver.py",
+        duration,
+        extra,
         &[
             ("LABEL_STUDIO_URL", url),
             ("LABEL_STUDIO_API_KEY", PLACEHOLDER),
             ("ML_BACKEND_URL", backend_url),
         ],
         home,
-        duration + SCRIPT_SLACK,
     )
     .await
 }

@@ -14,7 +14,7 @@
 //! - `large_bodies_stream_through_in_small_memory`
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -71,9 +71,65 @@ async fn get(proxy: &AuthProxy, path: &str) -> Answer {
     send(proxy, Method::GET, path, None).await
 }
 
+/// What label-studio-sdk sends with a JWT-shaped key: its refresh POST.
+async fn sdk_refresh(proxy: &AuthProxy) -> Answer {
+    send(
+        proxy,
+        Method::POST,
+        "/api/token/refresh/",
+        Some(r#"{"refresh":"placeholder"}"#),
+    )
+    .await
+}
+
+/// What every test starts from.
+struct Setup {
+    ls: LabelStudio,
+    pat: String,
+    /// The fault proxy between the proxy and Label Studio, when asked for.
+    fault: Option<FaultProxy>,
+    proxy: AuthProxy,
+    /// Where `run` publishes the token, when asked for.
+    token_dir: Option<PathBuf>,
+    _tmp: tempfile::TempDir,
+}
+
 /// The access token `run` published to `dir` (the proxy sends the same one).
 fn published_token(dir: &Path) -> String {
     read_set(dir).expect("a published token").0
+}
+
+/// A Label Studio whose access tokens live `ttl` seconds, a PAT, the fault proxy in front of it
+/// if `via_fault`, and the proxy: `run --token-dir` if `publish` (the test can then read the
+/// token), else `proxy`; `extra` flags added.
+async fn setup(ttl: u64, via_fault: bool, publish: bool, extra: &[&str]) -> Setup {
+    let ls = LabelStudio::start_with_ttl(ttl).await;
+    let pat = ls.api().create_pat().await;
+    let fault = match via_fault {
+        true => Some(FaultProxy::start(&ls.url()).await),
+        false => None,
+    };
+    let url = fault.as_ref().map_or(ls.url(), FaultProxy::url);
+    let tmp = tempfile::tempdir().unwrap();
+    let token_dir = publish.then(|| tmp.path().join("token"));
+    let mut args: Vec<&str> = extra.to_vec();
+    let command = match &token_dir {
+        Some(dir) => {
+            std::fs::create_dir(dir).unwrap();
+            args.extend(["--token-dir", dir.to_str().unwrap()]);
+            "run"
+        }
+        None => "proxy",
+    };
+    let proxy = AuthProxy::start(command, &url, &pat, tmp.path(), command, &args).await;
+    Setup {
+        ls,
+        pat,
+        fault,
+        proxy,
+        token_dir,
+        _tmp: tmp,
+    }
 }
 
 /// Asserts that no answer body holds a secret (the token, the PAT, or a part of them).
@@ -94,15 +150,12 @@ fn assert_bodies_clean(bodies: &[String], secrets: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
     const TTL: u64 = 10;
-    let ls = LabelStudio::start_with_ttl(TTL).await;
-    let pat = ls.api().create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut proxy = AuthProxy::start(
-        "proxy",
-        &ls.url(),
-        &pat,
-        tmp.path(),
-        "proxy",
+    let Setup {
+        ls, pat, mut proxy, ..
+    } = setup(
+        TTL,
+        false,
+        false,
         &["--backoff-initial", "500ms", "--backoff-max", "2s"],
     )
     .await;
@@ -148,13 +201,7 @@ async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
         .unwrap();
     assert!(retry >= 1);
     // The SDK's refresh is answered the same way, and readiness agrees.
-    let r = send(
-        &proxy,
-        Method::POST,
-        "/api/token/refresh/",
-        Some(r#"{"refresh":"placeholder"}"#),
-    )
-    .await;
+    let r = sdk_refresh(&proxy).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["reason"], "revoked_pat");
     assert_eq!(proxy.proc.admin_get("/readyz").await.0, 503);
@@ -181,26 +228,14 @@ async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_studio_refused_or_black_holed_answers_502_or_504_and_the_proxy_recovers() {
-    let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.api().create_pat().await;
-    let fault = FaultProxy::start(&ls.url()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let token_dir = tmp.path().join("token");
-    std::fs::create_dir(&token_dir).unwrap();
-    let proxy = AuthProxy::start(
-        "run",
-        &fault.url(),
-        &pat,
-        tmp.path(),
-        "run",
-        &[
-            "--token-dir",
-            token_dir.to_str().unwrap(),
-            "--proxy-timeout",
-            "2s",
-        ],
-    )
-    .await;
+    let Setup {
+        pat,
+        fault,
+        proxy,
+        token_dir,
+        ..
+    } = setup(300, true, true, &["--proxy-timeout", "2s"]).await;
+    let (fault, token_dir) = (fault.unwrap(), token_dir.unwrap());
     let mut bodies = Vec::new();
     let ok = get(&proxy, WHOAMI).await;
     assert_eq!(ok.status, 200);
@@ -253,30 +288,18 @@ async fn label_studio_refused_or_black_holed_answers_502_or_504_and_the_proxy_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_credentials_are_replaced_by_ours() {
-    let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.api().create_pat().await;
+    let Setup {
+        ls,
+        pat,
+        fault,
+        proxy,
+        token_dir,
+        ..
+    } = setup(300, true, true, &[]).await;
+    let (fault, token_dir) = (fault.unwrap(), token_dir.unwrap());
     let legacy = ls.api().legacy_token().await;
-    let fault = FaultProxy::start(&ls.url()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let token_dir = tmp.path().join("token");
-    std::fs::create_dir(&token_dir).unwrap();
-    let proxy = AuthProxy::start(
-        "run",
-        &fault.url(),
-        &pat,
-        tmp.path(),
-        "run",
-        &["--token-dir", token_dir.to_str().unwrap()],
-    )
-    .await;
     let standin = {
-        let r = send(
-            &proxy,
-            Method::POST,
-            "/api/token/refresh/",
-            Some(r#"{"refresh":"x"}"#),
-        )
-        .await;
+        let r = sdk_refresh(&proxy).await;
         assert_eq!(r.status, 200);
         r.json()["access"].as_str().unwrap().to_owned()
     };
@@ -344,11 +367,14 @@ async fn foreign_credentials_are_replaced_by_ours() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_targets_and_smuggled_requests_reach_nothing() {
-    let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.api().create_pat().await;
-    let fault = FaultProxy::start(&ls.url()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let proxy = AuthProxy::start("proxy", &fault.url(), &pat, tmp.path(), "proxy", &[]).await;
+    let Setup {
+        ls,
+        pat,
+        fault,
+        proxy,
+        ..
+    } = setup(300, true, false, &[]).await;
+    let fault = fault.unwrap();
     let wait = Duration::from_secs(5);
     let forwarded = || {
         fault
@@ -439,18 +465,7 @@ async fn refused_targets_and_smuggled_requests_reach_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
-    let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.api().create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let proxy = AuthProxy::start(
-        "proxy",
-        &ls.url(),
-        &pat,
-        tmp.path(),
-        "proxy",
-        &["--proxy-timeout", "2s"],
-    )
-    .await;
+    let Setup { pat, proxy, .. } = setup(300, false, false, &["--proxy-timeout", "2s"]).await;
     // A head over 64 KiB: 431 and closed.
     let big = format!(
         "GET {WHOAMI} HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
@@ -540,10 +555,7 @@ async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
 async fn a_thousand_idle_connections_cost_little_and_are_closed() {
     const SILENT: usize = 500;
     const KEPT_ALIVE: usize = 500;
-    let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.api().create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let proxy = AuthProxy::start("proxy", &ls.url(), &pat, tmp.path(), "proxy", &[]).await;
+    let Setup { pat, proxy, .. } = setup(300, false, false, &[]).await;
     let pid = proxy.proc.pid();
     for _ in 0..20 {
         assert_eq!(get(&proxy, WHOAMI).await.status, 200);
@@ -616,11 +628,10 @@ async fn a_thousand_idle_connections_cost_little_and_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_from_label_studio_triggers_one_revalidation_not_a_storm() {
-    let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.api().create_pat().await;
-    let fault = FaultProxy::start(&ls.url()).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let proxy = AuthProxy::start("proxy", &fault.url(), &pat, tmp.path(), "proxy", &[]).await;
+    let Setup {
+        pat, fault, proxy, ..
+    } = setup(300, true, false, &[]).await;
+    let fault = fault.unwrap();
     let (v0, e0) = (
         proxy.metric(VALIDATIONS).await,
         proxy.metric(EXCHANGES).await,
@@ -669,20 +680,13 @@ async fn a_401_from_label_studio_triggers_one_revalidation_not_a_storm() {
 async fn large_bodies_stream_through_in_small_memory() {
     const SIZE: usize = 50 * 1024 * 1024;
     const PIECE: usize = 256 * 1024;
-    let ls = LabelStudio::start_with_ttl(300).await;
-    let pat = ls.api().create_pat().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let token_dir = tmp.path().join("token");
-    std::fs::create_dir(&token_dir).unwrap();
-    let proxy = AuthProxy::start(
-        "run",
-        &ls.url(),
-        &pat,
-        tmp.path(),
-        "run",
-        &["--token-dir", token_dir.to_str().unwrap()],
-    )
-    .await;
+    let Setup {
+        pat,
+        proxy,
+        token_dir,
+        ..
+    } = setup(300, false, true, &[]).await;
+    let token_dir = token_dir.unwrap();
     let pid = proxy.proc.pid();
     let p = send(
         &proxy,
