@@ -102,28 +102,29 @@ terminate() {
     done
 }
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# A random 127.X.Y.0/24 whose .1:443 can be bound (not 127.0.x, which hosts use for their own names).
-pick_service_net() {
+# alloc_net: prints "127.X.Y PORT1 … PORT6": a random 127.X.Y.0/24 whose .1:443 can be bound (not 127.0.x,
+# which hosts use for their own names), and six free 127.0.0.1 ports (one python start-up for all).
+alloc_net() {
     python3 - <<'EOF'
 import random, socket
 for _ in range(200):
     x, y = random.randint(64, 254), random.randint(0, 255)
-    ip = f"127.{x}.{y}.1"
     s = socket.socket()
     try:
-        s.bind((ip, 443))
+        s.bind((f"127.{x}.{y}.1", 443))
     except OSError:
         continue
     finally:
         s.close()
-    print(f"127.{x}.{y}")
     break
 else:
     raise SystemExit("no free 127.X.Y.1:443")
+socks = []
+for _ in range(6):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(f"127.{x}.{y}", *[s.getsockname()[1] for s in socks])
 EOF
 }
 
@@ -330,6 +331,10 @@ evictionHard:
   nodefs.inodesFree: "0%"
   imagefs.available: "0%"
 maxPods: 60
+# Start-up speed: the first status after registration is usually NotReady (PLEG not yet healthy); the default
+# 10 s until the next one dominated the node's start. Cheap: with node leases, an unchanged status is not
+# re-posted. (Secret/ConfigMap propagation is unaffected: syncFrequency keeps its 1 m default.)
+nodeStatusUpdateFrequency: 1s
 EOF
 }
 
@@ -360,17 +365,13 @@ cmd_start() {
     trap 'rc=$?; if ((rc)); then log "start failed; logs in $D/logs"; tail_logs; cmd_stop "$D" || true; fi' EXIT
 
     local net
-    net="$(pick_service_net)"
+    read -r net ETCD_PORT ETCD_PEER_PORT KUBELET_PORT KUBELET_HEALTHZ_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT \
+        < <(alloc_net)
+    [[ -n "$SCHEDULER_PORT" ]] || die "could not allocate addresses"
     APISERVER_IP="$net.1"
     APISERVER_PORT=443
     APISERVER_URL="https://$APISERVER_IP:$APISERVER_PORT"
     SERVICE_CIDR="$net.0/24"
-    ETCD_PORT="$(free_port)"
-    ETCD_PEER_PORT="$(free_port)"
-    KUBELET_PORT="$(free_port)"
-    KUBELET_HEALTHZ_PORT="$(free_port)"
-    CONTROLLER_MANAGER_PORT="$(free_port)"
-    SCHEDULER_PORT="$(free_port)"
     ETCD_DATA="$(mktemp -d /dev/shm/lstr-node-etcd.XXXXXX 2>/dev/null || mktemp -d "$D/etcd.XXXXXX")"
     echo "$ETCD_DATA" >"$D/etcd-data"
 
@@ -421,6 +422,14 @@ cmd_start() {
         --allow-privileged=false --profiling=false --v=1
     wait_for "containerd" 30 "$NODE_BIN/ctr" --address "$CONTAINERD_SOCKET" version
     "$NODE_BIN/ctr" --address "$CONTAINERD_SOCKET" -n k8s.io images import "$PAUSE_TAR" >>"$D/logs/import.log" 2>&1
+    # The kubelet now, without waiting for the apiserver: its start spends ~5 s in cAdvisor probing for a
+    # Docker daemon (5 x 1 s retries, unconditional in 1.20), which overlaps the apiserver's start; it retries
+    # registering the node until the apiserver answers.
+    spawn kubelet "$KUBE_BIN/kubelet" --config="$D/kubelet/config.yaml" --kubeconfig="$D/kubelet.kubeconfig" \
+        --container-runtime=remote --container-runtime-endpoint="unix://$CONTAINERD_SOCKET" \
+        --containerd="$CONTAINERD_SOCKET" \
+        --runtime-request-timeout=2m --root-dir="$D/kubelet/root" --cert-dir="$D/kubelet/pki" \
+        --hostname-override="$NODE_NAME" --pod-infra-container-image="$PAUSE_IMAGE" --v=1
     wait_for "kube-apiserver /readyz" 120 sh -c "[ \"\$(curl -fsS --max-time 5 --cacert '$D/pki/ca.crt' \
         --cert '$D/pki/admin.crt' --key '$D/pki/admin.key' '$APISERVER_URL/readyz')\" = ok ]"
     record_timing apiserver_ms "$t"
@@ -433,18 +442,14 @@ cmd_start() {
         --bind-address=127.0.0.1 --secure-port="$CONTROLLER_MANAGER_PORT" --port=0 --cert-dir="$D/pki/cm-serving" \
         --leader-elect=false --use-service-account-credentials=true \
         --service-account-private-key-file="$D/pki/sa.key" --root-ca-file="$D/pki/ca.crt" \
-        --controllers="$CONTROLLERS" --profiling=false --v=1
+        --controllers="$CONTROLLERS" --node-monitor-period=1s --profiling=false --v=1
     spawn kube-scheduler "$KUBE_BIN/kube-scheduler" \
         --kubeconfig="$D/scheduler.kubeconfig" \
         --authentication-kubeconfig="$D/scheduler.kubeconfig" --authorization-kubeconfig="$D/scheduler.kubeconfig" \
         --bind-address=127.0.0.1 --secure-port="$SCHEDULER_PORT" --port=0 --cert-dir="$D/pki/scheduler-serving" \
         --leader-elect=false --profiling=false --v=1
-    spawn kubelet "$KUBE_BIN/kubelet" --config="$D/kubelet/config.yaml" --kubeconfig="$D/kubelet.kubeconfig" \
-        --container-runtime=remote --container-runtime-endpoint="unix://$CONTAINERD_SOCKET" \
-        --runtime-request-timeout=2m --root-dir="$D/kubelet/root" --cert-dir="$D/kubelet/pki" \
-        --hostname-override="$NODE_NAME" --pod-infra-container-image="$PAUSE_IMAGE" --v=1
-    wait_for "kube-controller-manager /healthz" 60 curl -fsSk --max-time 2 "https://127.0.0.1:$CONTROLLER_MANAGER_PORT/healthz"
     wait_for "kube-scheduler /healthz" 60 curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+    wait_for "kube-controller-manager /healthz" 60 curl -fsSk --max-time 2 "https://127.0.0.1:$CONTROLLER_MANAGER_PORT/healthz"
     wait_for "kubelet /healthz" 60 curl -fsS --max-time 2 "http://127.0.0.1:$KUBELET_HEALTHZ_PORT/healthz"
     record_timing components_ms "$t"
     t="$(now_ms)"

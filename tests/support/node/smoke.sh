@@ -29,10 +29,11 @@ ok() { passed=$((passed + 1)); echo "ok - $*"; }
 nok() { failed=$((failed + 1)); echo "not ok - $*"; }
 check() { local what="$1"; shift; if "$@"; then ok "$what"; else nok "$what"; fi; }
 ms() { date +%s%3N; }
-timing() { printf '  %-34s %6.1f s\n' "$1" "$(echo "scale=1; $2 / 1000" | bc)"; echo "$1=$2" >>"$WORK/timings"; }
+timing() { printf '  %-38s %6s s\n' "$1" "$(awk -v ms="$2" 'BEGIN { printf "%.1f", ms / 1000 }')"; }
 log() { printf '[smoke] %s\n' "$*" >&2; }
 
 cleanup() {
+    echo "node-smoke: $passed passed, $failed failed"
     if ((KEEP)); then
         log "kept: node $NODE_DIR (source $NODE_DIR/node.env), Label Studio pid ${LS_PID:-?} at ${LS_URL:-?}"
         return
@@ -54,8 +55,12 @@ t=$(ms)
 eval "$(bash "$HERE/provision.sh")" || { nok "node runtime provisioning"; exit 1; }
 timing "provision containerd/runc/images" $(($(ms) - t))
 t=$(ms)
-IMAGE_TAR="$(bash "$REPO/deploy/image/build.sh")" || { nok "image build"; exit 1; }
-timing "build our image (cargo + tarball)" $(($(ms) - t))
+# LSTR_IMAGE_BINARY: pack an existing binary (e.g. the debug one `cargo test` built) instead of a release build.
+image_args=(--out "$WORK/ls-token-refresher.tar")
+[[ -z "${LSTR_IMAGE_BINARY:-}" ]] || image_args+=(--binary "$LSTR_IMAGE_BINARY")
+IMAGE_TAR="$(bash "$REPO/deploy/image/build.sh" "${image_args[@]}")" || { nok "image build"; exit 1; }
+label="cargo release build + tarball"; [[ -z "${LSTR_IMAGE_BINARY:-}" ]] || label="tarball from the given binary"
+timing "our image ($label)" $(($(ms) - t))
 IMAGE="ghcr.io/ls-token-refresher/ls-token-refresher:$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)"
 if python3 "$REPO/deploy/image/check.py" --dockerfile "$REPO/Dockerfile" --image "$IMAGE_TAR" --run >"$WORK/image-check.log"; then
     ok "image matches the Dockerfile ($(tail -n1 "$WORK/image-check.log"))"
@@ -425,5 +430,4 @@ if ((KEEP == 0)); then
     check "node stop removed the state (only logs, node.env, timings, owner, pids left)" \
         sh -c "[ -z \"\$(ls '$NODE_DIR' | grep -vE '^(logs|node.env|timings|owner|pids)$')\" ]"
 fi
-echo "node-smoke: $passed passed, $failed failed"
 ((failed == 0))
