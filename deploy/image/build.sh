@@ -85,7 +85,9 @@ args+=(
 )
 
 # Image config from the Dockerfile itself (USER, EXPOSE, ENTRYPOINT, CMD, LABEL), so the two cannot drift.
+config_args=()
 eval "$(python3 "$HERE/check.py" --dockerfile "$REPO/Dockerfile" --print-mkimage-args)"
+((${#config_args[@]})) || { log "could not read the image config from the Dockerfile"; exit 1; }
 
 mkdir -p "$(dirname "$OUT")"
 SOURCE_DATE_EPOCH=0 python3 "$HERE/mkimage.py" --out "$OUT" --tag "$TAG" "${args[@]}" "${config_args[@]}" >&2

@@ -194,7 +194,6 @@ EOF
 # kubeconfig FILE (cert NAME | token TOKEN) NAMESPACE: a self-contained kubeconfig (certs inlined).
 kubeconfig() {
     local file="$1" kind="$2" cred="$3" ns="$4" user
-    local b64
     b64() { base64 -w0 <"$D/pki/$1"; }
     if [[ "$kind" == cert ]]; then
         user="{\"client-certificate-data\": \"$(b64 "$cred.crt")\", \"client-key-data\": \"$(b64 "$cred.key")\"}"
@@ -541,8 +540,8 @@ EOF
 }
 
 unmount_all() {
-    local mp pass
-    for pass in 1 2 3; do
+    local mp _
+    for _ in 1 2 3; do
         local left=0
         while IFS= read -r mp; do
             [[ -n "$mp" ]] || continue
@@ -626,8 +625,8 @@ cmd_stop() {
     # 5. Container logs the kubelet wrote to /var/log/pods for this node's pods (one dir per pod UID).
     local uid f
     if [[ -d "$D/kubelet/root/pods" ]]; then
-        for uid in $(ls "$D/kubelet/root/pods"); do
-            rm -rf /var/log/pods/*_"$uid"
+        for uid in "$D"/kubelet/root/pods/*; do
+            [[ -d "$uid" ]] && rm -rf /var/log/pods/*_"$(basename "$uid")"
         done
         for f in /var/log/containers/*.log; do
             [[ -L "$f" && ! -e "$f" ]] && rm -f "$f"

@@ -132,7 +132,7 @@ python3 "$REPO/deploy/image/mkimage.py" --out "$WORK/out/images/busybox.tar" --t
     --file "$R/bin/busybox:/bin/busybox:0755" "${bb_links[@]}" --dir /tmp:1777 \
     --cmd '["sh"]' >&2
 
-rm -rf "$NODE/bin" "$NODE/cni" "$NODE/images"
+rm -rf "${NODE:?}/bin" "${NODE:?}/cni" "${NODE:?}/images"
 mv "$WORK/out/bin" "$WORK/out/cni" "$WORK/out/images" "$NODE/"
 echo "$RECIPE" >"$STAMP.tmp"
 mv -f "$STAMP.tmp" "$STAMP"
