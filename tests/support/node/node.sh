@@ -354,6 +354,7 @@ cmd_start() {
     t="$(now_ms)"
     provision
     record_timing provision_ms "$t"
+    echo "$NODE_BIN" >"$D/node-bin" # for stop, whatever LSTR_CACHE it runs with
 
     # Register the instance before anything runs, so that a killed owner's node can be reaped.
     local owner="${LSTR_NODE_OWNER_PID:-}"
@@ -573,7 +574,7 @@ cmd_stop() {
     [[ -d "$D/pids" || -d "$D/containerd" || -d "$D/kubelet" ]] || return 0
     local t
     t="$(now_ms)"
-    NODE_BIN="$LSTR_CACHE/node/bin"
+    NODE_BIN="$(cat "$D/node-bin" 2>/dev/null || echo "$LSTR_CACHE/node/bin")"
     CONTAINERD_SOCKET="$D/containerd.sock"
     local ctr=("$NODE_BIN/ctr" --address "$CONTAINERD_SOCKET" --timeout 10s -n k8s.io)
 

@@ -427,7 +427,7 @@ if ((KEEP == 0)); then
         tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$NODE_DIR/containerd.sock" && shims=$((shims + 1))
     done
     check "node stop leaves no containerd shim" test "$shims" -eq 0
-    check "node stop removed the state (only logs, node.env, timings, owner, pids left)" \
-        sh -c "[ -z \"\$(ls '$NODE_DIR' | grep -vE '^(logs|node.env|timings|owner|pids)$')\" ]"
+    check "node stop removed the state (only logs, node.env, timings, owner, pids, node-bin left)" \
+        sh -c "[ -z \"\$(ls '$NODE_DIR' | grep -vE '^(logs|node.env|timings|owner|pids|node-bin)$')\" ]"
 fi
 ((failed == 0))
