@@ -78,6 +78,7 @@ spawn() {
     shift
     setsid "$@" </dev/null >>"$D/logs/$name.log" 2>&1 &
     local pid=$!
+    disown "$pid" # no "Killed" job notices from this shell when stop kills it
     echo "$pid $(start_time "$pid")" >"$D/pids/$name"
 }
 
@@ -128,12 +129,20 @@ print(f"127.{x}.{y}", *[s.getsockname()[1] for s in socks])
 EOF
 }
 
-# wait_for WHAT SECONDS CMD...: poll CMD every 0.2 s; fail with WHAT if it does not succeed in time.
+# wait_for WHAT SECONDS CMD...: poll CMD every 0.2 s; fail with WHAT if it does not succeed in time, or at
+# once if one of the started components has exited.
 wait_for() {
-    local what="$1" secs="$2"
+    local what="$1" secs="$2" p
     shift 2
     local deadline=$((SECONDS + secs))
     until "$@" >/dev/null 2>&1; do
+        for p in "$D"/pids/*; do
+            [[ -f "$p" ]] || continue
+            if ! alive "$(basename "$p")"; then
+                log "$(basename "$p") exited while waiting for $what"
+                return 1
+            fi
+        done
         if ((SECONDS > deadline)); then
             log "timed out after ${secs}s waiting for $what"
             return 1
