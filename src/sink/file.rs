@@ -331,6 +331,30 @@ mod tests {
             .contains("a-file"));
     }
 
+    /// The writability probe used to write `..probe.<pid>` and followed a symlink planted there:
+    /// now its name is unpredictable and it is created exclusively, so a planted link is inert.
+    #[test]
+    fn writability_probe_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        symlink(
+            &victim,
+            d.path().join(format!("..probe.{}", std::process::id())),
+        )
+        .unwrap();
+        FileSink::new(d.path().into(), 0o600, None)
+            .check_writable()
+            .unwrap();
+        assert!(!victim.exists(), "the probe wrote through the planted link");
+        let left: Vec<_> = fs::read_dir(d.path()).unwrap().flatten().collect();
+        assert_eq!(
+            left.len(),
+            1,
+            "only the planted link is left: the probe cleaned up"
+        );
+    }
+
     /// `once --token-dir ./out` creates the directory (and parents), owner-only.
     #[test]
     fn missing_token_dir_is_created_owner_only() {
