@@ -6,7 +6,8 @@
 //! | [`label_studio`] | a real Label Studio 1.23.2 process per test (start/stop/restart by PID) |
 //! | [`ls_api`] | Label Studio API client: session login, PATs, legacy token, org switches, refresh |
 //! | [`kube_apiserver`] | a real kube-apiserver + etcd per test (PKI, kubeconfigs, kubectl) |
-//! | [`kube_api`], [`rbac`] | Kubernetes API helpers; the chart's least-privilege Role |
+//! | [`kube_api`], [`rbac`] | Kubernetes API helpers; Roles for the harness's token user |
+//! | [`chart`] | the Helm chart rendered, its RBAC applied, its ServiceAccount's identity taken on |
 //! | [`refresher`] | the real `ls-token-refresher` binary as a child process |
 //! | [`token_dir`] | readers of a published token directory (`..data` generations) |
 //! | [`fault_proxy`], [`http1`] | a misbehaving HTTP/1.1 proxy and the minimal HTTP it speaks |
@@ -21,6 +22,7 @@
 //! is stopped by PID on drop. Provisioning scripts live in `tests/support/{ls,kube,tools}/` of the
 //! repository ([`support_dir`]); their results are cached under [`cache_dir`].
 
+pub mod chart;
 pub mod clock;
 pub mod consumer;
 pub mod fault_proxy;
