@@ -339,7 +339,8 @@ mod tests {
         assert!(
             err.message
                 .contains("does not exist and this identity may not create it")
-                && err.message.contains("create it (empty is fine"),
+                && err.message.contains("create it empty")
+                && !err.message.contains("or grant create"),
             "{err}"
         );
         assert_eq!(

@@ -491,7 +491,8 @@ async fn missing_target_is_reported_with_what_to_do_and_never_created() {
     let log = proc.log_text();
     assert!(
         log.contains("does not exist and this identity may not create it")
-            && log.contains("create it (empty is fine; the Helm chart does)"),
+            && log.contains("create it empty (the Helm chart does)")
+            && !log.contains("or grant create"),
         "the message names the missing Secret and the fix; log:\n{log}"
     );
     let (code, body) = proc.admin_get("/readyz").await;
