@@ -21,7 +21,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # distroless/cc: glibc + libgcc + ca-certificates (/etc/ssl/certs/ca-certificates.crt) + tzdata, nothing else.
 # The :nonroot variant runs as uid/gid 65532, which the chart and deploy/ manifests also set.
+#
+# Offline (no Docker daemon, no registry: CI and the test node): deploy/image/build.sh builds the same image
+# from `cargo build --release` with a few lines of Python — FROM scratch in effect — and puts in exactly what
+# this stage gets from distroless: the glibc loader and the shared objects the binary needs (found with ldd,
+# from the build machine's Debian 12), Debian's CA bundle, passwd/group with nonroot 65532, nsswitch.conf,
+# /tmp and /home/nonroot; no shell, no tzdata (unused). Its user, entrypoint, cmd, ports and labels are read
+# from this file, and deploy/image/check.py fails if the built image and this file disagree, including on:
+# base-files: /etc/ssl/certs/ca-certificates.crt /etc/passwd /etc/group /etc/nsswitch.conf /tmp /home/nonroot
 FROM gcr.io/distroless/cc-debian12:nonroot
+LABEL org.opencontainers.image.title="ls-token-refresher" \
+      org.opencontainers.image.description="Keeps a Label Studio access token fresh for Kubernetes workloads" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/ls-token-refresher /usr/local/bin/ls-token-refresher
 USER 65532:65532
 # Admin endpoint: /livez, /readyz, /metrics.

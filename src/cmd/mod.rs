@@ -12,9 +12,10 @@ use crate::{
     check,
     cli::Command,
     cluster::{self, Cluster, EventNotifier, KubeArgs},
-    exchange::LabelStudioArgs,
+    exchange::{HttpExchange, LabelStudioArgs},
     metrics::Metrics,
     notify::{NoNotifier, Notifier},
+    schedule::{Policy, TimingArgs},
     sink::{file::FileSink, secret::SecretSink, Sink, SinkArgs},
     source::PatSourceArgs,
 };
@@ -91,6 +92,27 @@ async fn check_command(args: crate::cli::CheckArgs) -> Result<(), AppError> {
             report.failed()
         )))
     }
+}
+
+/// What every command starts from: metrics, the timing policy (with `propagation_margin` of lead
+/// for a Secret sink) and the Label Studio client — all checked before anything is contacted.
+fn prepare(
+    ls: &LabelStudioArgs,
+    timing: &TimingArgs,
+    propagation_margin: Duration,
+) -> Result<(Arc<Metrics>, Policy, HttpExchange), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let policy = timing
+        .policy(propagation_margin)
+        .map_err(AppError::config)?;
+    let exchange = ls.client(metrics.clone()).map_err(AppError::config)?;
+    Ok((metrics, policy, exchange))
+}
+
+/// `--dry-run`: the configuration was accepted.
+fn dry_run_ok(command: &str) -> Result<(), AppError> {
+    println!("configuration valid for `{command}` (nothing was contacted)");
+    Ok(())
 }
 
 /// Warns (once, at start-up) about plain http:// to a remote host.

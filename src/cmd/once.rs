@@ -1,31 +1,26 @@
 //! `once` (publish once to every sink) and `token` (print a fresh token): one successful refresh,
 //! retried for at most `--once-timeout`.
 
-use std::{io::Write, sync::Arc};
+use std::io::Write;
 
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    build_sinks, connect, preflight, spawn_signal_handler, start_source, warn_cleartext, AppError,
+    build_sinks, connect, dry_run_ok, preflight, prepare, spawn_signal_handler, start_source,
+    warn_cleartext, AppError,
 };
 use crate::{
     cli::{OnceArgs, TokenArgs},
     exchange::HttpExchange,
-    metrics::Metrics,
     refresher::{AttemptError, Published, Refresher},
 };
 
 /// `once`: publish to every sink, then exit.
 pub async fn once(args: OnceArgs) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
-    let policy = args
-        .timing
-        .policy(args.sinks.propagation_margin())
-        .map_err(AppError::config)?;
-    let exchange = args.ls.client(metrics.clone()).map_err(AppError::config)?;
+    let (metrics, policy, exchange) =
+        prepare(&args.ls, &args.timing, args.sinks.propagation_margin())?;
     if args.dry_run.dry_run {
-        println!("configuration valid for `once` (nothing was contacted)");
-        return Ok(());
+        return dry_run_ok("once");
     }
     warn_cleartext(&args.ls);
     let shutdown = CancellationToken::new();
@@ -41,12 +36,7 @@ pub async fn once(args: OnceArgs) -> Result<(), AppError> {
 
 /// `token`: print a fresh token on stdout.
 pub async fn token(args: TokenArgs) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
-    let policy = args
-        .timing
-        .policy(std::time::Duration::ZERO)
-        .map_err(AppError::config)?;
-    let exchange = args.ls.client(metrics.clone()).map_err(AppError::config)?;
+    let (metrics, policy, exchange) = prepare(&args.ls, &args.timing, std::time::Duration::ZERO)?;
     warn_cleartext(&args.ls);
     let shutdown = CancellationToken::new();
     let cluster = connect(&args.kube, &args.pat, None).await?;

@@ -5,8 +5,8 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    attempt_budget, build_sinks, connect, notifier, preflight, spawn_signal_handler, start_source,
-    warn_cleartext, AppError,
+    attempt_budget, build_sinks, connect, dry_run_ok, notifier, preflight, prepare,
+    spawn_signal_handler, start_source, warn_cleartext, AppError,
 };
 use crate::{
     admin::{self, AdminArgs},
@@ -20,12 +20,8 @@ use crate::{
 
 /// `run`: serve and refresh until a signal (or `POST /quitquitquit`).
 pub async fn run(args: RunArgs) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
-    let policy = args
-        .timing
-        .policy(args.sinks.propagation_margin())
-        .map_err(AppError::config)?;
-    let exchange = args.ls.client(metrics.clone()).map_err(AppError::config)?;
+    let (metrics, policy, exchange) =
+        prepare(&args.ls, &args.timing, args.sinks.propagation_margin())?;
     if args.dry_run.dry_run {
         return dry_run_ok("run");
     }
@@ -63,12 +59,7 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
 
 /// `proxy`: the refresh loop feeding only the auth proxy.
 pub async fn proxy(args: ProxyCommandArgs) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
-    let policy = args
-        .timing
-        .policy(std::time::Duration::ZERO)
-        .map_err(AppError::config)?;
-    let exchange = args.ls.client(metrics.clone()).map_err(AppError::config)?;
+    let (metrics, policy, exchange) = prepare(&args.ls, &args.timing, std::time::Duration::ZERO)?;
     if args.dry_run.dry_run {
         return dry_run_ok("proxy");
     }
@@ -92,11 +83,6 @@ pub async fn proxy(args: ProxyCommandArgs) -> Result<(), AppError> {
         shutdown,
     )
     .await
-}
-
-fn dry_run_ok(command: &str) -> Result<(), AppError> {
-    println!("configuration valid for `{command}` (nothing was contacted)");
-    Ok(())
 }
 
 /// Runs the refresher with the admin server (and the proxy) until shutdown.

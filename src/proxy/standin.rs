@@ -53,6 +53,13 @@ mod tests {
         assert_ne!(token(1, 0), token(1, 0), "each stand-in is unique");
     }
 
+    /// The README prints the placeholder for users to copy: it must be this one.
+    #[test]
+    fn readme_shows_the_placeholder() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        assert!(readme.contains(&placeholder_key()));
+    }
+
     #[test]
     fn placeholder_is_a_far_future_refresh_jwt() {
         let p = placeholder_key();

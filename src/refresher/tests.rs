@@ -466,6 +466,26 @@ async fn run_retries_transient_failures_and_keeps_last_good_token() {
     stop(shutdown, task).await;
 }
 
+/// `/readyz` (and Events) carry the reason code and a fixed summary, never the detail with URLs,
+/// paths or server text (that goes to the log).
+#[tokio::test(start_paused = true)]
+async fn readiness_says_reason_and_summary_not_details() {
+    let r = rig(1, &pat());
+    r.ls.down.store(true, Ordering::SeqCst);
+    let (shutdown, task) = spawn(r.refresher);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let why = r.health.ready().unwrap_err();
+    assert!(
+        why.contains("network") && why.contains(Reason::Network.summary()),
+        "{why}"
+    );
+    assert!(
+        !why.contains("refused") && !why.contains("token refresh"),
+        "{why}"
+    );
+    stop(shutdown, task).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn run_stops_at_startup_on_config_error() {
     let r = rig(1, &make_jwt(r#"{"token_type":"access","exp":99999999999}"#));

@@ -181,7 +181,15 @@ fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::
     let new_dir = dir.join(&name);
     fs::create_dir(&new_dir)?;
     let result = (|| {
-        fs::set_permissions(&new_dir, fs::Permissions::from_mode(dir_mode(mode)))?;
+        // Keep the setgid bit the kernel gave the new directory in a setgid parent (a Kubernetes
+        // emptyDir with fsGroup): it makes the files inherit the fsGroup, which is how a consumer in
+        // another uid reads them with `--file-mode 0640` and no `--file-group`. A plain chmod would
+        // clear it.
+        let inherited = fs::metadata(&new_dir)?.permissions().mode() & 0o2000;
+        fs::set_permissions(
+            &new_dir,
+            fs::Permissions::from_mode(dir_mode(mode) | inherited),
+        )?;
         if let Some(gid) = group {
             std::os::unix::fs::chown(&new_dir, None, Some(gid))?;
         }
@@ -323,6 +331,30 @@ mod tests {
             .contains("a-file"));
     }
 
+    /// The writability probe used to write `..probe.<pid>` and followed a symlink planted there:
+    /// now its name is unpredictable and it is created exclusively, so a planted link is inert.
+    #[test]
+    fn writability_probe_never_follows_a_planted_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        symlink(
+            &victim,
+            d.path().join(format!("..probe.{}", std::process::id())),
+        )
+        .unwrap();
+        FileSink::new(d.path().into(), 0o600, None)
+            .check_writable()
+            .unwrap();
+        assert!(!victim.exists(), "the probe wrote through the planted link");
+        let left: Vec<_> = fs::read_dir(d.path()).unwrap().flatten().collect();
+        assert_eq!(
+            left.len(),
+            1,
+            "only the planted link is left: the probe cleaned up"
+        );
+    }
+
     /// `once --token-dir ./out` creates the directory (and parents), owner-only.
     #[test]
     fn missing_token_dir_is_created_owner_only() {
@@ -342,6 +374,30 @@ mod tests {
             .check_writable()
             .unwrap();
         assert_eq!(fs::metadata(&shared).unwrap().mode() & 0o777, 0o750);
+    }
+
+    /// A setgid directory owned by a group (what the kubelet makes of an emptyDir with fsGroup):
+    /// published files belong to that group, so a consumer in it can read them (found on a real
+    /// kubelet: the generation directory's chmod used to clear the setgid bit).
+    #[test]
+    fn files_inherit_the_group_of_a_setgid_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let gid = 4242;
+        if let Err(e) = std::os::unix::fs::chown(d.path(), None, Some(gid)) {
+            // Only root may give a directory to a group it is not in; CI runs as root.
+            eprintln!("skipping: chown to gid {gid}: {e}");
+            return;
+        }
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o2770)).unwrap();
+        let sink = FileSink::new(d.path().into(), 0o640, None);
+        sink.write_blocking(&set("t", Some(1))).unwrap();
+        for f in FILES {
+            let meta = fs::metadata(d.path().join(f)).unwrap();
+            assert_eq!(meta.gid(), gid, "{f}");
+            assert_eq!(meta.mode() & 0o777, 0o640, "{f}");
+        }
+        let data = fs::canonicalize(d.path().join("..data")).unwrap();
+        assert_ne!(fs::metadata(data).unwrap().mode() & 0o2000, 0);
     }
 
     #[test]

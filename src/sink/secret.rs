@@ -79,7 +79,8 @@ impl SecretSink {
         )
         .await;
         let result = match result {
-            Ok(r) => r.map(|_| ()).map_err(|e| self.explain(e)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.explain(e).await),
             Err(_) => Err(SinkError {
                 sink: "secret",
                 summary: "the API server did not answer in time",
@@ -98,8 +99,24 @@ impl SecretSink {
         self.apply(set, true).await
     }
 
-    fn explain(&self, e: kube::Error) -> SinkError {
+    /// Whether the target Secret is known to be missing (a GET answers 404). The API server's refusal of
+    /// an apply that would create it names no verb (`secrets "x" is forbidden: `), so a 403 alone cannot
+    /// tell "may not create" from "may not patch".
+    async fn target_missing(&self) -> bool {
+        matches!(
+            tokio::time::timeout(APPLY_TIMEOUT, self.api.get_opt(&self.name)).await,
+            Ok(Ok(None))
+        )
+    }
+
+    async fn explain(&self, e: kube::Error) -> SinkError {
         let target = format!("Secret {}/{}", self.namespace, self.name);
+        let missing = match &e {
+            kube::Error::Api(s) if s.code == 403 => {
+                s.message.contains("cannot create") || self.target_missing().await
+            }
+            _ => false,
+        };
         let (summary, message) = match &e {
             kube::Error::Api(s) if s.code == 409 => (
                 "conflict: another field manager owns the target Secret's token keys",
@@ -109,11 +126,11 @@ impl SecretSink {
                     s.message
                 ),
             ),
-            kube::Error::Api(s) if s.code == 403 && s.message.contains("cannot create") => (
+            kube::Error::Api(s) if s.code == 403 && missing => (
                 "the target Secret does not exist and may not be created",
                 format!(
-                    "{target} does not exist and this identity may not create it: create it (empty is fine; the Helm chart does) \
-                     or grant create on secrets: {}",
+                    "{target} does not exist and this identity may not create it: create it empty (the Helm chart does) rather \
+                     than granting create on secrets, which RBAC cannot limit by name: {}",
                     s.message
                 ),
             ),
@@ -288,6 +305,48 @@ mod tests {
             "the server's detail names the field and manager: {err}"
         );
         assert!(err.summary.contains("conflict") && !err.summary.contains("ns/out"));
+        server.await.unwrap();
+    }
+
+    /// A refused apply of a missing target says what to do, although the API server's refusal names no
+    /// verb (this is what kube-apiserver answers when the Role may patch the name but not create).
+    #[tokio::test]
+    async fn forbidden_apply_of_a_missing_target_says_create_it() {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(mock, "ns");
+        let sink = SecretSink::new(client, "ns", "out", false, Default::default());
+        let status = |code: u16, reason: &str, message: &str| {
+            let body = serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure",
+                "message": message, "reason": reason, "code": code});
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap()
+        };
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(req.method(), http::Method::PATCH);
+            send.send_response(status(403, "Forbidden", r#"secrets "out" is forbidden: "#));
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(
+                req.method(),
+                http::Method::GET,
+                "the sink looks the target up"
+            );
+            send.send_response(status(404, "NotFound", r#"secrets "out" not found"#));
+        });
+        let err = sink.publish(&set()).await.unwrap_err();
+        assert!(
+            err.message
+                .contains("does not exist and this identity may not create it")
+                && err.message.contains("create it empty")
+                && !err.message.contains("or grant create"),
+            "{err}"
+        );
+        assert_eq!(
+            err.summary,
+            "the target Secret does not exist and may not be created"
+        );
         server.await.unwrap();
     }
 }

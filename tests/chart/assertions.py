@@ -151,7 +151,7 @@ for name, docs in renders.items():
 
     if kind(docs, "Role"):
 
-        @check(f"{name}: Role is least privilege (resourceNames on the PAT and target Secrets, create alone)")
+        @check(f"{name}: Role is least privilege (secrets only by resourceNames, no create on secrets)")
         def _():
             role = one(docs, "Role")
             c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
@@ -161,17 +161,39 @@ for name, docs in renders.items():
                 for field in ("apiGroups", "resources", "verbs"):
                     assert "*" not in r[field], f"wildcard in {r}"
             secrets = [r for r in rules if "secrets" in r["resources"]]
-            by_name = {tuple(r.get("resourceNames", [])): set(r["verbs"]) for r in secrets}
-            assert by_name.get((env["LS_PAT_SECRET"],)) == {"get", "list", "watch"}, by_name
-            assert by_name.get((env["LS_TARGET_SECRET"],)) == {"get", "patch"}, by_name
-            assert by_name.get(()) == {"create"}, f"unrestricted secrets rule must be create only: {by_name}"
-            assert len(secrets) == 3, secrets
+            # Every secrets rule names its Secrets: an unnamed one would reach every Secret of the namespace, and
+            # `create` (which RBAC cannot limit by name) would allow minting a service-account-token Secret.
+            for r in secrets:
+                assert r.get("resourceNames"), f"secrets rule without resourceNames: {r}"
+                assert "create" not in r["verbs"], f"create on secrets: {r}"
+            by_name = {tuple(r["resourceNames"]): set(r["verbs"]) for r in secrets}
+            assert by_name == {
+                (env["LS_PAT_SECRET"],): {"get", "list", "watch"},
+                (env["LS_TARGET_SECRET"],): {"get", "patch"},
+            }, by_name
             events = {tuple(r["apiGroups"]): set(r["verbs"]) for r in rules if "events" in r["resources"]}
             assert events == {("",): {"create", "patch"}, ("events.k8s.io",): {"create", "patch"}}, events
-            assert len(rules) == 5, rules
+            assert len(rules) == 4, rules
             rb = one(docs, "RoleBinding")
             assert rb["roleRef"]["name"] == role["metadata"]["name"]
             assert rb["subjects"][0]["name"] == pod_spec(one(docs, "Deployment"))["serviceAccountName"]
+
+    @check(f"{name}: the target Secret is rendered empty, kept on uninstall, and is the one the Role may patch")
+    def _():
+        env = env_of(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+        secrets = [d for d in kind(docs, "Secret") if d["metadata"]["name"] == env["LS_TARGET_SECRET"]]
+        if name == "target-not-created":
+            assert not secrets, "targetSecret.create=false still renders the target"
+            return
+        (target,) = secrets
+        # No keys: they belong to the refresher's field manager, and Helm must never own (or reset) them.
+        assert not target.get("data") and not target.get("stringData"), target
+        assert target["type"] == "Opaque"
+        assert target["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        for role in kind(docs, "Role"):
+            names = {n for r in role["rules"] if "secrets" in r["resources"] for n in r["resourceNames"]
+                     if "patch" in r["verbs"]}
+            assert names == {target["metadata"]["name"]}, names
 
     @check(f"{name}: Service exposes the named admin port, also while not ready")
     def _():
@@ -284,7 +306,7 @@ def _():
                         assert "subPath" not in m and "subPathExpr" not in m, f"{fname}:{c['name']} {m}"
 
 
-@check("deploy/: every object has an explicit namespace and no Helm bookkeeping labels")
+@check("deploy/: every object has an explicit namespace and no Helm bookkeeping labels or annotations")
 def _():
     for fname, docs in deploy.items():
         for d in docs:
@@ -292,6 +314,7 @@ def _():
             assert md.get("namespace") == "label-studio", f"{fname}: {d['kind']}/{md['name']}"
             labels = md.get("labels", {})
             assert "helm.sh/chart" not in labels and labels.get("app.kubernetes.io/managed-by") != "Helm", fname
+            assert not any(a.startswith("helm.sh/") for a in md.get("annotations") or {}), fname
 
 
 @check("deploy/native-sidecar.yaml: native sidecar gates the app on /readyz, shares an in-memory dir")
@@ -333,9 +356,42 @@ def _():
     file_mode_pod_checks(ps, "job-once.yaml")
 
 
+@check("deploy/proxy-sidecar.yaml: stock ML backend behind a proxy-mode native sidecar, holding no credential")
+def _():
+    docs = deploy["proxy-sidecar.yaml"]
+    ps = pod_spec(workload(docs))
+    assert ps.get("automountServiceAccountToken") is False
+    (side,) = ps["initContainers"]
+    assert "ls-token-refresher" in side["image"] and side["restartPolicy"] == "Always"
+    assert side["args"] == ["proxy"], side["args"]
+    hardened(side, "proxy-sidecar.yaml:refresher")
+    assert http_path(side.get("startupProbe")) == "/readyz"
+    env = env_of(side)
+    host, port = env["LS_PROXY_ADDR"].rsplit(":", 1)
+    assert host == "127.0.0.1", f"the proxy must listen on loopback only: {env['LS_PROXY_ADDR']}"
+    assert "LS_TOKEN_DIR" not in env and "LS_FILE_MODE" not in env, "proxy mode writes no files"
+    assert int(port) != int(env["LS_ADMIN_ADDR"].rsplit(":", 1)[1])
+    vols = {v["name"]: v for v in ps["volumes"]}
+    assert not any("emptyDir" in v and v["emptyDir"].get("medium") == "Memory" for v in vols.values()), \
+        "no token volume in proxy mode"
+    pat_dir = env["LS_PAT_FILE"].rsplit("/", 1)[0]
+    (pat_mount,) = [m for m in side["volumeMounts"] if m["mountPath"] == pat_dir]
+    (app,) = ps["containers"]
+    assert "ls-token-refresher" not in app["image"]
+    hardened(app, "proxy-sidecar.yaml:ml-backend")
+    app_env = {e["name"]: e for e in app["env"]}
+    assert app_env["LABEL_STUDIO_URL"]["value"] == f"http://{env['LS_PROXY_ADDR']}", app_env["LABEL_STUDIO_URL"]
+    key = app_env["LABEL_STUDIO_API_KEY"]["value"]
+    assert key == "placeholder-not-a-token", key
+    # No credential reaches the app: no env from a Secret, no PAT or token volume.
+    assert not any("valueFrom" in e for e in app["env"]), app["env"]
+    assert not any(m["name"] == pat_mount["name"] for m in app.get("volumeMounts", [])), "the app mounts the PAT"
+
+
 @check("deploy/: every example pod has a NetworkPolicy selecting it")
 def _():
-    for fname in ("native-sidecar.yaml", "classic-sidecar.yaml", "job-once.yaml", "secret-mode.yaml"):
+    for fname in ("native-sidecar.yaml", "classic-sidecar.yaml", "job-once.yaml", "proxy-sidecar.yaml",
+                  "secret-mode.yaml"):
         docs = deploy[fname]
         w = workload(docs)
         labels = w["spec"]["template"]["metadata"]["labels"]

@@ -47,6 +47,9 @@ tidy() {
 import re, sys
 text = sys.stdin.read()
 text = re.sub(r"(?m)^\s+(helm\.sh/chart: .*|app\.kubernetes\.io/managed-by: Helm)\n", "", text)
+# helm.sh/resource-policy only tells `helm uninstall` to keep an object; an annotations block left empty goes too.
+text = re.sub(r"(?m)^( +)annotations:\n\1  helm\.sh/resource-policy: keep\n(?!\1  )", "", text)
+text = re.sub(r"(?m)^\s+helm\.sh/resource-policy: keep\n", "", text)
 text = re.sub(r"[ \t]+\n", "\n", text)
 text = re.sub(r"\n{2,}(---\n)", r"\n\1", text)
 text = re.sub(r"\A\s*---\n", "", text)
@@ -62,6 +65,7 @@ example() { # example NAME: one template of the examples chart
 example native-sidecar
 example classic-sidecar
 example job-once
+example proxy-sidecar
 
 secret_values=$here/deploy-values/secret-mode.yaml
 { header "charts/ls-token-refresher with tests/chart/deploy-values/secret-mode.yaml"
@@ -84,7 +88,7 @@ mon=(-f "$secret_values" --set serviceMonitor.enabled=true --set prometheusRule.
   sed -n '/^spec:$/,$p' "$render/monitoring/prometheusrule.yaml" | tail -n +2 | sed 's/^  //'
 } >"$render/monitoring/alerts.rules.yml"
 
-generated=(native-sidecar.yaml classic-sidecar.yaml job-once.yaml secret-mode.yaml
+generated=(native-sidecar.yaml classic-sidecar.yaml job-once.yaml proxy-sidecar.yaml secret-mode.yaml
   monitoring/servicemonitor.yaml monitoring/prometheusrule.yaml monitoring/alerts.rules.yml)
 
 case $mode in

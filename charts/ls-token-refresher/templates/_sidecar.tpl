@@ -1,36 +1,64 @@
 {{/*
-Sidecar (file mode) templates for other charts. Add this chart as a dependency (set
-`ls-token-refresher.deployment.enabled: false` if you do not also want its Deployment) and include:
+Sidecar templates for other charts. Add this chart as a dependency (set `ls-token-refresher.deployment.enabled:
+false` if you do not also want its Deployment) and include:
 
   ls-token-refresher.sidecar.container    the refresher container, one list item (for initContainers or containers)
-  ls-token-refresher.sidecar.volumes      the in-memory token emptyDir, the PAT Secret volume (and CA volume)
+  ls-token-refresher.sidecar.volumes      the PAT Secret volume (and CA volume), plus the in-memory token emptyDir
+                                          in modes run and once
   ls-token-refresher.sidecar.volumeMount  the read-only mount of the token directory for your app's container
+                                          (modes run and once)
+  ls-token-refresher.sidecar.proxyEnv     the app's LABEL_STUDIO_URL (the proxy) and placeholder
+                                          LABEL_STUDIO_API_KEY, env list items (mode proxy, or run with proxy: true)
 
-each with (dict "config" <dict>). File mode needs no Kubernetes API access (the PAT Secret is a volume): keep
+each with (dict "config" <dict>). The sidecar needs no Kubernetes API access (the PAT Secret is a volume): keep
 automountServiceAccountToken false on the pod; the refresher then posts no Events and reports through its logs,
-/readyz and /metrics. The config dict has these keys (all but url and patSecret.name optional):
+/readyz and /metrics.
+
+Which mode: `proxy` for clients you cannot change (label-studio-sdk, the ML backend): they talk to
+http://127.0.0.1:<proxyPort> with a placeholder key and hold no credential; the proxy adds the current token to every
+request. `run` for code you own: it reads the token files. `once` for a Job's init container.
+
+The config dict has these keys (all but url and patSecret.name optional); unknown keys and bad values are errors:
 
   url                 Label Studio base URL (LS_URL). Required.
   patSecret.name      Secret holding the PAT, mounted as a directory and re-read on change (LS_PAT_FILE). Required.
   patSecret.key       key of the PAT in that Secret (default "pat")
-  mode                run (default: keep the token fresh) | once (publish one token and exit: plain init container)
+  mode                run (default: keep the token files fresh) | once (publish one token and exit: plain init
+                      container) | proxy (the auth proxy only: no token files, no token volume)
   native              true (default): a native sidecar (Kubernetes >= 1.29, or 1.28 with the SidecarContainers
                       feature gate) — put the container in initContainers;
                       it gets restartPolicy: Always and a startupProbe on /readyz, so the app starts only once the
-                      first token is published. false: a classic sidecar for containers (pair it with a mode=once
-                      init container so the first token exists before the app starts).
+                      first token is published (held, in proxy mode). false: a classic sidecar for containers (in
+                      mode run pair it with a mode=once init container so the first token exists before the app
+                      starts; in mode proxy the app may get 503 + Retry-After until the first token is held).
+  proxy               mode run only: also serve the auth proxy (LS_PROXY_ADDR) beside the files (default false)
+  proxyPort           the proxy listens on 127.0.0.1:<proxyPort> (default 9418; only containers of the same pod reach
+                      it, and whoever reaches it acts as the PAT's user)
+  proxyTimeout        longest wait for Label Studio's response head and each piece of a body (LS_PROXY_TIMEOUT,
+                      a duration such as 120s; default the program's, 120s)
+  proxyUpstreamHost   send the upstream's Host instead of the client's (LS_PROXY_UPSTREAM_HOST), for a url behind
+                      an ingress that routes by Host (default false)
+  apiKeyPlaceholder   LABEL_STUDIO_API_KEY that proxyEnv gives the app (default "placeholder-not-a-token"; the proxy
+                      drops whatever Authorization the app sends). label-studio-sdk also takes a JWT-shaped one,
+                      see the chart README.
   name                container name (default "ls-token-refresher", "ls-token-refresher-init" for mode once)
   image               image reference (default the chart's appVersion image)
   imagePullPolicy     default IfNotPresent
-  tokenDir            where the token files appear (default /var/run/secrets/label-studio): token, authorization,
-                      expires_at, swapped atomically through a ..data symlink. Mount the directory, never a subPath.
-  volumeName          name of the token emptyDir (default "ls-token"; the PAT volume is "<volumeName>-pat")
-  fileMode            octal mode of the token files (default "0640": readable by the pod's fsGroup, so set
-                      securityContext.fsGroup on the pod when the app runs as another user)
+  tokenDir            modes run, once: where the token files appear (default /var/run/secrets/label-studio): token,
+                      authorization, expires_at, swapped atomically through a ..data symlink. Mount the directory,
+                      never a subPath.
+  volumeName          name of the token emptyDir (default "ls-token"; the PAT volume is "<volumeName>-pat", the CA
+                      volume "<volumeName>-ca")
+  fileMode            modes run, once: octal mode of the token files (default "0640": readable by the pod's
+                      fsGroup, so set securityContext.fsGroup on the pod when the app runs as another user)
   adminPort           port of /livez, /readyz, /metrics (default 9417; must be free in the pod)
   logFormat           plain | json (default json)
-  logLevel            default info
-  enableQuit          serve POST /quitquitquit (default false)
+  logLevel            error | warn | info | debug | trace (default info; one word: libraries stay at warn)
+  enableQuit          serve POST /quitquitquit (default false): a Job's main container stops a classic sidecar when
+                      it is done. Only loopback peers with the header X-LS-Quit are obeyed, e.g. with busybox:
+                        wget -q -O /dev/null --post-data '' --header 'X-LS-Quit: 1' http://127.0.0.1:9417/quitquitquit
+                      or curl -fsS -X POST -H 'X-LS-Quit: 1' http://127.0.0.1:9417/quitquitquit
+                      (native sidecars need none of this: Kubernetes stops them when the Job's containers end)
   caBundle            {configMap: NAME} or {secret: NAME}, with key (default ca.crt): extra PEM CAs (LS_CA_FILE)
   env                 map of extra environment variables, e.g. {LS_REFRESH_FRACTION: "0.5"}
   resources           container resources (default 10m/32Mi requests, 200m/64Mi limits)
@@ -65,34 +93,79 @@ limits:
   memory: 64Mi
 {{- end }}
 
-{{/* The config with defaults filled in, as YAML (hasKey keeps explicit false / "" values). */}}
+{{/* The config with defaults filled in, as YAML (hasKey keeps explicit false / "" values). Checks every key. */}}
 {{- define "ls-token-refresher.sidecar.config" -}}
 {{- $c := .config | default dict }}
+{{- $known := list "url" "patSecret" "mode" "native" "proxy" "proxyPort" "proxyTimeout" "proxyUpstreamHost"
+  "apiKeyPlaceholder" "name" "image" "imagePullPolicy" "tokenDir" "volumeName" "fileMode" "adminPort" "logFormat"
+  "logLevel" "enableQuit" "caBundle" "env" "resources" "securityContext" }}
+{{- range $k, $_ := $c }}
+{{- if not (has $k $known) }}
+{{- fail (printf "ls-token-refresher sidecar: unknown config key %q (known: %s)" $k (join ", " $known)) }}
+{{- end }}
+{{- end }}
 {{- $mode := $c.mode | default "run" }}
-{{- if not (has $mode (list "run" "once")) }}
-{{- fail (printf "ls-token-refresher sidecar: mode must be run or once, not %q" $mode) }}
+{{- if not (has $mode (list "run" "once" "proxy")) }}
+{{- fail (printf "ls-token-refresher sidecar: mode must be run, once or proxy, not %q" $mode) }}
+{{- end }}
+{{- $bools := dict "native" true "proxy" false "proxyUpstreamHost" false "enableQuit" false }}
+{{- range $k, $default := $bools }}
+{{- if hasKey $c $k }}
+{{- if not (kindIs "bool" (get $c $k)) }}
+{{- fail (printf "ls-token-refresher sidecar: %s must be true or false, not %q" $k (toString (get $c $k))) }}
+{{- end }}
+{{- $_ := set $bools $k (get $c $k) }}
+{{- end }}
+{{- end }}
+{{- if and $bools.proxy (ne $mode "run") }}
+{{- fail (printf "ls-token-refresher sidecar: proxy: true is for mode run (mode proxy serves only the proxy; mode once exits), not mode %q" $mode) }}
+{{- end }}
+{{- $adminPort := $c.adminPort | default 9417 | int }}
+{{- $proxyPort := $c.proxyPort | default 9418 | int }}
+{{- range $k, $port := dict "adminPort" $adminPort "proxyPort" $proxyPort }}
+{{- if or (lt $port 1) (gt $port 65535) }}
+{{- fail (printf "ls-token-refresher sidecar: %s must be a port number (1-65535), not %v" $k $port) }}
+{{- end }}
+{{- end }}
+{{- $serveProxy := or (eq $mode "proxy") $bools.proxy }}
+{{- if and $serveProxy (eq $adminPort $proxyPort) }}
+{{- fail (printf "ls-token-refresher sidecar: adminPort and proxyPort are both %d" $adminPort) }}
+{{- end }}
+{{- $logFormat := $c.logFormat | default "json" }}
+{{- if not (has $logFormat (list "plain" "json")) }}
+{{- fail (printf "ls-token-refresher sidecar: logFormat must be plain or json, not %q" $logFormat) }}
+{{- end }}
+{{- $logLevel := $c.logLevel | default "info" }}
+{{- if not (has $logLevel (list "error" "warn" "info" "debug" "trace")) }}
+{{- fail (printf "ls-token-refresher sidecar: logLevel must be one of error, warn, info, debug, trace (one word), not %q" $logLevel) }}
+{{- end }}
+{{- $proxyTimeout := $c.proxyTimeout | default "" | toString }}
+{{- if and $proxyTimeout (not (regexMatch "^([0-9]+(ms|s|m|h))+$" $proxyTimeout)) }}
+{{- fail (printf "ls-token-refresher sidecar: proxyTimeout must be a duration such as 120s or 2m, not %q" $proxyTimeout) }}
 {{- end }}
 {{- $pat := $c.patSecret | default dict }}
 {{- $ca := $c.caBundle | default dict }}
-{{- $native := true }}
-{{- if hasKey $c "native" }}{{ $native = $c.native }}{{ end }}
-{{- $enableQuit := false }}
-{{- if hasKey $c "enableQuit" }}{{ $enableQuit = $c.enableQuit }}{{ end }}
 url: {{ required "ls-token-refresher sidecar: config.url (Label Studio base URL) is required" $c.url | quote }}
 patSecretName: {{ required "ls-token-refresher sidecar: config.patSecret.name is required" $pat.name | quote }}
 patSecretKey: {{ $pat.key | default "pat" | quote }}
 mode: {{ $mode }}
-native: {{ and $native (eq $mode "run") }}
-name: {{ $c.name | default (ternary "ls-token-refresher" "ls-token-refresher-init" (eq $mode "run")) | quote }}
+native: {{ and $bools.native (ne $mode "once") }}
+files: {{ ne $mode "proxy" }}
+serveProxy: {{ $serveProxy }}
+proxyAddr: {{ printf "127.0.0.1:%d" $proxyPort | quote }}
+proxyTimeout: {{ $proxyTimeout | quote }}
+proxyUpstreamHost: {{ $bools.proxyUpstreamHost }}
+apiKeyPlaceholder: {{ $c.apiKeyPlaceholder | default "placeholder-not-a-token" | quote }}
+name: {{ $c.name | default (ternary "ls-token-refresher-init" "ls-token-refresher" (eq $mode "once")) | quote }}
 image: {{ $c.image | default (include "ls-token-refresher.sidecar.defaultImage" .) | quote }}
 imagePullPolicy: {{ $c.imagePullPolicy | default "IfNotPresent" }}
 tokenDir: {{ $c.tokenDir | default "/var/run/secrets/label-studio" | quote }}
 volumeName: {{ $c.volumeName | default "ls-token" | quote }}
 fileMode: {{ $c.fileMode | default "0640" | toString | quote }}
-adminPort: {{ $c.adminPort | default 9417 | int }}
-logFormat: {{ $c.logFormat | default "json" | quote }}
-logLevel: {{ $c.logLevel | default "info" | quote }}
-enableQuit: {{ $enableQuit }}
+adminPort: {{ $adminPort }}
+logFormat: {{ $logFormat | quote }}
+logLevel: {{ $logLevel | quote }}
+enableQuit: {{ $bools.enableQuit }}
 caConfigMap: {{ $ca.configMap | default "" | quote }}
 caSecret: {{ $ca.secret | default "" | quote }}
 caKey: {{ $ca.key | default "ca.crt" | quote }}
@@ -122,11 +195,26 @@ securityContext:
       value: {{ $cfg.url | quote }}
     - name: LS_PAT_FILE
       value: {{ printf "/etc/ls-token-refresher/pat/%s" $cfg.patSecretKey | quote }}
+    {{- if $cfg.files }}
     - name: LS_TOKEN_DIR
       value: {{ $cfg.tokenDir | quote }}
     - name: LS_FILE_MODE
       value: {{ $cfg.fileMode | quote }}
-    {{- if eq $cfg.mode "run" }}
+    {{- end }}
+    {{- if $cfg.serveProxy }}
+    # Loopback only: the app shares the pod's network namespace; nothing outside the pod reaches the proxy.
+    - name: LS_PROXY_ADDR
+      value: {{ $cfg.proxyAddr | quote }}
+    {{- if $cfg.proxyTimeout }}
+    - name: LS_PROXY_TIMEOUT
+      value: {{ $cfg.proxyTimeout | quote }}
+    {{- end }}
+    {{- if $cfg.proxyUpstreamHost }}
+    - name: LS_PROXY_UPSTREAM_HOST
+      value: "true"
+    {{- end }}
+    {{- end }}
+    {{- if ne $cfg.mode "once" }}
     - name: LS_ADMIN_ADDR
       value: {{ printf "0.0.0.0:%d" ($cfg.adminPort | int) | quote }}
     {{- end }}
@@ -146,7 +234,7 @@ securityContext:
     - name: {{ $k }}
       value: {{ $v | toString | quote }}
     {{- end }}
-  {{- if eq $cfg.mode "run" }}
+  {{- if ne $cfg.mode "once" }}
   ports:
     - name: ls-admin
       containerPort: {{ $cfg.adminPort }}
@@ -181,8 +269,10 @@ securityContext:
   securityContext:
     {{- toYaml $cfg.securityContext | nindent 4 }}
   volumeMounts:
+    {{- if $cfg.files }}
     - name: {{ $cfg.volumeName }}
       mountPath: {{ $cfg.tokenDir | quote }}
+    {{- end }}
     - name: {{ printf "%s-pat" $cfg.volumeName }}
       mountPath: /etc/ls-token-refresher/pat
       readOnly: true
@@ -196,11 +286,13 @@ securityContext:
 {{- define "ls-token-refresher.sidecar.volumes" -}}
 {{- $cfg := include "ls-token-refresher.sidecar.config" . | fromYaml }}
 {{- if hasKey $cfg "Error" }}{{ fail $cfg.Error }}{{ end -}}
+{{- if $cfg.files -}}
 # Token files live in memory only and are shared with the app as a whole directory (a subPath never updates).
 - name: {{ $cfg.volumeName }}
   emptyDir:
     medium: Memory
     sizeLimit: 1Mi
+{{ end -}}
 - name: {{ printf "%s-pat" $cfg.volumeName }}
   secret:
     secretName: {{ $cfg.patSecretName }}
@@ -229,7 +321,26 @@ securityContext:
 {{- define "ls-token-refresher.sidecar.volumeMount" -}}
 {{- $cfg := include "ls-token-refresher.sidecar.config" . | fromYaml }}
 {{- if hasKey $cfg "Error" }}{{ fail $cfg.Error }}{{ end -}}
+{{- if not $cfg.files }}
+{{- fail "ls-token-refresher sidecar: mode proxy writes no token files: give the app ls-token-refresher.sidecar.proxyEnv instead of the token volume" }}
+{{- end -}}
 - name: {{ $cfg.volumeName }}
   mountPath: {{ $cfg.tokenDir | quote }}
   readOnly: true
+{{- end }}
+
+{{/*
+The app's side of the proxy: Label Studio's URL is the proxy on loopback, and the API key a placeholder (the proxy
+replaces any Authorization with the current token, so the app holds no credential). Never give the app the PAT.
+*/}}
+{{- define "ls-token-refresher.sidecar.proxyEnv" -}}
+{{- $cfg := include "ls-token-refresher.sidecar.config" . | fromYaml }}
+{{- if hasKey $cfg "Error" }}{{ fail $cfg.Error }}{{ end -}}
+{{- if not $cfg.serveProxy }}
+{{- fail "ls-token-refresher sidecar: proxyEnv needs the proxy: set mode proxy (or proxy: true with mode run)" }}
+{{- end -}}
+- name: LABEL_STUDIO_URL
+  value: {{ printf "http://%s" $cfg.proxyAddr | quote }}
+- name: LABEL_STUDIO_API_KEY
+  value: {{ $cfg.apiKeyPlaceholder | quote }}
 {{- end }}

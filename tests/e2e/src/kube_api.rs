@@ -1,6 +1,6 @@
 //! Kubernetes API helpers: Secrets from string pairs, API error codes, `kubectl auth can-i`.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::Path};
 
 use k8s_openapi::{api::core::v1::Secret, ByteString};
 use kube::{
@@ -57,9 +57,18 @@ pub async fn create_secret(admin: &Client, ns: &str, name: &str, data: &[(&str, 
 /// `kubectl auth can-i ARGS…` as `identity`: true for `yes` (exit 0), false for `no` (exit 1);
 /// panics on anything else.
 pub async fn can_i(server: &ApiServer, identity: Identity, args: &[&str]) -> bool {
+    let kubeconfig = match identity {
+        Identity::Admin => server.admin_kubeconfig_path(),
+        Identity::User => server.user_kubeconfig_path(),
+    };
+    can_i_with(server, &kubeconfig, args).await
+}
+
+/// [`can_i`] with the identity of the kubeconfig at `kubeconfig` (e.g. a ServiceAccount's).
+pub async fn can_i_with(server: &ApiServer, kubeconfig: &Path, args: &[&str]) -> bool {
     let mut full = vec!["auth", "can-i"];
     full.extend_from_slice(args);
-    let out = server.kubectl_as(identity, &full).await;
+    let out = server.kubectl_with(kubeconfig, &full).await;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     match stdout.as_str() {
         "yes" => {

@@ -246,27 +246,43 @@ impl ApiServer {
 
     /// The kubeconfig document (JSON, which is valid YAML) for `identity` and `namespace`.
     pub fn kubeconfig_json(&self, identity: Identity, namespace: &str) -> String {
-        let b64 = |file: &str| {
-            base64::engine::general_purpose::STANDARD
-                .encode(fs::read(self.dir.path().join(file)).unwrap())
-        };
         let user = match identity {
             Identity::Admin => serde_json::json!({
                 "name": ADMIN_NAME,
-                "user": { "client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key") },
+                "user": { "client-certificate-data": self.file_b64("admin.crt"), "client-key-data": self.file_b64("admin.key") },
             }),
             Identity::User => serde_json::json!({
                 "name": USER_NAME,
                 "user": { "token": self.user_token },
             }),
         };
+        self.kubeconfig_for(user, namespace)
+    }
+
+    /// Writes a kubeconfig presenting the bearer `token` (e.g. a ServiceAccount's, from the
+    /// TokenRequest API) with context namespace `namespace`, as `<name>.kubeconfig`; returns its path.
+    pub fn write_token_kubeconfig(&self, name: &str, token: &str, namespace: &str) -> PathBuf {
+        let user = serde_json::json!({ "name": name, "user": { "token": token } });
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        write_atomic(&path, &self.kubeconfig_for(user, namespace));
+        path
+    }
+
+    /// Base64 of a file in the instance dir (certificates and keys inlined into kubeconfigs).
+    fn file_b64(&self, file: &str) -> String {
+        base64::engine::general_purpose::STANDARD
+            .encode(fs::read(self.dir.path().join(file)).unwrap())
+    }
+
+    /// A kubeconfig for this server with the kubeconfig `user` entry `user`.
+    fn kubeconfig_for(&self, user: serde_json::Value, namespace: &str) -> String {
         let user_name = user["name"].clone();
         serde_json::to_string_pretty(&serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{
                 "name": "lstr-test",
-                "cluster": { "server": self.url(), "certificate-authority-data": b64("ca.crt") },
+                "cluster": { "server": self.url(), "certificate-authority-data": self.file_b64("ca.crt") },
             }],
             "users": [user],
             "contexts": [{
@@ -414,6 +430,15 @@ impl ApiServer {
             Identity::Admin => self.admin_kubeconfig_path(),
             Identity::User => self.user_kubeconfig_path(),
         };
+        self.kubectl_with(&kubeconfig, args).await
+    }
+
+    /// Runs kubectl with the kubeconfig at `kubeconfig` (e.g. from [`Self::write_token_kubeconfig`]).
+    pub async fn kubectl_with<I, S>(&self, kubeconfig: &Path, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         tokio::process::Command::new(self.kubectl_path())
             .env("KUBECONFIG", kubeconfig)
             .env("HOME", self.dir.path())

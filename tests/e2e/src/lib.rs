@@ -6,7 +6,8 @@
 //! | [`label_studio`] | a real Label Studio 1.23.2 process per test (start/stop/restart by PID) |
 //! | [`ls_api`] | Label Studio API client: session login, PATs, legacy token, org switches, refresh |
 //! | [`kube_apiserver`] | a real kube-apiserver + etcd per test (PKI, kubeconfigs, kubectl) |
-//! | [`kube_api`], [`rbac`] | Kubernetes API helpers; the chart's least-privilege Role |
+//! | [`kube_api`], [`rbac`] | Kubernetes API helpers; Roles for the harness's token user |
+//! | [`chart`] | the Helm chart rendered, its RBAC applied, its ServiceAccount's identity taken on |
 //! | [`refresher`] | the real `ls-token-refresher` binary as a child process |
 //! | [`auth_proxy`] | the binary serving the auth proxy (PAT file, trace logs); a raw HTTP/1.1 client |
 //! | [`stock_clients`] | label-studio-sdk 2.1.2 and the ML backend 1.0.9 as their users run them |
@@ -20,10 +21,11 @@
 //! | [`clock`], [`jwt`], [`wait`], [`process`], [`log_scan`] | time, JWT claims, polling, PIDs, secret scans |
 //!
 //! Everything listens on 127.0.0.1 only, every wait is bounded, and every process a harness starts
-//! is stopped by PID on drop. Provisioning scripts live in `tests/support/{ls,kube,tools,consumers}/` of the
-//! repository ([`support_dir`]); their results are cached under [`cache_dir`].
+//! is stopped by PID on drop. Provisioning scripts live in `tests/support/{ls,kube,tools,consumers}/`
+//! of the repository ([`support_dir`]); their results are cached under [`cache_dir`].
 
 pub mod auth_proxy;
+pub mod chart;
 pub mod clock;
 pub mod consumer;
 pub mod fault_proxy;

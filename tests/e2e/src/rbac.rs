@@ -1,15 +1,11 @@
-//! Roles bound to the harness's token-file user, above all the least-privilege Role the chart ships
-//! (charts/ls-token-refresher/templates/role.yaml): the Kubernetes setup every refresher run against
-//! the real apiserver starts from.
+//! Roles bound to the harness's token-file user, for tests of the harness itself. The refresher
+//! runs under the chart's own Role and ServiceAccount instead (see [`crate::chart::install_rbac`]).
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::{
     api::{Api, ObjectMeta, PostParams},
     Client,
 };
-
-/// Name of the chart's Role and RoleBinding.
-pub const ROLE: &str = "ls-token-refresher";
 
 /// A rule: `verbs` on `resources` of the API `groups`, limited to `names` if given.
 pub fn rule(
@@ -25,33 +21,6 @@ pub fn rule(
         verbs: strings(verbs),
         resource_names: names.map(strings),
         ..Default::default()
-    }
-}
-
-/// The shipped rules: read/watch the PAT Secret and get/patch the target by `resourceNames`,
-/// `create` on secrets in its own rule, Events.
-pub fn minimal_role(pat_secret: &str, target: &str) -> Role {
-    Role {
-        metadata: ObjectMeta {
-            name: Some(ROLE.into()),
-            ..Default::default()
-        },
-        rules: Some(vec![
-            rule(
-                &[""],
-                &["secrets"],
-                &["get", "list", "watch"],
-                Some(&[pat_secret]),
-            ),
-            rule(&[""], &["secrets"], &["get", "patch"], Some(&[target])),
-            rule(&[""], &["secrets"], &["create"], None),
-            rule(
-                &["", "events.k8s.io"],
-                &["events"],
-                &["create", "patch"],
-                None,
-            ),
-        ]),
     }
 }
 
@@ -83,17 +52,6 @@ pub async fn grant(admin: &Client, ns: &str, role: Role, user: &str) {
         .create(&PostParams::default(), &binding)
         .await
         .expect("create rolebinding");
-}
-
-/// Creates the minimal Role in `ns` and binds it to `user`.
-pub async fn grant_minimal_role(
-    admin: &Client,
-    ns: &str,
-    user: &str,
-    pat_secret: &str,
-    target: &str,
-) {
-    grant(admin, ns, minimal_role(pat_secret, target), user).await;
 }
 
 /// Grants `verbs` on the secrets `names` in `ns` to `user` through a Role named `role`.

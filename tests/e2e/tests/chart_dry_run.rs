@@ -1,7 +1,10 @@
 //! The Helm chart and the plain manifests in deploy/ against a real kube-apiserver (v1.20.2, see
 //! the `kube_apiserver` harness): every object is submitted with `kubectl apply --dry-run=server`, so the API server's
-//! own validation and defaulting run on it. The chart's RBAC is then applied for real and probed with
-//! `kubectl auth can-i` (impersonating the chart's ServiceAccount) to prove the Role is exactly least-privilege.
+//! own validation and defaulting run on it. The chart's RBAC is then applied for real and tried out with a
+//! token of the chart's own ServiceAccount (TokenRequest API): everything it may do is what the rendered
+//! Role grants, and the escalation through `create` on secrets (issue 9, item 5) fails — while it
+//! succeeds under the Role the chart had before, which shows the test can tell. deploy/secret-mode.yaml,
+//! applied again over a Secret the refresher filled, leaves the token keys alone.
 //!
 //! What 1.20 cannot show, and is asserted as such: native sidecars (`restartPolicy: Always` on an init container,
 //! beta and on by default from Kubernetes 1.29, alpha behind the SidecarContainers gate in 1.28) are unknown
@@ -13,55 +16,30 @@
 //! Tools: helm comes from tests/support/tools/provision.sh (cached), kubectl and the API server from the kube
 //! harness.
 
-use std::process::Output;
+use std::{collections::BTreeSet, process::Output};
 
+use k8s_openapi::api::{
+    authorization::v1::{SelfSubjectRulesReview, SelfSubjectRulesReviewSpec},
+    core::v1::{ConfigMap, Pod, Secret, ServiceAccount},
+    rbac::v1::{ClusterRoleBinding, RoleBinding},
+};
+use kube::{
+    api::{Api, DeleteParams, Patch, PatchParams, PostParams},
+    Client,
+};
 use ls_token_refresher_e2e::{
-    kube_api::can_i,
-    kube_apiserver::{ApiServer, Identity},
+    chart::{self, SaIdentity},
+    kube_api::{api_error_code, data_of},
+    kube_apiserver::ApiServer,
     repo_root,
-    tools::tools_env,
 };
 
 const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
 
-/// `helm ARGS...` with the provisioned helm and its writable homes.
-async fn helm(args: &[&str]) -> Output {
-    let env = tools_env();
-    tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(r#"source "$0" && exec "$HELM" "$@""#)
-        .arg(env)
-        .args(args)
-        .current_dir(repo_root())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run helm")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// Renders the chart with a value set from tests/chart/values into `namespace`.
 async fn render_chart(values: &str, namespace: &str) -> String {
     let values = format!("tests/chart/values/{values}.yaml");
-    let out = helm(&[
-        "template",
-        "ls-token-refresher",
-        "charts/ls-token-refresher",
-        "--namespace",
-        namespace,
-        "-f",
-        &values,
-    ])
-    .await;
-    assert!(
-        out.status.success(),
-        "helm template {values}: {}",
-        text(&out.stderr)
-    );
-    text(&out.stdout)
+    chart::render(namespace, &["-f", &values]).await
 }
 
 /// The YAML documents of a multi-document stream, without the kinds 1.20 has no CRD for.
@@ -111,8 +89,11 @@ fn assert_ok(out: &Output, what: &str) {
         out.status.success(),
         "{what}: kubectl failed ({})\nstderr:\n{}\nstdout (head):\n{}",
         out.status,
-        text(&out.stderr),
-        text(&out.stdout).chars().take(2000).collect::<String>()
+        chart::text(&out.stderr),
+        chart::text(&out.stdout)
+            .chars()
+            .take(2000)
+            .collect::<String>()
     );
 }
 
@@ -235,9 +216,9 @@ async fn chart_and_deploy_manifests_pass_server_side_dry_run_on_1_20() {
     assert!(
         !out.status.success(),
         "1.20 accepted a native sidecar with validation on:\n{}",
-        text(&out.stdout)
+        chart::text(&out.stdout)
     );
-    let err = text(&out.stderr);
+    let err = chart::text(&out.stderr);
     assert!(
         err.contains("restartPolicy"),
         "the rejection names the field: {err}"
@@ -249,9 +230,9 @@ async fn chart_and_deploy_manifests_pass_server_side_dry_run_on_1_20() {
     assert!(
         !out.status.success(),
         "1.20 accepted a native sidecar without validation:\n{}",
-        text(&out.stdout)
+        chart::text(&out.stdout)
     );
-    let err = text(&out.stderr);
+    let err = chart::text(&out.stderr);
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         assert!(
             err.contains(&format!("initContainers[0].{probe}"))
@@ -278,83 +259,452 @@ async fn chart_and_deploy_manifests_pass_server_side_dry_run_on_1_20() {
     );
 }
 
-/// `kubectl auth can-i VERB RESOURCE -n IN_NS` as the ServiceAccount `sa_ns/sa` (admin impersonation).
-async fn sa_can_i(
-    server: &ApiServer,
-    (sa_ns, sa): (&str, &str),
-    in_ns: &str,
-    verb: &str,
-    resource: &str,
-) -> bool {
-    let who = format!("--as=system:serviceaccount:{sa_ns}:{sa}");
-    can_i(
-        server,
-        Identity::Admin,
-        &[verb, resource, "-n", in_ns, who.as_str()],
+/// One permission: (API group, resource, object name or `*`, verb).
+type Perm = (String, String, String, String);
+
+/// The permissions a list of RBAC rules (`apiGroups`, `resources`, `resourceNames`, `verbs`) grants.
+fn perms<'a>(
+    rules: impl IntoIterator<Item = (&'a [String], &'a [String], &'a [String], &'a [String])>,
+) -> BTreeSet<Perm> {
+    let mut out = BTreeSet::new();
+    for (groups, resources, names, verbs) in rules {
+        let any = ["*".to_string()];
+        let names = if names.is_empty() { &any[..] } else { names };
+        for g in groups {
+            for r in resources {
+                for n in names {
+                    for v in verbs {
+                        out.insert((g.clone(), r.clone(), n.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The strings of a JSON array (empty when absent).
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The permissions the rendered Role `role` (a JSON object) grants.
+fn role_perms(role: &serde_json::Value) -> BTreeSet<Perm> {
+    let rules: Vec<[Vec<String>; 4]> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            [
+                strings(&r["apiGroups"]),
+                strings(&r["resources"]),
+                strings(&r["resourceNames"]),
+                strings(&r["verbs"]),
+            ]
+        })
+        .collect();
+    perms(
+        rules
+            .iter()
+            .map(|[g, r, n, v]| (&g[..], &r[..], &n[..], &v[..])),
     )
-    .await
+}
+
+/// Everything `client`'s identity may do in `ns`, as the API server's authorizer lists it
+/// (SelfSubjectRulesReview: every rule of every binding that applies, including the defaults every
+/// authenticated identity gets).
+async fn effective_perms(client: Client, ns: &str) -> BTreeSet<Perm> {
+    let review = SelfSubjectRulesReview {
+        spec: SelfSubjectRulesReviewSpec {
+            namespace: Some(ns.into()),
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SelfSubjectRulesReview>::all(client)
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SelfSubjectRulesReview");
+    let status = answer.status.expect("rules review status");
+    assert!(
+        !status.incomplete,
+        "the rules review is incomplete: {status:?}"
+    );
+    let rules: Vec<[Vec<String>; 4]> = status
+        .resource_rules
+        .into_iter()
+        .map(|r| {
+            [
+                r.api_groups.unwrap_or_default(),
+                r.resources.unwrap_or_default(),
+                r.resource_names.unwrap_or_default(),
+                r.verbs,
+            ]
+        })
+        .collect();
+    perms(
+        rules
+            .iter()
+            .map(|[g, r, n, v]| (&g[..], &r[..], &n[..], &v[..])),
+    )
+}
+
+/// A `kubernetes.io/service-account-token` Secret `name` for the ServiceAccount `sa`: what the token
+/// controller fills with a token of `sa`, readable by whoever may `get` the Secret.
+fn token_secret(name: &str, sa: &str) -> Secret {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "annotations": {"kubernetes.io/service-account.name": sa}},
+        "type": "kubernetes.io/service-account-token",
+    }))
+    .unwrap()
+}
+
+/// The API status code of `r`, panicking with the error if it is not an API error.
+fn code<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> u16 {
+    match r {
+        Ok(v) => panic!("expected a refusal, got {v:?}"),
+        Err(e) => api_error_code::<()>(&Err(e)).unwrap_or_else(|| panic!("not an API error")),
+    }
+}
+
+/// The status code with which the API refuses `client` to create `obj` in `ns`.
+async fn create_code<K>(client: &Client, ns: &str, obj: &K) -> u16
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + k8s_openapi::serde::de::DeserializeOwned
+        + k8s_openapi::serde::Serialize,
+    K::DynamicType: Default,
+{
+    code(
+        Api::<K>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), obj)
+            .await,
+    )
+}
+
+/// Applies the chart's minimal value set in `ns` for real (no controllers run: the Deployment just sits
+/// there); returns the rendered objects and the identity of the chart's ServiceAccount.
+async fn install_minimal(server: &ApiServer, ns: &str) -> (Vec<serde_json::Value>, SaIdentity) {
+    let (yaml, _) = without_crds(&render_chart("minimal", ns).await);
+    let out = chart::kubectl_apply(server, &format!("minimal-{ns}"), &yaml, &[]).await;
+    assert_ok(&out, "apply the minimal chart");
+    let objects = chart::objects(&yaml);
+    let dep = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let identity = chart::service_account(server, ns, sa).await;
+    (objects, identity)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chart_rbac_is_least_privilege_on_a_real_api_server() {
+async fn chart_rbac_is_least_privilege_for_its_own_service_account() {
     let server = ApiServer::start().await;
+    let admin = server.admin_client().await;
     let ns = server.create_namespace("chart-rbac").await;
     let other = server.create_namespace("chart-rbac-other").await;
-    let (yaml, _) = without_crds(&render_chart("minimal", &ns).await);
+    let (objects, sa) = install_minimal(&server, &ns).await;
+    let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    let target = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret")
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .expect("the chart renders the target Secret");
+    let granted = role_perms(role);
 
-    // Apply for real (no controllers run, so the Deployment just sits there) and ask the authorizer.
-    let file = server.dir().join("rbac.yaml");
-    std::fs::write(&file, &yaml).unwrap();
-    let out = server
-        .kubectl(["apply", "-f", file.to_str().unwrap()])
+    // What the rendered Role grants is least privilege: Secrets only by name, and no create on them.
+    for (group, resource, name, verb) in &granted {
+        if resource == "secrets" {
+            assert!(
+                group.is_empty() && name != "*",
+                "unnamed secrets permission: {verb} {name}"
+            );
+            assert_ne!(verb, "create", "create on secrets");
+        }
+    }
+    assert!(granted.contains(&("".into(), "secrets".into(), target.clone(), "patch".into())));
+
+    // Everything the ServiceAccount may do is what the Role grants plus what any identity may do (a
+    // ServiceAccount with no binding at all shows the latter) — in its namespace; elsewhere, nothing more.
+    let sa_api: Api<ServiceAccount> = Api::namespaced(admin.clone(), &ns);
+    sa_api
+        .create(&PostParams::default(), &service_account_named("nobody"))
+        .await
+        .unwrap();
+    let nobody = chart::service_account(&server, &ns, "nobody").await;
+    let baseline = effective_perms(nobody.client(&server), &ns).await;
+    let effective = effective_perms(sa.client(&server), &ns).await;
+    let extra: BTreeSet<Perm> = effective.difference(&baseline).cloned().collect();
+    assert_eq!(
+        extra, granted,
+        "the ServiceAccount may do more, or less, than the Role grants"
+    );
+    // (The baseline itself reads nothing and touches no Secret, so the Role is all the access there is.)
+    assert!(
+        baseline
+            .iter()
+            .all(|(_, r, _, v)| r != "secrets" && !["get", "list", "watch"].contains(&v.as_str())),
+        "any identity may read or touch Secrets here: {baseline:?}"
+    );
+    assert_eq!(
+        effective_perms(sa.client(&server), &other).await,
+        effective_perms(nobody.client(&server), &other).await,
+        "the Role reaches beyond its namespace"
+    );
+
+    // The attack (issue 9, item 5) with the ServiceAccount's token. The privileged account it aims at:
+    sa_api
+        .create(&PostParams::default(), &service_account_named("powerful"))
+        .await
+        .unwrap();
+    let crb: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("powerful-{ns}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "powerful", "namespace": ns}],
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &crb)
+        .await
+        .unwrap();
+    let admin_secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    admin_secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "someone-elses"}, "stringData": {"password": "hunter2"}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let as_sa = sa.client(&server);
+    let secrets: Api<Secret> = Api::namespaced(as_sa.clone(), &ns);
+    let pp = PostParams::default();
+
+    // The window the attack needs: the target does not exist (deleted; or a first install without it).
+    admin_secrets
+        .delete(&target, &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        code(
+            secrets
+                .create(&pp, &token_secret(&target, "powerful"))
+                .await
+        ),
+        403,
+        "creating the target as a token Secret of a privileged ServiceAccount"
+    );
+    let apply = serde_json::to_value(token_secret(&target, "powerful")).unwrap();
+    let refused = secrets
+        .patch(
+            &target,
+            &PatchParams::apply("attacker"),
+            &Patch::Apply(&apply),
+        )
         .await;
-    assert_ok(&out, "apply the minimal chart");
-
-    let sa = "ls-token-refresher";
-    let pat = "ls-token-refresher-pat";
-    let target = "ls-token-refresher-token";
-    let allowed = [
-        ("get", format!("secrets/{pat}")),
-        ("list", format!("secrets/{pat}")),
-        ("watch", format!("secrets/{pat}")),
-        ("get", format!("secrets/{target}")),
-        ("patch", format!("secrets/{target}")),
-        ("create", "secrets".to_string()),
-        ("create", "events".to_string()),
-        ("patch", "events".to_string()),
-        ("create", "events.events.k8s.io".to_string()),
-        ("patch", "events.events.k8s.io".to_string()),
-    ];
-    let denied = [
-        ("get", "secrets/some-other-secret".to_string()),
-        ("list", "secrets".to_string()),
-        ("watch", "secrets".to_string()),
-        ("patch", format!("secrets/{pat}")),
-        ("update", format!("secrets/{target}")),
-        ("delete", format!("secrets/{target}")),
-        ("delete", format!("secrets/{pat}")),
-        ("get", "configmaps".to_string()),
-        ("get", "pods".to_string()),
-        ("list", "events".to_string()),
-    ];
-    let cases = (allowed.iter().map(|c| (c, true))).chain(denied.iter().map(|c| (c, false)));
-    for ((verb, resource), want) in cases {
+    // (The API server's message here names no verb — `secrets "<name>" is forbidden: ` — so the
+    // refresher looks the target up to explain a refusal; see e2e_kubernetes.)
+    assert_eq!(
+        code(refused),
+        403,
+        "server-side apply of the missing target needs create"
+    );
+    assert_eq!(
+        code(secrets.create(&pp, &token_secret("mine", "powerful")).await),
+        403
+    );
+    assert!(admin_secrets.get_opt(&target).await.unwrap().is_none());
+    // Reading other Secrets, or listing them, is refused.
+    assert_eq!(code(secrets.get("someone-elses").await), 403);
+    assert_eq!(code(secrets.list(&Default::default()).await), 403);
+    // Nothing else can be created either: objects, a token for any ServiceAccount, a binding.
+    let configmap: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).unwrap();
+    assert_eq!(create_code(&as_sa, &ns, &configmap).await, 403);
+    let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "x"},
+        "spec": {"containers": [{"name": "x", "image": "busybox"}]}}))
+    .unwrap();
+    assert_eq!(create_code(&as_sa, &ns, &pod).await, 403);
+    let sas: Api<ServiceAccount> = Api::namespaced(as_sa.clone(), &ns);
+    assert_eq!(
+        code(sas.create(&pp, &service_account_named("y")).await),
+        403
+    );
+    assert_eq!(code(sas.get("powerful").await), 403);
+    for whose in ["powerful", chart::FULLNAME, sa.name.as_str()] {
+        let req = Default::default();
         assert_eq!(
-            sa_can_i(&server, (&ns, sa), &ns, verb, resource).await,
-            want,
-            "the ServiceAccount {} {verb} {resource}",
-            if want { "cannot" } else { "can" }
+            code(sas.create_token_request(whose, &pp, &req).await),
+            403,
+            "token for {whose}"
         );
     }
-    // Nothing outside its namespace.
-    for (verb, resource) in [
-        ("get", format!("secrets/{pat}")),
-        ("create", "secrets".into()),
-        ("create", "events".into()),
+    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "escalate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": sa.name, "namespace": ns}],
+    }))
+    .unwrap();
+    assert_eq!(create_code(&as_sa, &ns, &rb).await, 403);
+
+    // With the target back (the chart's empty Secret), the patch it may do cannot turn it into a token Secret.
+    let (yaml, _) = without_crds(&render_chart("minimal", &ns).await);
+    assert_ok(
+        &chart::kubectl_apply(&server, "minimal-again", &yaml, &[]).await,
+        "re-apply the chart",
+    );
+    let retype = serde_json::json!({"type": "kubernetes.io/service-account-token",
+        "metadata": {"annotations": {"kubernetes.io/service-account.name": "powerful"}}});
+    assert_eq!(
+        code(
+            secrets
+                .patch(&target, &PatchParams::default(), &Patch::Merge(&retype))
+                .await
+        ),
+        422,
+        "a Secret's type is immutable"
+    );
+    assert_eq!(
+        admin_secrets.get(&target).await.unwrap().type_.as_deref(),
+        Some("Opaque")
+    );
+
+    // Control: under the Role the chart had before (the same rules plus `create` on secrets), the same
+    // first step succeeds and the name it may read is the token Secret — the test would catch a regression.
+    let (old_objects, old_sa) = install_minimal(&server, &other).await;
+    let mut old_role = old_objects
+        .iter()
+        .find(|o| o["kind"] == "Role")
+        .unwrap()
+        .clone();
+    old_role["rules"].as_array_mut().unwrap().push(
+        serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}),
+    );
+    let old_role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(old_role).unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), &other)
+        .patch(
+            old_role.metadata.name.as_deref().unwrap(),
+            &PatchParams::apply("old-chart").force(),
+            &Patch::Apply(&old_role),
+        )
+        .await
+        .unwrap();
+    let old_secrets: Api<Secret> = Api::namespaced(old_sa.client(&server), &other);
+    Api::<Secret>::namespaced(admin.clone(), &other)
+        .delete(&target, &DeleteParams::default())
+        .await
+        .unwrap();
+    old_secrets
+        .create(&pp, &token_secret(&target, "powerful"))
+        .await
+        .expect("under the old Role the attack's create succeeds");
+    let minted = old_secrets
+        .get(&target)
+        .await
+        .expect("and the attacker may read it");
+    assert_eq!(
+        minted.type_.as_deref(),
+        Some("kubernetes.io/service-account-token")
+    );
+}
+
+/// A ServiceAccount object named `name`.
+fn service_account_named(name: &str) -> ServiceAccount {
+    serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap()
+}
+
+/// deploy/secret-mode.yaml creates the target Secret without data. Applied again — client-side (a
+/// three-way merge against the last-applied annotation) or server-side — after the refresher's field
+/// manager filled it, it leaves the token keys, the refresher's label and annotations alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_secret_mode_applied_again_keeps_the_token_keys() {
+    let server = ApiServer::start().await;
+    let out = server
+        .kubectl(["create", "namespace", "label-studio"])
+        .await;
+    assert_ok(&out, "create namespace label-studio");
+    let yaml = std::fs::read_to_string(repo_root().join("deploy/secret-mode.yaml")).unwrap();
+    assert_ok(
+        &chart::kubectl_apply(&server, "secret-mode", &yaml, &[]).await,
+        "apply deploy/secret-mode.yaml",
+    );
+    let objects = chart::objects(&yaml);
+    let target = objects.iter().find(|o| o["kind"] == "Secret").unwrap()["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dep = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+    let sa_name = dep["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let sa = chart::service_account(&server, "label-studio", sa_name).await;
+
+    // What the refresher applies (the binary's own request body), as the manifest's ServiceAccount.
+    use ls_token_refresher::{
+        secret::Secret as Sensitive,
+        sink::secret::apply_body,
+        token::{Authorization, Scheme, TokenSet},
+    };
+    let set = TokenSet {
+        auth: Authorization {
+            scheme: Scheme::Bearer,
+            token: Sensitive::new("not-a-real-token"),
+        },
+        expires_at: Some(2_000_000_000),
+        refreshed_at: 1_999_999_700,
+    };
+    let body = apply_body("label-studio", &target, &set);
+    let as_sa: Api<Secret> = Api::namespaced(sa.client(&server), "label-studio");
+    as_sa
+        .patch(
+            &target,
+            &PatchParams::apply("ls-token-refresher"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("the refresher's apply into the manifest's empty Secret");
+
+    let admin: Api<Secret> = Api::namespaced(server.admin_client().await, "label-studio");
+    for (how, extra) in [
+        ("client-side", &[][..]),
+        ("server-side", &["--server-side"][..]),
     ] {
+        let out = chart::kubectl_apply(&server, &format!("secret-mode-{how}"), &yaml, extra).await;
+        assert_ok(&out, &format!("kubectl apply {how} again"));
+        let s = admin.get(&target).await.unwrap();
+        assert_eq!(
+            data_of(&s, "token").as_deref(),
+            Some("not-a-real-token"),
+            "{how} apply dropped the token"
+        );
+        assert_eq!(
+            data_of(&s, "authorization").as_deref(),
+            Some("Bearer not-a-real-token"),
+            "{how}"
+        );
+        assert!(data_of(&s, "expires_at").is_some(), "{how}");
+        assert_eq!(
+            s.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("ls-token-refresher/managed")
+                .map(String::as_str),
+            Some("true"),
+            "{how}"
+        );
         assert!(
-            !sa_can_i(&server, (&ns, sa), &other, verb, &resource).await,
-            "the ServiceAccount can {verb} {resource} in another namespace"
+            s.metadata
+                .annotations
+                .as_ref()
+                .unwrap()
+                .contains_key("ls-token-refresher/expires-at"),
+            "{how}"
         );
     }
 }

@@ -1,6 +1,9 @@
 //! End to end on a real kube-apiserver (+ etcd) and a real Label Studio 1.23.2: PAT in a Secret →
-//! the real binary, running as a least-privilege identity (only the shipped Role, enforced by the
-//! apiserver's RBAC) → a target Secret whose `authorization` the real API accepts.
+//! the real binary, running as the chart's ServiceAccount under the Role rendered from the chart
+//! (`charts/ls-token-refresher/templates/role.yaml`, enforced by the apiserver's RBAC; see
+//! `ls_token_refresher_e2e::chart` for why a TokenRequest token is the pod's identity) → the target
+//! Secret the chart creates, whose `authorization` the real API accepts. One test installs the chart
+//! with `helm install` and upgrades it while the binary keeps the Secret current.
 
 use std::time::{Duration, Instant};
 
@@ -11,13 +14,13 @@ use kube::{
     Client,
 };
 use ls_token_refresher_e2e::{
+    chart::{self, SaIdentity},
     clock::rfc3339,
     jwt::jwt_claims,
-    kube_api::{can_i, create_secret, data_of, secret, secret_data},
-    kube_apiserver::{ApiServer, Identity},
+    kube_api::{can_i_with, create_secret, data_of, secret, secret_data},
+    kube_apiserver::ApiServer,
     label_studio::LabelStudio,
     log_scan::assert_no_secrets,
-    rbac::grant_minimal_role,
     refresher::RefresherProc,
     token_dir::read_set,
     wait::poll,
@@ -32,6 +35,8 @@ struct Env {
     admin: Client,
     ns: String,
     pat: String,
+    /// The chart's ServiceAccount, whose identity the refresher runs with.
+    sa: SaIdentity,
     tmp: tempfile::TempDir,
 }
 
@@ -41,7 +46,8 @@ async fn setup(ttl: u64) -> Env {
     let ns = kube.create_namespace("e2e").await;
     let pat = ls.api().create_pat().await;
     create_secret(&admin, &ns, PAT_SECRET, &[("pat", &pat)]).await;
-    grant_minimal_role(&admin, &ns, kube.user_name(), PAT_SECRET, TARGET).await;
+    // The chart's ServiceAccount, Role, RoleBinding and (empty) target Secret, rendered by helm.
+    let sa = chart::install_rbac(&kube, &ns, PAT_SECRET, TARGET).await;
     let tmp = tempfile::tempdir().unwrap();
     Env {
         kube,
@@ -49,6 +55,7 @@ async fn setup(ttl: u64) -> Env {
         admin,
         ns,
         pat,
+        sa,
         tmp,
     }
 }
@@ -58,10 +65,10 @@ impl Env {
         Api::namespaced(self.admin.clone(), &self.ns)
     }
 
-    /// Starts the refresher as the least-privilege user, PAT from the Secret, token to the target
+    /// Starts the refresher as the chart's ServiceAccount, PAT from the Secret, token to the target
     /// Secret (and to a directory when `dir` is set).
     fn start(&self, name: &str, dir: Option<&std::path::Path>, extra: &[&str]) -> RefresherProc {
-        let kubeconfig = self.kube.write_user_kubeconfig(&self.ns);
+        let kubeconfig = &self.sa.kubeconfig;
         let url = self.ls.url();
         let mut args: Vec<&str> = vec![
             "--url",
@@ -129,8 +136,23 @@ impl Env {
     }
 
     async fn can_i(&self, verb: &str, what: &str) -> bool {
-        can_i(&self.kube, Identity::User, &[verb, what, "-n", &self.ns]).await
+        can_i_with(
+            &self.kube,
+            &self.sa.kubeconfig,
+            &[verb, what, "-n", &self.ns],
+        )
+        .await
     }
+}
+
+/// Waits (30 s at most) until publishing to the Secret has failed at least once.
+async fn wait_secret_sink_error(proc: &RefresherProc) {
+    proc.wait_metric(
+        "ls_token_refresher_sink_write_errors_total{sink=\"secret\"}",
+        1.0,
+        Duration::from_secs(30),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +160,11 @@ async fn secret_to_secret_as_least_privilege_identity() {
     let env = setup(30).await;
     // The identity really is least-privilege: RBAC enforced by the real apiserver.
     assert!(env.can_i("get", "secrets/ls-pat").await && env.can_i("watch", "secrets/ls-pat").await);
-    assert!(env.can_i("patch", "secrets/ls-token").await && env.can_i("create", "secrets").await);
+    assert!(env.can_i("patch", "secrets/ls-token").await);
+    assert!(
+        !env.can_i("create", "secrets").await,
+        "the chart's Role must not create Secrets"
+    );
     assert!(
         !env.can_i("get", "secrets/other").await,
         "must not read other Secrets"
@@ -152,7 +178,7 @@ async fn secret_to_secret_as_least_privilege_identity() {
         "must not write the PAT Secret"
     );
     assert!(!env.can_i("delete", "secrets/ls-token").await);
-    let other: Api<Secret> = Api::namespaced(env.kube.user_client(&env.ns).await, &env.ns);
+    let other: Api<Secret> = Api::namespaced(env.sa.client(&env.kube), &env.ns);
     env.secrets()
         .create(&PostParams::default(), &secret("other", &[]))
         .await
@@ -162,7 +188,11 @@ async fn secret_to_secret_as_least_privilege_identity() {
         "the user can read another Secret"
     );
 
-    // The target does not exist yet: apply creates it.
+    // The chart created the target empty (with Helm's labels); the refresher fills in its keys.
+    assert!(
+        env.target().await.is_none(),
+        "the target starts without data"
+    );
     let mut proc = env.start("s2s", None, &[]);
     proc.wait_ready(200, Duration::from_secs(60)).await;
     let (t1, auth1, exp1) = env.wait_target_change(None, Duration::from_secs(10)).await;
@@ -181,6 +211,11 @@ async fn secret_to_secret_as_least_privilege_identity() {
     assert_eq!(
         meta.labels.as_ref().unwrap()["ls-token-refresher/managed"],
         "true"
+    );
+    assert_eq!(
+        meta.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "Helm",
+        "the chart's labels stay"
     );
     assert_eq!(
         meta.annotations.as_ref().unwrap()["ls-token-refresher/expires-at"],
@@ -226,9 +261,10 @@ async fn secret_to_secret_as_least_privilege_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pat_rotation_deletion_and_missing_key_in_the_source_secret() {
     let env = setup(60).await;
-    // Pre-existing target with someone else's key: we must never touch it.
+    // Someone else's key in the target: we must never touch it.
+    let theirs = serde_json::json!({"data": {"keep": base64::engine::general_purpose::STANDARD.encode("me")}});
     env.secrets()
-        .create(&PostParams::default(), &secret(TARGET, &[("keep", "me")]))
+        .patch(TARGET, &PatchParams::default(), &Patch::Merge(&theirs))
         .await
         .unwrap();
     let dir = env.tmp.path().join("tokens");
@@ -420,12 +456,7 @@ async fn conflict_with_another_field_manager_is_reported_not_forced() {
         .unwrap();
 
     let mut proc = env.start("conflict", None, &[]);
-    proc.wait_metric(
-        "ls_token_refresher_sink_write_errors_total{sink=\"secret\"}",
-        1.0,
-        Duration::from_secs(30),
-    )
-    .await;
+    wait_secret_sink_error(&proc).await;
     let (code, body) = proc.admin_get("/readyz").await;
     assert_eq!(code, 503);
     assert!(
@@ -444,4 +475,281 @@ async fn conflict_with_another_field_manager_is_reported_not_forced() {
     assert_eq!(forced.signal_and_wait("TERM").code(), Some(0));
     assert_no_secrets(&proc.log_text(), &[&env.pat]);
     assert_no_secrets(&forced.log_text(), &[&env.pat]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_target_is_reported_with_what_to_do_and_never_created() {
+    let env = setup(30).await;
+    // The target is gone (deleted by someone): the Role may not create Secrets, so the refresher cannot
+    // bring it back and must say what to do instead.
+    env.secrets()
+        .delete(TARGET, &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut proc = env.start("missing", None, &[]);
+    wait_secret_sink_error(&proc).await;
+    let log = proc.log_text();
+    assert!(
+        log.contains("does not exist and this identity may not create it")
+            && log.contains("create it empty (the Helm chart does)")
+            && !log.contains("or grant create"),
+        "the message names the missing Secret and the fix; log:\n{log}"
+    );
+    let (code, body) = proc.admin_get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("publish_failed") && body.contains("does not exist"),
+        "{body}"
+    );
+    assert!(
+        env.secrets().get_opt(TARGET).await.unwrap().is_none(),
+        "the target was created without create permission"
+    );
+
+    // The fix the message names: create it, empty. The next attempt publishes into it.
+    create_secret(&env.admin, &env.ns, TARGET, &[]).await;
+    let (t1, auth1, _) = env.wait_target_change(None, Duration::from_secs(30)).await;
+    assert_eq!(env.ls.api().whoami(&auth1).await, 200);
+    proc.wait_ready(200, Duration::from_secs(30)).await;
+    assert_eq!(proc.signal_and_wait("TERM").code(), Some(0));
+    assert_no_secrets(&proc.log_text(), &[&env.pat, &t1]);
+}
+
+/// `helm VERB lstr [CHART VALUES…] EXTRA… --namespace NS --kubeconfig <admin>` against the test's
+/// apiserver, for the release `lstr` of the chart (`values` are ignored by `uninstall`).
+async fn helm_release(kube: &ApiServer, ns: &str, verb: &str, values: &[String], extra: &[&str]) {
+    let kubeconfig = kube.admin_kubeconfig_path();
+    let mut all = vec![verb, "lstr"];
+    if verb != "uninstall" {
+        all.push(chart::CHART);
+        all.extend(values.iter().map(String::as_str));
+    }
+    all.extend_from_slice(extra);
+    all.extend([
+        "--namespace",
+        ns,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    chart::helm_ok(&all).await;
+}
+
+/// The names of the field managers of an object's fields, with their operation.
+fn managers(s: &Secret) -> Vec<String> {
+    s.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m.manager.as_deref().unwrap_or("?"),
+                m.operation.as_deref().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// The environment of the refresher container of the Deployment `helm install` created, as the
+/// kubelet would give it: plain values as they are, the downward API resolved for a pod `pod`.
+async fn chart_container_env(
+    admin: &Client,
+    ns: &str,
+    pod: &str,
+) -> (Vec<String>, Vec<(String, String)>) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let dep = Api::<Deployment>::namespaced(admin.clone(), ns)
+        .get(chart::FULLNAME)
+        .await
+        .unwrap();
+    let spec = dep.spec.template.spec.expect("a pod spec");
+    let c = &spec.containers[0];
+    let env = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), _) => v.clone(),
+                (None, Some(from)) => {
+                    match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                        Some("metadata.name") => pod.to_string(),
+                        Some("metadata.namespace") => ns.to_string(),
+                        other => panic!("{}: unexpected valueFrom {other:?}", e.name),
+                    }
+                }
+                (None, None) => String::new(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
+    (c.args.clone().unwrap_or_default(), env)
+}
+
+/// Issue 9, items 5 and 6: the target Secret `helm install` created (empty, `managed-by: Helm`, owned by
+/// Helm's field manager) is kept current by the real binary running with the chart's own configuration
+/// as the chart's ServiceAccount — no 409 — and `helm upgrade` (server-side apply, then Helm 3's
+/// three-way merge) leaves the token keys alone; `helm uninstall` keeps the Secret and a new install
+/// adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_created_target_is_kept_current_across_helm_upgrade() {
+    let (kube, ls) = tokio::join!(ApiServer::start(), LabelStudio::start_with_ttl(30));
+    let admin = kube.admin_client().await;
+    let ns = kube.create_namespace("helm").await;
+    let pat = ls.api().create_pat().await;
+    create_secret(&admin, &ns, PAT_SECRET, &[("pat", &pat)]).await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns);
+    let url = format!("labelStudio.url={}", ls.url());
+    let mut values: Vec<String> = chart::name_values(PAT_SECRET, TARGET);
+    values.extend(["--set".into(), url]);
+    // A cadence that fits a 30 s token (the chart's defaults are for 5-minute tokens).
+    for v in [
+        "targetSecret.propagationMargin=0s",
+        "timing.minLead=5s",
+        "timing.jitter=0s",
+        "timing.backoffInitial=200ms",
+        "timing.backoffMax=2s",
+        "logging.level=debug",
+    ] {
+        values.extend(["--set".into(), v.into()]);
+    }
+    // --set would make the number a string, which the schema refuses.
+    values.extend(["--set-json".into(), "timing.refreshFraction=0.5".into()]);
+    let helm = |verb, extra| helm_release(&kube, &ns, verb, &values, extra);
+
+    helm("install", &[]).await;
+    let created = secrets.get(TARGET).await.unwrap();
+    assert!(created.data.is_none(), "the chart renders no keys");
+    assert_eq!(
+        created.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+        "Helm"
+    );
+    let helm_managers = managers(&created);
+    assert!(
+        !helm_managers.is_empty()
+            && helm_managers
+                .iter()
+                .all(|m| !m.starts_with("ls-token-refresher")),
+        "{helm_managers:?}"
+    );
+
+    // The refresher as the chart's pod would run: the chart's args and env, the chart's ServiceAccount.
+    let sa = chart::service_account(&kube, &ns, chart::FULLNAME).await;
+    let (args, env) = chart_container_env(&admin, &ns, "lstr-test-pod").await;
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    let kubeconfig = sa.kubeconfig.to_str().unwrap().to_string();
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("HOME", "/nonexistent"),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let rest: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    let mut proc = RefresherProc::start(tmp.path(), "helm", &rest, &env);
+    proc.wait_ready(200, Duration::from_secs(60)).await;
+
+    let token_of = |s: &Secret| data_of(s, "token").unwrap_or_default();
+    let current = || async {
+        let s = secrets.get(TARGET).await.unwrap();
+        let auth = data_of(&s, "authorization").expect("authorization key");
+        (s, auth)
+    };
+    let (s, auth) = current().await;
+    let mut tokens = vec![token_of(&s)];
+    assert_eq!(ls.api().whoami(&auth).await, 200);
+    let both = managers(&s);
+    assert!(
+        both.iter().any(|m| m == "ls-token-refresher/Apply") && both.len() > 1,
+        "Helm's and the refresher's field managers share the Secret: {both:?}"
+    );
+
+    // Upgrades that change the Secret's own metadata (a label on every object), so Helm really applies
+    // it: first as installed (server-side apply), then with Helm 3's client-side three-way merge.
+    for (extra, label) in [
+        (&["--set", "commonLabels.lstr-upgrade=one"][..], "one"),
+        (
+            &[
+                "--set",
+                "commonLabels.lstr-upgrade=two",
+                "--server-side=false",
+            ][..],
+            "two",
+        ),
+    ] {
+        helm("upgrade", extra).await;
+        let (s, auth) = current().await;
+        assert_eq!(
+            s.metadata
+                .labels
+                .as_ref()
+                .unwrap()
+                .get("lstr-upgrade")
+                .map(String::as_str),
+            Some(label),
+            "helm upgrade applied the Secret"
+        );
+        for key in ["token", "authorization", "expires_at"] {
+            assert!(
+                data_of(&s, key).is_some_and(|v| !v.is_empty()),
+                "{key} lost by helm upgrade ({label})"
+            );
+        }
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()["ls-token-refresher/managed"],
+            "true",
+            "our label survives"
+        );
+        assert_eq!(ls.api().whoami(&auth).await, 200);
+        // The refresher keeps publishing into the upgraded Secret without a conflict.
+        let last = tokens.last().unwrap().clone();
+        let next = poll(
+            Duration::from_secs(40),
+            Duration::from_millis(200),
+            || async {
+                let s = secrets.get(TARGET).await.ok()?;
+                Some(token_of(&s)).filter(|t| !t.is_empty() && *t != last)
+            },
+        )
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no refresh after the upgrade ({label}); log:\n{}",
+                proc.log_text()
+            )
+        });
+        tokens.push(next);
+    }
+    let (_, auth) = current().await;
+    assert_eq!(ls.api().whoami(&auth).await, 200);
+    assert_eq!(
+        proc.metric("ls_token_refresher_sink_write_errors_total{sink=\"secret\"}")
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "a publish failed (409?); log:\n{}",
+        proc.log_text()
+    );
+    assert!(!proc.log_text().contains("conflict"), "{}", proc.log_text());
+    assert_eq!(proc.signal_and_wait("TERM").code(), Some(0));
+    let log = proc.log_text();
+
+    // Uninstall keeps the Secret (resource-policy keep) with its keys; installing again adopts it.
+    helm("uninstall", &[]).await;
+    let kept = secrets.get(TARGET).await.unwrap();
+    assert_eq!(
+        token_of(&kept),
+        *tokens.last().unwrap(),
+        "uninstall kept the keys"
+    );
+    helm("install", &[]).await;
+    let adopted = secrets.get(TARGET).await.unwrap();
+    assert_eq!(
+        token_of(&adopted),
+        *tokens.last().unwrap(),
+        "a new install kept the keys"
+    );
+
+    let mut all: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    all.push(&pat);
+    assert_no_secrets(&log, &all);
 }

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# Provisions a real kube-apiserver (v1.20.2, built from Debian bookworm's source package) and etcd 3.4
+# Provisions a real kube-apiserver (v1.20.2, built from Debian bookworm's source package), the node
+# components built from the same tree (kubelet, kube-controller-manager, kube-scheduler) and etcd 3.4
 # (Debian's etcd-server, unpacked, not installed as a service) into
-#   ${LSTR_CACHE:-/var/tmp/ls-token-refresher}/kube/bin/{kube-apiserver,etcd}
-# See shared/docs/local-kubernetes.md for why it is done this way.
+#   ${LSTR_CACHE:-/var/tmp/ls-token-refresher}/kube/bin/{kube-apiserver,kubelet,kube-controller-manager,kube-scheduler,etcd}
+# See shared/docs/local-kubernetes.md for why it is done this way; tests/support/node/ runs the node.
 #
-# Idempotent and safe to run concurrently (flock). A warm run only checks a stamp and exits (~ms).
-# The cold run takes ~8-10 min on 2 cores (~1.5 GB disk while building, removed afterwards).
+# Idempotent and safe to run concurrently (flock). A warm run only checks the stamps and exits (~ms).
+# Cold, all four Go binaries are compiled by ONE `make` (the packages they share compile once), static
+# (CGO_ENABLED=0), stripped, with -trimpath; the source tree and Go caches are removed afterwards.
+# Measured on 2 cores: see tests/support/node/README.md (~1.5-2.5 GB disk while building).
+#
+# Two stamps, so that a cache made by the older apiserver-only recipe stays valid for it:
+#   bin/.recipe       kube-apiserver + etcd (+ kubectl when the machine has none)
+#   bin/.recipe-node  kubelet + kube-controller-manager + kube-scheduler
+# A machine holding only the apiserver builds just the three node binaries.
 # Prints the bin directory on stdout; progress goes to stderr.
 set -euo pipefail
 
@@ -14,18 +22,27 @@ REFLECT2_VERSION="1.0.2-2"
 JSONITER_VERSION="1.1.12-1"
 # Bump when the recipe changes so caches built by an older recipe are rebuilt.
 RECIPE="k8s=${K8S_SRC_VERSION};reflect2=${REFLECT2_VERSION};jsoniter=${JSONITER_VERSION};etcd=debian-bookworm;r1"
+NODE_RECIPE="k8s=${K8S_SRC_VERSION};reflect2=${REFLECT2_VERSION};jsoniter=${JSONITER_VERSION};cgo=0;node-r1"
+NODE_BINS=(kubelet kube-controller-manager kube-scheduler)
 
 CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}/kube"
 BIN="$CACHE/bin"
 STAMP="$BIN/.recipe"
+NODE_STAMP="$BIN/.recipe-node"
 
 log() { printf '[kube-provision] %s\n' "$*" >&2; }
 
 recipe_ok() { [[ -f "$STAMP" && "$(cat "$STAMP")" == "$RECIPE" ]]; }
+node_recipe_ok() { [[ -f "$NODE_STAMP" && "$(cat "$NODE_STAMP")" == "$NODE_RECIPE" ]]; }
+node_bins_ok() {
+    local b
+    node_recipe_ok || return 1
+    for b in "${NODE_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+}
 # The harness runs /usr/bin/kubectl (or any kubectl on PATH); only without one do we cache Debian's.
 have_kubectl() { command -v kubectl >/dev/null 2>&1 || [[ -x "$BIN/kubectl" ]]; }
 is_ready() {
-    recipe_ok && [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]] && have_kubectl &&
+    recipe_ok && [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]] && have_kubectl && node_bins_ok &&
         command -v openssl >/dev/null 2>&1
 }
 
@@ -49,6 +66,9 @@ fi
 rm -rf "$CACHE"/work.*
 if ! recipe_ok; then
     rm -f "$BIN/kube-apiserver" "$BIN/etcd" "$BIN/kubectl" "$STAMP"
+fi
+if ! node_recipe_ok; then
+    rm -f "${NODE_BINS[@]/#/$BIN/}" "$NODE_STAMP"
 fi
 mkdir -p "$BIN"
 
@@ -125,8 +145,9 @@ if ! have_kubectl; then
     install_bin "$WORK/kubectl/root/usr/bin/kubectl" kubectl
 fi
 
-# ---------------------------------------------------------------- kube-apiserver
-build_apiserver() {
+# ---------------------------------------------------------------- kube-apiserver + node binaries
+# build_k8s CMD... : one `make WHAT="cmd/a cmd/b ..."` over the patched Debian source tree.
+build_k8s() {
     ensure_pkgs golang-1.19-go make rsync dpkg-dev xz-utils patch ca-certificates
     log "fetching kubernetes source $K8S_SRC_VERSION (private apt config with deb-src; /etc/apt untouched)"
     APTDIR="$WORK/apt"
@@ -157,21 +178,38 @@ build_apiserver() {
     done
     # (Kubernetes 1.20's build runs in GOPATH mode, GO111MODULE=off: vendor/modules.txt is not checked.)
 
-    log "building kube-apiserver (several minutes)"
+    local what=() c
+    for c in "$@"; do what+=("cmd/$c"); done
+    log "building ${what[*]} (one make; several minutes)"
     export PATH="/usr/lib/go-1.19/bin:$PATH"
     export GOPATH="$WORK/gopath" GOCACHE="$WORK/gocache" GOFLAGS="" GOPROXY=off GOTOOLCHAIN=local
     export KUBE_GIT_VERSION="v1.20.2" KUBE_GIT_TREE_STATE=clean
-    (cd "$WORK/k8s" && make WHAT=cmd/kube-apiserver >&2)
-    "$WORK/k8s/_output/bin/kube-apiserver" --version >&2
-    install_bin "$WORK/k8s/_output/bin/kube-apiserver" kube-apiserver
+    # Static everywhere (the kubelet would otherwise link glibc through cgo): no C toolchain in the way,
+    # and the kubelet built like this has run pods here. Kubernetes' build already strips (-s -w) and
+    # trims paths (-trimpath in gcflags/asmflags).
+    export CGO_ENABLED=0
+    local t0=$SECONDS
+    (cd "$WORK/k8s" && make WHAT="${what[*]}" >&2)
+    log "make took $((SECONDS - t0)) s"
+    for c in "$@"; do
+        "$WORK/k8s/_output/bin/$c" --version >&2
+    done
+    for c in "$@"; do
+        install_bin "$WORK/k8s/_output/bin/$c" "$c"
+    done
 }
 
-if [[ ! -x "$BIN/kube-apiserver" ]]; then
-    build_apiserver
+to_build=()
+[[ -x "$BIN/kube-apiserver" ]] || to_build+=(kube-apiserver)
+node_bins_ok || to_build+=("${NODE_BINS[@]}")
+if ((${#to_build[@]})); then
+    build_k8s "${to_build[@]}"
 fi
 
-# Everything is in place: record the recipe last.
+# Everything is in place: record the recipes last.
 echo "$RECIPE" >"$STAMP.tmp"
 mv -f "$STAMP.tmp" "$STAMP"
+echo "$NODE_RECIPE" >"$NODE_STAMP.tmp"
+mv -f "$NODE_STAMP.tmp" "$NODE_STAMP"
 log "ready: $BIN"
 echo "$BIN"

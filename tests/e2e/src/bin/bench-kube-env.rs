@@ -1,7 +1,8 @@
 //! Used by bench/run.sh (not a test): starts a real kube-apiserver, a namespace with the chart's
-//! least-privilege Role bound to the harness user, and the PAT Secret `ls-pat` holding
-//! `$LSTR_BENCH_PAT`; writes `KUBECONFIG=…` and `NAMESPACE=…` to `$LSTR_BENCH_KUBE_ENV`, then keeps
-//! everything running until `$LSTR_BENCH_KUBE_STOP` exists (at most 10 minutes).
+//! ServiceAccount, least-privilege Role and empty target Secret `ls-token`, and the PAT Secret `ls-pat`
+//! holding `$LSTR_BENCH_PAT`; writes `KUBECONFIG=…` (the ServiceAccount's identity) and `NAMESPACE=…`
+//! to `$LSTR_BENCH_KUBE_ENV`, then keeps everything running until `$LSTR_BENCH_KUBE_STOP` exists (at
+//! most 10 minutes).
 //!
 //! ```sh
 //! cargo build -p ls-token-refresher-e2e --bin bench-kube-env
@@ -16,7 +17,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use ls_token_refresher_e2e::{kube_api::create_secret, kube_apiserver::ApiServer, rbac};
+use ls_token_refresher_e2e::{chart, kube_api::create_secret, kube_apiserver::ApiServer};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -35,9 +36,9 @@ async fn main() {
     let server = ApiServer::start().await;
     let ns = server.create_namespace("bench").await;
     let admin = server.admin_client().await;
-    rbac::grant_minimal_role(&admin, &ns, server.user_name(), "ls-pat", "ls-token").await;
+    let identity = chart::install_rbac(&server, &ns, "ls-pat", "ls-token").await;
     create_secret(&admin, &ns, "ls-pat", &[("pat", &pat)]).await;
-    let kubeconfig = server.write_user_kubeconfig(&ns);
+    let kubeconfig = identity.kubeconfig;
     let tmp = PathBuf::from(&env_file).with_extension("tmp");
     std::fs::write(
         &tmp,
