@@ -69,22 +69,6 @@ pub fn scripts() -> PathBuf {
     support_dir("consumers")
 }
 
-/// An unsigned JWT-shaped placeholder key (`placeholder_jwt.py`: token_type refresh, exp a
-/// century away): the SDK then treats it as a refresh token and POSTs it to
-/// `/api/token/refresh/`, which the proxy answers locally.
-pub fn placeholder_jwt() -> String {
-    let out = std::process::Command::new(&venvs().sdk_python)
-        .arg(scripts().join("placeholder_jwt.py"))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .expect("run placeholder_jwt.py");
-    assert!(out.status.success(), "placeholder_jwt.py failed");
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    assert_eq!(key.split('.').count(), 3, "not JWT-shaped");
-    key
-}
-
 /// What a client script reported.
 #[derive(Debug)]
 pub struct Summary {

@@ -7,11 +7,11 @@
 //!   `placeholder-not-a-token` (sent as `Token …`, replaced by the proxy): project, JSON import,
 //!   file upload, `get_local_path` download (bytes compared), paginated listing, for more than
 //!   three lifetimes, zero 401s; the control fails with 401s.
-//! - `sdk_with_a_jwt_placeholder_refreshes_locally_without_extra_exchanges`: the SDK with an
-//!   unsigned JWT placeholder POSTs it to `/api/token/refresh/`; the proxy answers with a stand-in
-//!   whose `exp` mirrors the real token's, so the SDK refreshes once per lifetime. Three such
-//!   clients at once: each gets ≥ 3 local answers, and the real exchanges stay at the rate of a
-//!   window without consumers. The control fails on its refresh POST.
+//! - `sdk_with_a_jwt_placeholder_refreshes_locally_without_extra_exchanges`: the SDK with the
+//!   README's JWT-shaped placeholder POSTs it to `/api/token/refresh/`; the proxy answers with a
+//!   stand-in whose `exp` is the real token's expiry, so the SDK refreshes once per lifetime.
+//!   Three such clients at once: each gets ≥ 3 local answers, and the real exchanges stay at the
+//!   schedule's rate (as in a window without consumers). The control fails on its refresh POST.
 //! - `ml_backend_downloads_task_images_through_the_proxy`: the ML backend server 1.0.9 (own venv)
 //!   with `LABEL_STUDIO_URL` = the proxy, registered through Label Studio's API; every prediction
 //!   Label Studio asks for carries the sha256 of the task's uploaded image, across the lifetimes.
@@ -132,7 +132,8 @@ async fn sdk_with_a_jwt_placeholder_refreshes_locally_without_extra_exchanges() 
     let pat = ls.api().create_pat().await;
     let tmp = tempfile::tempdir().unwrap();
     let proxy = AuthProxy::start("proxy", &ls.url(), &pat, tmp.path(), "proxy", &[]).await;
-    let key = stock_clients::placeholder_jwt();
+    // The JWT-shaped placeholder the README tells users to copy.
+    let key = ls_token_refresher::proxy::standin::placeholder_key();
 
     // Exchanges over a span with no consumer at all, then over the consumers' run.
     let (e0, v0) = (
