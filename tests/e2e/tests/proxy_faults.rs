@@ -82,7 +82,8 @@ async fn sdk_refresh(proxy: &AuthProxy) -> Answer {
     .await
 }
 
-/// What every test starts from.
+/// What every test starts from. Keep it whole (`let s = setup(…)`): dropping it stops Label
+/// Studio and removes the PAT file.
 struct Setup {
     ls: LabelStudio,
     pat: String,
@@ -150,17 +151,18 @@ fn assert_bodies_clean(bodies: &[String], secrets: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
     const TTL: u64 = 10;
-    let Setup {
-        ls, pat, mut proxy, ..
-    } = setup(
+    let mut s = setup(
         TTL,
         false,
         false,
         &["--backoff-initial", "500ms", "--backoff-max", "2s"],
     )
     .await;
+    let ls = &s.ls;
+    let pat = s.pat.clone();
+    let proxy = &mut s.proxy;
     let pid = proxy.proc.pid();
-    assert_eq!(get(&proxy, WHOAMI).await.status, 200);
+    assert_eq!(get(proxy, WHOAMI).await.status, 200);
 
     ls.api().blacklist(&pat).await;
     let revoked = Instant::now();
@@ -168,7 +170,7 @@ async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
     // proxy holds nothing valid and says so instead of forwarding.
     let mut statuses = Vec::new();
     let first_503 = loop {
-        let a = get(&proxy, WHOAMI).await;
+        let a = get(proxy, WHOAMI).await;
         statuses.push(a.status.as_u16());
         if a.status == 503 {
             break a;
@@ -201,12 +203,12 @@ async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
         .unwrap();
     assert!(retry >= 1);
     // The SDK's refresh is answered the same way, and readiness agrees.
-    let r = sdk_refresh(&proxy).await;
+    let r = sdk_refresh(proxy).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["reason"], "revoked_pat");
     assert_eq!(proxy.proc.admin_get("/readyz").await.0, 503);
     for _ in 0..5 {
-        assert_eq!(get(&proxy, WHOAMI).await.status, 503, "flapped");
+        assert_eq!(get(proxy, WHOAMI).await.status, 503, "flapped");
     }
 
     // A new PAT arrives in the file (as a rotated Secret does): served again, same process.
@@ -214,7 +216,7 @@ async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
     write_pat(&proxy.pat_file, &new_pat);
     let rotated = Instant::now();
     let back = wait_for(Duration::from_secs(15), || async {
-        get(&proxy, WHOAMI).await.status == 200
+        get(proxy, WHOAMI).await.status == 200
     })
     .await
     .expect("not served again within 15 s of the new PAT");
@@ -228,21 +230,18 @@ async fn revoked_pat_answers_503_with_a_reason_until_a_new_pat_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn label_studio_refused_or_black_holed_answers_502_or_504_and_the_proxy_recovers() {
-    let Setup {
-        pat,
-        fault,
-        proxy,
-        token_dir,
-        ..
-    } = setup(300, true, true, &["--proxy-timeout", "2s"]).await;
-    let (fault, token_dir) = (fault.unwrap(), token_dir.unwrap());
+    let s = setup(300, true, true, &["--proxy-timeout", "2s"]).await;
+    let pat = s.pat.clone();
+    let fault = s.fault.as_ref().unwrap();
+    let proxy = &s.proxy;
+    let token_dir = s.token_dir.clone().unwrap();
     let mut bodies = Vec::new();
-    let ok = get(&proxy, WHOAMI).await;
+    let ok = get(proxy, WHOAMI).await;
     assert_eq!(ok.status, 200);
     bodies.push(ok.body);
 
     fault.set(Fault::Refuse);
-    let a = get(&proxy, WHOAMI).await;
+    let a = get(proxy, WHOAMI).await;
     assert_eq!(a.status, 502, "{}", a.body);
     assert_eq!(a.json()["reason"], "network");
     bodies.push(a.body);
@@ -250,7 +249,7 @@ async fn label_studio_refused_or_black_holed_answers_502_or_504_and_the_proxy_re
 
     fault.set(Fault::BlackHole);
     let t0 = Instant::now();
-    let a = get(&proxy, WHOAMI).await;
+    let a = get(proxy, WHOAMI).await;
     let waited = t0.elapsed().as_secs_f64();
     assert_eq!(a.status, 504, "{}", a.body);
     assert_eq!(a.json()["reason"], "timeout");
@@ -262,7 +261,7 @@ async fn label_studio_refused_or_black_holed_answers_502_or_504_and_the_proxy_re
     assert_eq!(proxy.proc.admin_get("/livez").await.0, 200);
 
     fault.set(Fault::Pass);
-    let a = get(&proxy, WHOAMI).await;
+    let a = get(proxy, WHOAMI).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.body.contains("admin@example.com"));
     bodies.push(a.body);
@@ -288,18 +287,15 @@ async fn label_studio_refused_or_black_holed_answers_502_or_504_and_the_proxy_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_credentials_are_replaced_by_ours() {
-    let Setup {
-        ls,
-        pat,
-        fault,
-        proxy,
-        token_dir,
-        ..
-    } = setup(300, true, true, &[]).await;
-    let (fault, token_dir) = (fault.unwrap(), token_dir.unwrap());
+    let s = setup(300, true, true, &[]).await;
+    let ls = &s.ls;
+    let pat = s.pat.clone();
+    let fault = s.fault.as_ref().unwrap();
+    let proxy = &s.proxy;
+    let token_dir = s.token_dir.clone().unwrap();
     let legacy = ls.api().legacy_token().await;
     let standin = {
-        let r = sdk_refresh(&proxy).await;
+        let r = sdk_refresh(proxy).await;
         assert_eq!(r.status, 200);
         r.json()["access"].as_str().unwrap().to_owned()
     };
@@ -367,14 +363,11 @@ async fn foreign_credentials_are_replaced_by_ours() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_targets_and_smuggled_requests_reach_nothing() {
-    let Setup {
-        ls,
-        pat,
-        fault,
-        proxy,
-        ..
-    } = setup(300, true, false, &[]).await;
-    let fault = fault.unwrap();
+    let s = setup(300, true, false, &[]).await;
+    let ls = &s.ls;
+    let pat = s.pat.clone();
+    let fault = s.fault.as_ref().unwrap();
+    let proxy = &s.proxy;
     let wait = Duration::from_secs(5);
     let forwarded = || {
         fault
@@ -465,7 +458,9 @@ async fn refused_targets_and_smuggled_requests_reach_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
-    let Setup { pat, proxy, .. } = setup(300, false, false, &["--proxy-timeout", "2s"]).await;
+    let s = setup(300, false, false, &["--proxy-timeout", "2s"]).await;
+    let pat = s.pat.clone();
+    let proxy = &s.proxy;
     // A head over 64 KiB: 431 and closed.
     let big = format!(
         "GET {WHOAMI} HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
@@ -524,7 +519,7 @@ async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
     // Meanwhile other clients are served as usual.
     let t0 = Instant::now();
     for _ in 0..20 {
-        assert_eq!(get(&proxy, WHOAMI).await.status, 200);
+        assert_eq!(get(proxy, WHOAMI).await.status, 200);
     }
     let others = t0.elapsed().as_secs_f64();
     let r = upload.await.unwrap().expect("the slow upload");
@@ -547,7 +542,7 @@ async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
         "PROXY-FIGURES slow-clients others_20_requests_s={others:.2} slow_upload_s={:.1} loris_closed_after_s={closed_after:.1}",
         len as f64 / 100.0 * 0.2
     );
-    assert_eq!(get(&proxy, WHOAMI).await.status, 200);
+    assert_eq!(get(proxy, WHOAMI).await.status, 200);
     assert_no_secrets(&proxy.proc.log_text(), &[&pat]);
 }
 
@@ -555,10 +550,12 @@ async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
 async fn a_thousand_idle_connections_cost_little_and_are_closed() {
     const SILENT: usize = 500;
     const KEPT_ALIVE: usize = 500;
-    let Setup { pat, proxy, .. } = setup(300, false, false, &[]).await;
+    let s = setup(300, false, false, &[]).await;
+    let pat = s.pat.clone();
+    let proxy = &s.proxy;
     let pid = proxy.proc.pid();
     for _ in 0..20 {
-        assert_eq!(get(&proxy, WHOAMI).await.status, 200);
+        assert_eq!(get(proxy, WHOAMI).await.status, 200);
     }
     let before = process::rss_kib(pid).unwrap();
     // Connections that never send a byte, and connections that sent one request (answered by
@@ -588,7 +585,7 @@ async fn a_thousand_idle_connections_cost_little_and_are_closed() {
     let with = process::rss_kib(pid).unwrap();
     // New clients are served while they are open.
     for _ in 0..20 {
-        assert_eq!(get(&proxy, WHOAMI).await.status, 200);
+        assert_eq!(get(proxy, WHOAMI).await.status, 200);
     }
     let added_mib = (with.saturating_sub(before)) as f64 / 1024.0;
     eprintln!(
@@ -622,16 +619,16 @@ async fn a_thousand_idle_connections_cost_little_and_are_closed() {
         "PROXY-FIGURES idle-connections all_closed_within_s={gone:.1} rss_after_kib={}",
         process::rss_kib(pid).unwrap()
     );
-    assert_eq!(get(&proxy, WHOAMI).await.status, 200);
+    assert_eq!(get(proxy, WHOAMI).await.status, 200);
     assert_no_secrets(&proxy.proc.log_text(), &[&pat]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_from_label_studio_triggers_one_revalidation_not_a_storm() {
-    let Setup {
-        pat, fault, proxy, ..
-    } = setup(300, true, false, &[]).await;
-    let fault = fault.unwrap();
+    let s = setup(300, true, false, &[]).await;
+    let pat = s.pat.clone();
+    let fault = s.fault.as_ref().unwrap();
+    let proxy = &s.proxy;
     let (v0, e0) = (
         proxy.metric(VALIDATIONS).await,
         proxy.metric(EXCHANGES).await,
@@ -643,7 +640,7 @@ async fn a_401_from_label_studio_triggers_one_revalidation_not_a_storm() {
         retry_after: None,
     });
     let t0 = Instant::now();
-    assert_eq!(get(&proxy, "/api/projects/").await.status, 401);
+    assert_eq!(get(proxy, "/api/projects/").await.status, 401);
     let first = wait_for(Duration::from_secs(5), || async {
         proxy.metric(VALIDATIONS).await > v0
     })
@@ -651,7 +648,7 @@ async fn a_401_from_label_studio_triggers_one_revalidation_not_a_storm() {
     .expect("no re-validation after the 401");
     // A storm of 401s right after: coalesced into one more check at the end of the 10 s interval.
     for _ in 0..30 {
-        assert_eq!(get(&proxy, "/api/projects/").await.status, 401);
+        assert_eq!(get(proxy, "/api/projects/").await.status, 401);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(14).saturating_sub(t0.elapsed())).await;
@@ -669,7 +666,7 @@ async fn a_401_from_label_studio_triggers_one_revalidation_not_a_storm() {
     let whoami = fault.requests().iter().filter(|r| r.path == WHOAMI).count();
     assert!(whoami >= 3, "{whoami} (start-up + 2 checks)");
     fault.set(Fault::Pass);
-    assert_eq!(get(&proxy, "/api/projects/").await.status, 200);
+    assert_eq!(get(proxy, "/api/projects/").await.status, 200);
     let tokens = fault.tokens();
     let mut secrets: Vec<&str> = tokens.iter().map(String::as_str).collect();
     secrets.push(&pat);
@@ -680,16 +677,12 @@ async fn a_401_from_label_studio_triggers_one_revalidation_not_a_storm() {
 async fn large_bodies_stream_through_in_small_memory() {
     const SIZE: usize = 50 * 1024 * 1024;
     const PIECE: usize = 256 * 1024;
-    let Setup {
-        pat,
-        proxy,
-        token_dir,
-        ..
-    } = setup(300, false, true, &[]).await;
-    let token_dir = token_dir.unwrap();
+    let s = setup(300, false, true, &[]).await;
+    let pat = s.pat.clone();
+    let proxy = &s.proxy;
+    let token_dir = s.token_dir.clone().unwrap();
     let pid = proxy.proc.pid();
-    let p = send(
-        &proxy,
+    let p = send(proxy,
         Method::POST,
         "/api/projects/",
         Some(
@@ -743,7 +736,7 @@ async fn large_bodies_stream_through_in_small_memory() {
     let task = serde_json::from_str::<serde_json::Value>(&body).unwrap()["task_ids"][0]
         .as_u64()
         .unwrap();
-    let t = get(&proxy, &format!("/api/tasks/{task}")).await;
+    let t = get(proxy, &format!("/api/tasks/{task}")).await;
     let url = t.json()["data"]["image"]
         .as_str()
         .unwrap_or_else(|| panic!("no data.image in the task: {}", t.body))
