@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and caches what it needs under
 # /var/tmp/ls-token-refresher (Label Studio 1.23.2 from PyPI, a kube-apiserver + etcd built from
-# Debian's sources, helm/kubectl/promtool/kubernetes-validate/checkov), then runs lints (whole
+# Debian's sources, helm/kubectl/promtool/kubernetes-validate/checkov, libfaketime), then runs lints (whole
 # workspace), the root crate's fast tests, the tests/e2e crate's tests against the real Label Studio,
 # kube-apiserver and Prometheus (fault injection included), and the chart checks.
 # Cold machine: ~20-30 min (mostly the one-off builds); warm: a few minutes.
@@ -16,12 +16,13 @@ trap 'rm -rf "$LOGS"' EXIT
 failures=()
 step() { echo; echo "==> $*"; }
 
-step "provisioning (cached): Label Studio, kube-apiserver + etcd, chart tools"
+step "provisioning (cached): Label Studio, kube-apiserver + etcd, chart tools, libfaketime"
 t0=$SECONDS
 pids=()
 bash tests/support/ls/provision.sh >"$LOGS/ls.log" 2>&1 & pids+=("$!:ls")
 bash tests/support/kube/provision.sh >"$LOGS/kube.log" 2>&1 & pids+=("$!:kube")
 bash tests/support/tools/provision.sh >"$LOGS/tools.log" 2>&1 & pids+=("$!:tools")
+bash tests/support/faketime/provision.sh >"$LOGS/faketime.log" 2>&1 & pids+=("$!:faketime")
 for entry in "${pids[@]}"; do
   pid="${entry%%:*}"; name="${entry##*:}"
   if ! wait "$pid"; then
