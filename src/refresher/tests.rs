@@ -701,6 +701,44 @@ async fn recovery_after_a_long_outage_is_prompt() {
     stop(shutdown, task).await;
 }
 
+/// Label Studio back just after a failed attempt put the next retry up to a minute away (before
+/// the wait's first probe interval is over): recovery still within a probe interval. Found by the
+/// e2e test: the probe used to start only one interval into each wait, and to forget between
+/// waits that Label Studio had been down.
+#[tokio::test(start_paused = true)]
+async fn recovery_when_label_studio_returns_right_after_an_attempt() {
+    let r = rig_with(
+        1,
+        &pat(),
+        Policy {
+            jitter: Duration::ZERO,
+            ..Policy::default()
+        },
+    );
+    r.ls.ttl.store(60, Ordering::SeqCst);
+    let (shutdown, task) = spawn(r.refresher);
+    r.sinks[0].until(1).await;
+    r.ls.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(!r.health.is_ready());
+    // Wait for the next (failing) attempt, and bring Label Studio back right after it.
+    let n = r.ls.refreshes();
+    let t0 = r.clock.now();
+    while r.ls.refreshes() == n {
+        assert!(r.clock.now().since(t0) < Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    r.ls.down.store(false, Ordering::SeqCst);
+    let back = r.clock.now();
+    r.sinks[0].until(2).await;
+    let gap = r.clock.now().since(back);
+    assert!(
+        gap <= Duration::from_secs(3),
+        "recovered {gap:?} after the return"
+    );
+    stop(shutdown, task).await;
+}
+
 /// A server that is up (`/health` fine) but fails refreshes is never probed into a fast loop.
 #[tokio::test(start_paused = true)]
 async fn failing_but_up_server_is_not_hammered() {
