@@ -88,13 +88,7 @@ impl Drop for FreezableFs {
                 .arg(&self.mount)
                 .status();
         }
-        let ok = Command::new("umount")
-            .arg(&self.mount)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-        }
+        crate::tmpfs::unmount(&self.mount);
         drop(self.root.take());
     }
 }

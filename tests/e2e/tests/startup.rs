@@ -10,7 +10,7 @@
 //! - `plain_http_to_a_remote_host_warns_once_and_require_https_refuses`: `--url http://NAME:PORT`
 //!   where NAME is not loopback by its text but resolves to 127.0.0.1 for the binary alone (see
 //!   `ls_token_refresher_e2e::private_hosts` for why that is the honest way to test it offline):
-//!   `run` warns once over several refreshes, `check` prints a `[warn] transport` line, and
+//!   `run` warns once over several refreshes (every ~5 s, the fault tests' flags), `check` prints a `[warn] transport` line, and
 //!   `--require-https` refuses with exit 2 before anything is sent; the same flags against
 //!   `127.0.0.1` and `localhost` give no warning and are accepted by `--require-https`.
 
@@ -24,6 +24,7 @@ use std::{
 use ls_token_refresher_e2e::{
     clock::now,
     fault_proxy::FaultProxy,
+    fault_suite::fault_args,
     free_port,
     jwt::unsigned,
     label_studio::LabelStudio,
@@ -267,20 +268,8 @@ async fn plain_http_to_a_remote_host_warns_once_and_require_https_refuses() {
     let d = dir.to_str().unwrap();
 
     // run: several refreshes (every ~5 s), one warning.
-    let args = [
-        "--url",
-        &remote,
-        "--token-dir",
-        d,
-        "--log-level",
-        "trace",
-        "--refresh-fraction",
-        "0.25",
-        "--min-lead",
-        "1s",
-        "--jitter",
-        "1s",
-    ];
+    let args = fault_args(&remote, &dir, &[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut proc =
         RefresherProc::start_wrapped(tmp.path(), "remote", &wrapper, &args, &[("LS_PAT", &pat)]);
     proc.wait_ready(200, Duration::from_secs(60)).await;
