@@ -252,12 +252,14 @@ async fn once_token_check_and_startup_diagnosis() {
         env.push(("LS_URL", &url));
         env.push(("LS_TOKEN_DIR", ed));
         env.push(("LS_ONCE_TIMEOUT", "1s"));
-        let mut args = vec!["run", "--admin-addr", "127.0.0.1:0"];
+        // Unreachable is not a configuration error for `run` (it waits); `once` gives up with
+        // exit 1. (`once` has no admin server, so no --admin-addr.)
+        let mut args = if want == "cannot reach" {
+            vec!["once"]
+        } else {
+            vec!["run", "--admin-addr", "127.0.0.1:0"]
+        };
         args.extend(extra.iter().copied());
-        if want == "cannot reach" {
-            // Unreachable is not a configuration error for `run` (it waits); `once` gives up with exit 1.
-            args[0] = "once";
-        }
         let out = run_to_end(&args, &env);
         let expect_code = if want == "cannot reach" { 1 } else { 2 };
         assert_eq!(
