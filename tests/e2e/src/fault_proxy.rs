@@ -85,7 +85,7 @@ impl Fault {
     }
 }
 
-/// One request as the proxy saw it.
+/// One request as the proxy saw it. It is recorded once it has arrived in full (head and body).
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
     /// When it arrived.
@@ -94,6 +94,13 @@ pub struct RequestRecord {
     pub path: String,
     /// Name of the fault in force.
     pub fault: String,
+    /// Bytes of the request (head and body) that arrived.
+    pub bytes: usize,
+    /// A complete answer was written back (false while it is being handled, and for good under
+    /// [`Fault::BlackHole`], [`Fault::CutMidBody`] or when the client went away first).
+    pub answered: bool,
+    /// When the client closed the connection while its request was held ([`Fault::BlackHole`]).
+    pub client_gone: Option<Instant>,
 }
 
 struct Shared {
@@ -247,15 +254,24 @@ where
             },
         };
         let fault = shared.fault.borrow().clone();
-        shared.requests.lock().unwrap().push(RequestRecord {
-            at: Instant::now(),
-            path: req.path.clone(),
-            fault: fault.name(),
-        });
+        let rec = {
+            let mut reqs = shared.requests.lock().unwrap();
+            reqs.push(RequestRecord {
+                at: Instant::now(),
+                path: req.path.clone(),
+                fault: fault.name(),
+                bytes: req.head.len() + req.body.len(),
+                answered: false,
+                client_gone: None,
+            });
+            reqs.len() - 1
+        };
         let keep = tokio::select! {
             _ = kill.cancelled() => return,
-            k = respond(&mut s, &shared, &req, &fault) => k,
+            k = respond(&mut s, &shared, &req, &fault, rec) => k,
         };
+        // Every branch of `respond` keeps the connection exactly when it wrote a whole answer.
+        shared.requests.lock().unwrap()[rec].answered = keep;
         if !keep {
             let _ = s.shutdown().await;
             return;
@@ -263,8 +279,15 @@ where
     }
 }
 
-/// Answers one request according to `fault`; false when the connection must be closed.
-async fn respond<S>(s: &mut S, shared: &Shared, req: &HttpRequest, fault: &Fault) -> bool
+/// Answers one request (record number `rec`) according to `fault`; true when a whole answer was
+/// written and the connection can be kept, false when it must be closed.
+async fn respond<S>(
+    s: &mut S,
+    shared: &Shared,
+    req: &HttpRequest,
+    fault: &Fault,
+    rec: usize,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -288,7 +311,10 @@ where
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => return false,
                     r = s.read(&mut sink) => match r {
-                        Ok(0) | Err(_) => return false,
+                        Ok(0) | Err(_) => {
+                            shared.requests.lock().unwrap()[rec].client_gone = Some(Instant::now());
+                            return false;
+                        }
                         Ok(_) => {}
                     },
                 }
