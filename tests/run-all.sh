@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs and caches what it needs under
 # /var/tmp/ls-token-refresher (Label Studio 1.23.2 from PyPI, kube-apiserver + kubelet + controller-manager +
-# scheduler built from Debian's sources, etcd, containerd/runc, helm/kubectl/promtool/kubernetes-validate/checkov),
+# scheduler built from Debian's sources, etcd, containerd/runc, helm/kubectl/promtool/kubernetes-validate/checkov, libfaketime),
 # then runs lints (whole workspace), the root crate's fast tests, the tests/e2e crate's tests against the real
 # Label Studio, kube-apiserver and Prometheus (fault injection included), the node smoke test (real pods on a
 # kubelet) and the chart checks.
@@ -17,13 +17,14 @@ trap 'rm -rf "$LOGS"' EXIT
 failures=()
 step() { echo; echo "==> $*"; }
 
-step "provisioning (cached): Label Studio, kube-apiserver + etcd, chart tools"
+step "provisioning (cached): Label Studio, kube-apiserver + etcd, chart tools, libfaketime"
 t0=$SECONDS
 pids=()
 bash tests/support/ls/provision.sh >"$LOGS/ls.log" 2>&1 & pids+=("$!:ls")
 bash tests/support/kube/provision.sh >"$LOGS/kube.log" 2>&1 & pids+=("$!:kube")
 bash tests/support/tools/provision.sh >"$LOGS/tools.log" 2>&1 & pids+=("$!:tools")
 bash tests/support/node/provision.sh >"$LOGS/node.log" 2>&1 & pids+=("$!:node")
+bash tests/support/faketime/provision.sh >"$LOGS/faketime.log" 2>&1 & pids+=("$!:faketime")
 for entry in "${pids[@]}"; do
   pid="${entry%%:*}"; name="${entry##*:}"
   if ! wait "$pid"; then

@@ -246,6 +246,7 @@ impl<E: Exchange> Refresher<E> {
         st.backoff.reset();
         st.succeeded = true;
         st.identified = false;
+        st.seen_down = false;
         let exp_text = p
             .set
             .expires_at

@@ -369,4 +369,6 @@ struct LoopState {
     last_exchange: Option<Mono>,
     /// When the current token was last checked after a clock step or a rejection report.
     last_check: Option<Mono>,
+    /// `/health` failed during this failure streak: Label Studio answering it again is news.
+    seen_down: bool,
 }

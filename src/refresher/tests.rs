@@ -682,15 +682,7 @@ async fn label_studios_clock_moving_retimes_the_token() {
 /// the backoff had grown to its 60 s cap.
 #[tokio::test(start_paused = true)]
 async fn recovery_after_a_long_outage_is_prompt() {
-    let r = rig_with(
-        1,
-        &pat(),
-        Policy {
-            jitter: Duration::ZERO,
-            ..Policy::default()
-        },
-    );
-    r.ls.ttl.store(60, Ordering::SeqCst);
+    let r = outage_rig();
     let (shutdown, task) = spawn(r.refresher);
     r.sinks[0].until(1).await;
     r.ls.down.store(true, Ordering::SeqCst);
@@ -709,15 +701,58 @@ async fn recovery_after_a_long_outage_is_prompt() {
     );
     let probes = r.ls.health_probes.load(Ordering::SeqCst);
     assert!((200..=330).contains(&probes), "{probes} probes in 600 s");
-    r.ls.down.store(false, Ordering::SeqCst);
-    let back = r.clock.now();
-    r.sinks[0].until(2).await;
-    let gap = r.clock.now().since(back);
+    assert_prompt_return(&r.ls, &r.sinks[0], &r.clock).await;
+    assert!(r.health.is_ready());
+    stop(shutdown, task).await;
+}
+
+/// The rig of the outage tests: 60 s tokens, no jitter.
+fn outage_rig() -> Rig {
+    let r = rig_with(
+        1,
+        &pat(),
+        Policy {
+            jitter: Duration::ZERO,
+            ..Policy::default()
+        },
+    );
+    r.ls.ttl.store(60, Ordering::SeqCst);
+    r
+}
+
+/// Brings Label Studio back and asserts the next publish follows within a probe interval and
+/// an attempt.
+async fn assert_prompt_return(ls: &FakeLs, sink: &Arc<FakeSink>, clock: &ManualClock) {
+    ls.down.store(false, Ordering::SeqCst);
+    let back = clock.now();
+    sink.until(sink.count() + 1).await;
+    let gap = clock.now().since(back);
     assert!(
         gap <= Duration::from_secs(3),
         "recovered {gap:?} after the return"
     );
-    assert!(r.health.is_ready());
+}
+
+/// Label Studio back just after a failed attempt put the next retry up to a minute away (before
+/// the wait's first probe interval is over): recovery still within a probe interval. Found by the
+/// e2e test: the probe used to start only one interval into each wait, and to forget between
+/// waits that Label Studio had been down.
+#[tokio::test(start_paused = true)]
+async fn recovery_when_label_studio_returns_right_after_an_attempt() {
+    let r = outage_rig();
+    let (shutdown, task) = spawn(r.refresher);
+    r.sinks[0].until(1).await;
+    r.ls.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(!r.health.is_ready());
+    // Wait for the next (failing) attempt, and bring Label Studio back right after it.
+    let n = r.ls.refreshes();
+    let t0 = r.clock.now();
+    while r.ls.refreshes() == n {
+        assert!(r.clock.now().since(t0) < Duration::from_secs(120));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_prompt_return(&r.ls, &r.sinks[0], &r.clock).await;
     stop(shutdown, task).await;
 }
 

@@ -103,7 +103,7 @@ impl<E: Exchange> Refresher<E> {
                 },
                 _ = self.pat.changed() => Woke::PatChanged,
                 _ = rejections.reported() => Woke::Rejected,
-                _ = wait_until_back(&self.exchange), if probe => Woke::Back,
+                _ = wait_until_back(&self.exchange, &mut st.seen_down), if probe => Woke::Back,
             };
             match woke {
                 Woke::Shutdown => return false,
@@ -115,6 +115,9 @@ impl<E: Exchange> Refresher<E> {
                 }
                 Woke::Back => {
                     tracing::info!("Label Studio answers /health again; refreshing now");
+                    // The next shortcut needs a new failed probe: a server that answers /health
+                    // but still fails refreshes is then retried on the backoff, not every probe.
+                    st.seen_down = false;
                     return true;
                 }
                 Woke::Stepped | Woke::Rejected => {
@@ -237,17 +240,21 @@ fn rejected(e: &ExchangeError) -> bool {
     }
 }
 
-/// Resolves when `/health` answers again after having failed at least once. A server whose
-/// `/health` never failed is not "back" (its refresh endpoint failing is not an outage we can
-/// shortcut), so a failing-but-up server is never probed into a tight retry loop.
-async fn wait_until_back<E: Exchange>(exchange: &E) {
-    let mut was_down = false;
+/// Resolves when `/health` answers after having failed at least once during this failure streak
+/// (`seen_down`, kept by the loop across waits). A server whose `/health` never failed is not
+/// "back" (its refresh endpoint failing is not an outage we can shortcut), so a failing-but-up
+/// server is never probed into a tight retry loop.
+///
+/// The first probe goes out at once (the attempt has just failed): if Label Studio is down, that
+/// is known before it returns, however soon — otherwise a return within the first probe interval
+/// of a long wait would go unnoticed until the backoff ran out (up to `--backoff-max`).
+async fn wait_until_back<E: Exchange>(exchange: &E, seen_down: &mut bool) {
     loop {
-        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
         match exchange.health().await {
-            Ok(()) if was_down => return,
+            Ok(()) if *seen_down => return,
             Ok(()) => {}
-            Err(_) => was_down = true,
+            Err(_) => *seen_down = true,
         }
+        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
     }
 }

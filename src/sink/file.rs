@@ -6,15 +6,27 @@
 //!
 //! A reader that needs several values consistently should read `token.json` (one file), or resolve
 //! `..data` once and read the files inside that directory.
+//!
+//! One write at a time per sink: a write runs on a blocking thread that cannot be stopped, so when
+//! its publisher gives up (the loop's publish timeout) it goes on, and a second write beside it
+//! could swap `..data` between generations that the first one's cleanup then removes. The sink's
+//! write lock is taken before the thread starts and released by that thread when its write ends;
+//! a publish while it is held fails at once (no second thread stuck on the same stalled file
+//! system). Each write also uses its own temporary link name, and removes only generations older
+//! than the one it wrote that `..data` no longer names, so even a writer in another process cannot
+//! make `..data` dangle.
 
 use std::{
     fs,
     io::Write,
     os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use futures::future::BoxFuture;
+use tokio::sync::OwnedMutexGuard;
 
 use super::{Sink, SinkError, TokenSet};
 use crate::clock::rfc3339;
@@ -22,20 +34,75 @@ use crate::clock::rfc3339;
 /// Visible file names (a contract with consumers).
 pub const FILES: [&str; 4] = ["token", "authorization", "expires_at", "token.json"];
 const DATA_LINK: &str = "..data";
-const DATA_TMP_LINK: &str = "..data_tmp";
+/// Prefix of the temporary link renamed over `..data`; each write appends its generation's name.
+const DATA_TMP_PREFIX: &str = "..data_tmp";
 
-/// The directory sink.
+/// The directory sink. Clones share one write lock.
 #[derive(Debug, Clone)]
 pub struct FileSink {
     dir: PathBuf,
     mode: u32,
     group: Option<u32>,
+    writing: Arc<WriteLock>,
+}
+
+/// Serialises the writes of one sink (and its clones).
+#[derive(Debug, Default)]
+struct WriteLock {
+    /// Held for the whole of a write, by the thread doing it.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// When the write holding the lock started (for the message of a refused publish).
+    since: Mutex<Option<Instant>>,
+}
+
+/// Proof that this write holds the sink's lock; releases it (and clears `since`) when dropped,
+/// wherever the write ends — also on a blocking thread whose publisher has given up.
+struct Claim {
+    writing: Arc<WriteLock>,
+    _guard: OwnedMutexGuard<()>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        *self.writing.since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl FileSink {
     /// A sink writing into `dir` with file `mode` and optional owning `group`.
     pub fn new(dir: PathBuf, mode: u32, group: Option<u32>) -> Self {
-        FileSink { dir, mode, group }
+        FileSink {
+            dir,
+            mode,
+            group,
+            writing: Arc::default(),
+        }
+    }
+
+    /// Takes the write lock, or fails at once naming the write that holds it.
+    fn claim(&self) -> Result<Claim, SinkError> {
+        match self.writing.lock.clone().try_lock_owned() {
+            Ok(guard) => {
+                *self.writing.since.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now());
+                Ok(Claim {
+                    writing: self.writing.clone(),
+                    _guard: guard,
+                })
+            }
+            Err(_) => {
+                let since = *self.writing.since.lock().unwrap_or_else(|e| e.into_inner());
+                let age = since.map_or(0.0, |t| t.elapsed().as_secs_f64());
+                Err(SinkError {
+                    sink: "file",
+                    summary: "a previous write of the token directory has not finished",
+                    message: format!(
+                        "a previous write to {} has not finished after {age:.0}s (is the file system stalled?); not starting another beside it",
+                        self.dir.display()
+                    ),
+                })
+            }
+        }
     }
 
     /// Checks at start-up that the directory exists (creating it, and missing parents, owner-only
@@ -89,13 +156,21 @@ impl FileSink {
             })
     }
 
-    /// Writes `set` atomically (blocking I/O).
+    /// Writes `set` atomically (blocking I/O); fails at once if another write of this sink is
+    /// still running.
     pub fn write_blocking(&self, set: &TokenSet) -> Result<(), SinkError> {
-        write_set(&self.dir, self.mode, self.group, set).map_err(|e| SinkError {
+        let claim = self.claim()?;
+        self.write_claimed(claim, set)
+    }
+
+    fn write_claimed(&self, claim: Claim, set: &TokenSet) -> Result<(), SinkError> {
+        let result = write_set(&self.dir, self.mode, self.group, set).map_err(|e| SinkError {
             sink: "file",
             summary: "writing the token directory failed",
             message: format!("{}: {e}", self.dir.display()),
-        })
+        });
+        drop(claim);
+        result
     }
 }
 
@@ -128,7 +203,10 @@ impl Sink for FileSink {
         let this = self.clone();
         let set = set.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || this.write_blocking(&set))
+            // Claimed here, before the thread starts (so writes run in publish order), and
+            // released by the thread when its write ends, even if this future is dropped.
+            let claim = this.claim()?;
+            tokio::task::spawn_blocking(move || this.write_claimed(claim, &set))
                 .await
                 .map_err(|e| SinkError {
                     sink: "file",
@@ -168,6 +246,17 @@ fn dir_mode(file_mode: u32) -> u32 {
     0o700 | r | (r >> 2)
 }
 
+/// The ordering key of a generation directory `..<secs>.<nanos>.<random>` (or of a temporary link
+/// `..data_tmp..<secs>.<nanos>.<random>`): its creation time. None for other names.
+fn generation_key(name: &str) -> Option<(u64, u32)> {
+    let rest = name.strip_prefix(DATA_TMP_PREFIX).unwrap_or(name);
+    let mut parts = rest.strip_prefix("..")?.split('.');
+    let secs = parts.next()?.parse().ok()?;
+    let nanos = parts.next()?.parse().ok()?;
+    parts.next()?.parse::<u32>().ok()?;
+    parts.next().is_none().then_some((secs, nanos))
+}
+
 fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::io::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -178,6 +267,7 @@ fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::
         now.subsec_nanos(),
         fastrand::u32(..)
     );
+    let key = generation_key(&name);
     let new_dir = dir.join(&name);
     fs::create_dir(&new_dir)?;
     let result = (|| {
@@ -209,11 +299,14 @@ fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::
             f.sync_all()?;
         }
         fs::File::open(&new_dir)?.sync_all()?;
-        // Point ..data_tmp at the new dir and rename it over ..data: the atomic switch.
-        let tmp = dir.join(DATA_TMP_LINK);
-        let _ = fs::remove_file(&tmp);
+        // Point a temporary link of our own at the new dir and rename it over ..data: the
+        // atomic switch.
+        let tmp = dir.join(format!("{DATA_TMP_PREFIX}{name}"));
         symlink(&name, &tmp)?;
-        fs::rename(&tmp, dir.join(DATA_LINK))?;
+        if let Err(e) = fs::rename(&tmp, dir.join(DATA_LINK)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         Ok(())
     })();
     if let Err(e) = result {
@@ -236,17 +329,35 @@ fn write_set(dir: &Path, mode: u32, group: Option<u32>, set: &TokenSet) -> std::
         }
     }
     fs::File::open(dir)?.sync_all()?;
-    // Old generations are removed only after the switch; readers holding them open keep them.
+    remove_old_generations(dir, &name, key)?;
+    Ok(())
+}
+
+/// Removes, after the switch, what earlier writes left: generation directories older than the one
+/// just written (`ours`, with ordering key `key`) that `..data` does not name now, and temporary
+/// links as old. `..data` is read again here: if another writer (another process) has switched it
+/// since, its generation is kept, and so is anything newer than ours. Readers holding a removed
+/// generation open keep it until they close it.
+fn remove_old_generations(dir: &Path, ours: &str, key: Option<(u64, u32)>) -> std::io::Result<()> {
+    let current = fs::read_link(dir.join(DATA_LINK)).ok();
+    let older = |n: &str| match (generation_key(n), key) {
+        (Some(theirs), Some(ours)) => theirs < ours,
+        // Not named by a writer of this version (an older naming): debris as before.
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
     for entry in fs::read_dir(dir)?.flatten() {
         let n = entry.file_name();
         let n = n.to_string_lossy();
-        if n.starts_with("..")
-            && n != name
-            && n != DATA_LINK
-            && n != DATA_TMP_LINK
-            && entry.path().is_dir()
-            && !entry.file_type().map(|t| t.is_symlink()).unwrap_or(true)
-        {
+        if !n.starts_with("..") || n == DATA_LINK || n == ours || !older(&n) {
+            continue;
+        }
+        let Ok(t) = entry.file_type() else { continue };
+        if n.starts_with(DATA_TMP_PREFIX) {
+            if t.is_symlink() {
+                let _ = fs::remove_file(entry.path());
+            }
+        } else if t.is_dir() && current.as_deref() != Some(Path::new(&*n)) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -398,6 +509,78 @@ mod tests {
         }
         let data = fs::canonicalize(d.path().join("..data")).unwrap();
         assert_ne!(fs::metadata(data).unwrap().mode() & 0o2000, 0);
+    }
+
+    #[test]
+    fn generation_names_order_by_creation_time() {
+        assert_eq!(
+            generation_key("..1700000000.000000042.7"),
+            Some((1_700_000_000, 42))
+        );
+        assert_eq!(
+            generation_key("..data_tmp..1700000000.000000042.7"),
+            Some((1_700_000_000, 42))
+        );
+        for other in [
+            "..data",
+            "..data_tmp",
+            "..token.tmp",
+            "..probe.1.ab",
+            "..1.2",
+            "token",
+        ] {
+            assert_eq!(generation_key(other), None, "{other}");
+        }
+    }
+
+    /// Cleanup after a write removes older generations and temporary links, but keeps what
+    /// another writer made later, and whatever `..data` names.
+    #[test]
+    fn cleanup_keeps_newer_and_current_generations() {
+        let d = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(d.path().into(), 0o600, None);
+        sink.write_blocking(&set("a", Some(1))).unwrap();
+        let old_gen = d.path().join("..1000000000.000000000.1");
+        let newer_gen = d.path().join("..9000000000.000000000.2");
+        fs::create_dir(&old_gen).unwrap();
+        fs::create_dir(&newer_gen).unwrap();
+        symlink("..1000000000.000000000.1", d.path().join("..data_tmp")).unwrap();
+        symlink(
+            "..1000000000.000000000.1",
+            d.path().join("..data_tmp..1000000000.000000000.1"),
+        )
+        .unwrap();
+        sink.write_blocking(&set("b", Some(2))).unwrap();
+        let names: Vec<String> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".."))
+            .collect();
+        assert!(newer_gen.is_dir(), "a newer generation is kept: {names:?}");
+        assert!(!old_gen.exists(), "an older one is removed: {names:?}");
+        assert!(
+            !names.iter().any(|n| n.starts_with("..data_tmp")),
+            "{names:?}"
+        );
+        let current = fs::read_link(d.path().join("..data")).unwrap();
+        assert!(d.path().join(&current).is_dir());
+        assert_eq!(fs::read_to_string(d.path().join("token")).unwrap(), "b");
+    }
+
+    /// While a write holds the lock (here: a claim taken by hand), a second one fails at once
+    /// and says why; afterwards writes work again.
+    #[test]
+    fn a_second_write_fails_at_once_while_one_runs() {
+        let d = tempfile::tempdir().unwrap();
+        let sink = FileSink::new(d.path().into(), 0o600, None);
+        let clone = sink.clone();
+        let claim = sink.claim().unwrap();
+        let err = clone.write_blocking(&set("x", Some(1))).unwrap_err();
+        assert!(err.message.contains("has not finished"), "{err}");
+        assert!(err.message.contains(&d.path().display().to_string()));
+        drop(claim);
+        clone.write_blocking(&set("x", Some(1))).unwrap();
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Fault {
     }
 }
 
-/// One request as the proxy saw it.
+/// One request as the proxy saw it. It is recorded once it has arrived in full (head and body).
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
     /// When it arrived.
@@ -97,6 +97,13 @@ pub struct RequestRecord {
     pub path: String,
     /// Name of the fault in force.
     pub fault: String,
+    /// Bytes of the request (head and body) that arrived.
+    pub bytes: usize,
+    /// A complete answer was written back (false while it is being handled, and for good under
+    /// [`Fault::BlackHole`], [`Fault::CutMidBody`] or when the client went away first).
+    pub answered: bool,
+    /// When the client closed the connection while its request was held ([`Fault::BlackHole`]).
+    pub client_gone: Option<Instant>,
     /// Names of the request's header fields, lower case, in order (never values).
     pub header_names: Vec<String>,
 }
@@ -264,16 +271,25 @@ where
             Some(prefix) if !req.path.starts_with(prefix.as_str()) => Fault::Pass,
             _ => shared.fault.borrow().clone(),
         };
-        shared.requests.lock().unwrap().push(RequestRecord {
-            at: Instant::now(),
-            path: req.path.clone(),
-            fault: fault.name(),
-            header_names: header_names(&req.head),
-        });
+        let rec = {
+            let mut reqs = shared.requests.lock().unwrap();
+            reqs.push(RequestRecord {
+                at: Instant::now(),
+                path: req.path.clone(),
+                fault: fault.name(),
+                bytes: req.head.len() + req.body.len(),
+                answered: false,
+                client_gone: None,
+                header_names: header_names(&req.head),
+            });
+            reqs.len() - 1
+        };
         let keep = tokio::select! {
             _ = kill.cancelled() => return,
-            k = respond(&mut s, &shared, &req, &fault) => k,
+            k = respond(&mut s, &shared, &req, &fault, rec) => k,
         };
+        // Every branch of `respond` keeps the connection exactly when it wrote a whole answer.
+        shared.requests.lock().unwrap()[rec].answered = keep;
         if !keep {
             let _ = s.shutdown().await;
             return;
@@ -290,8 +306,15 @@ fn header_names(head: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Answers one request according to `fault`; false when the connection must be closed.
-async fn respond<S>(s: &mut S, shared: &Shared, req: &HttpRequest, fault: &Fault) -> bool
+/// Answers one request (record number `rec`) according to `fault`; true when a whole answer was
+/// written and the connection can be kept, false when it must be closed.
+async fn respond<S>(
+    s: &mut S,
+    shared: &Shared,
+    req: &HttpRequest,
+    fault: &Fault,
+    rec: usize,
+) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -315,7 +338,10 @@ where
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => return false,
                     r = s.read(&mut sink) => match r {
-                        Ok(0) | Err(_) => return false,
+                        Ok(0) | Err(_) => {
+                            shared.requests.lock().unwrap()[rec].client_gone = Some(Instant::now());
+                            return false;
+                        }
                         Ok(_) => {}
                     },
                 }

@@ -21,3 +21,15 @@ pub fn jwt_claims(token: &str) -> Value {
 pub fn jwt_exp(token: &str) -> Option<i64> {
     claims(token)?.get("exp")?.as_i64()
 }
+
+/// A JWT with `claims` and a signature that verifies nowhere: enough for the refresher to treat
+/// it as a PAT (it only reads the claims) when the server under test never checks it.
+pub fn unsigned(claims: &Value) -> String {
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes()),
+        b64(b"not-a-signature")
+    )
+}

@@ -16,6 +16,9 @@
 //! | [`tls`], [`pki`] | an HTTPS front with a self-signed certificate; `openssl` helpers |
 //! | [`consumer`] | a workload that keeps reading the published set and checks it against the API |
 //! | [`tmpfs`] | a real tmpfs, remounted read-only or filled to ENOSPC |
+//! | [`frozen_fs`] | an ext4 on a loop device, frozen on demand (writes stall in the kernel) |
+//! | [`faketime`] | libfaketime: one child's wall clock skewed (monotonic clocks left real) |
+//! | [`private_hosts`] | a remote-looking host name resolving to 127.0.0.1 for one child only |
 //! | [`fault_suite`] | the flags, metrics and steps the fault tests share |
 //! | [`prometheus`], [`tools`] | a real Prometheus server; the cached helm/kubectl/promtool |
 //! | [`clock`], [`jwt`], [`wait`], [`process`], [`log_scan`] | time, JWT claims, polling, PIDs, secret scans |
@@ -28,8 +31,10 @@ pub mod auth_proxy;
 pub mod chart;
 pub mod clock;
 pub mod consumer;
+pub mod faketime;
 pub mod fault_proxy;
 pub mod fault_suite;
+pub mod frozen_fs;
 pub mod http1;
 pub mod jwt;
 pub mod kube_api;
@@ -38,6 +43,7 @@ pub mod label_studio;
 pub mod log_scan;
 pub mod ls_api;
 pub mod pki;
+pub mod private_hosts;
 pub mod process;
 pub mod prometheus;
 pub mod rbac;

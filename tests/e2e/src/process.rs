@@ -45,3 +45,20 @@ pub fn start_time(pid: u32) -> Option<u64> {
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
+
+/// How many threads of process `pid` are in uninterruptible sleep (state `D`: blocked in the
+/// kernel, e.g. on a frozen file system), from /proc/PID/task/*/stat.
+pub fn threads_in_d_state(pid: u32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next())
+                == Some("D")
+        })
+        .count()
+}

@@ -2,7 +2,9 @@
 //! with its stderr captured to a file and its admin server on a free 127.0.0.1 port.
 //!
 //! The binary is built from the workspace's current source by [`binary`] (once per test process),
-//! so `cargo test -p ls-token-refresher-e2e` never runs a stale one.
+//! so `cargo test -p ls-token-refresher-e2e` never runs a stale one. `LSTR_REFRESHER_BIN=/path`
+//! runs the tests against another build instead (e.g. an older commit's, to show that a test fails
+//! without the fix it guards).
 
 use std::{
     path::{Path, PathBuf},
@@ -19,9 +21,42 @@ use crate::{free_port, process, repo_root};
 /// It builds with the same package selection as the tests (`-p ls-token-refresher -p
 /// ls-token-refresher-e2e`) so dependency features unify the same way and nothing is compiled twice,
 /// in the target dir cargo picks for the workspace (`CARGO_TARGET_DIR` is inherited).
+///
+/// With `LSTR_REFRESHER_BIN` set, that file is used as is (nothing is built).
 pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(build_binary)
+    BIN.get_or_init(|| match std::env::var_os("LSTR_REFRESHER_BIN") {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(
+                p.is_file(),
+                "LSTR_REFRESHER_BIN={} is not a file",
+                p.display()
+            );
+            eprintln!("refresher: testing {} (LSTR_REFRESHER_BIN)", p.display());
+            p
+        }
+        None => build_binary(),
+    })
+}
+
+/// The command that runs the binary under `wrapper` (a program and its arguments that end by
+/// exec'ing the rest of its command line, e.g. [`crate::private_hosts`]; empty: the binary itself),
+/// with a clean environment (`PATH` plus `env`) and no stdin.
+fn command(wrapper: &[String], env: &[(&str, &str)]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(binary());
+            c
+        }
+        None => Command::new(binary()),
+    };
+    cmd.env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    cmd
 }
 
 fn build_binary() -> PathBuf {
@@ -83,14 +118,15 @@ pub struct Output {
 /// Runs a one-shot subcommand (`once`, `token`, `check`, or `run` expected to exit) to completion
 /// with a clean environment; killed (and the test failed) after 90 s so a hang cannot stall the suite.
 pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> Output {
+    run_to_end_wrapped(&[], args, env)
+}
+
+/// [`run_to_end`] under `wrapper` (see [`command`]).
+pub fn run_to_end_wrapped(wrapper: &[String], args: &[&str], env: &[(&str, &str)]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let (out_path, err_path) = (dir.path().join("out"), dir.path().join("err"));
-    let mut child = Command::new(binary())
+    let mut child = command(wrapper, env)
         .args(args)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
@@ -120,15 +156,38 @@ pub fn run_to_end(args: &[&str], env: &[(&str, &str)]) -> Output {
 impl RefresherProc {
     /// Starts `run` with `args` (plus `--admin-addr` on a free port), logging to `dir/name.log`.
     pub fn start(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> RefresherProc {
-        Self::start_command("run", dir, name, args, env)
+        Self::spawn("run", dir, name, &[], args, env)
     }
 
-    /// Starts `command` (`run` or `proxy`) with `args` (plus `--admin-addr` on a free port),
-    /// logging to `dir/name.log`.
-    pub fn start_command(
-        command: &str,
+    /// [`RefresherProc::start`] under `wrapper` (see [`command`]); the wrapper must exec the
+    /// binary in its own process, so the PID is the refresher's.
+    pub fn start_wrapped(
         dir: &Path,
         name: &str,
+        wrapper: &[String],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> RefresherProc {
+        Self::spawn("run", dir, name, wrapper, args, env)
+    }
+
+    /// Starts `subcommand` (`run` or `proxy`) with `args` (plus `--admin-addr` on a free port),
+    /// logging to `dir/name.log`.
+    pub fn start_command(
+        subcommand: &str,
+        dir: &Path,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> RefresherProc {
+        Self::spawn(subcommand, dir, name, &[], args, env)
+    }
+
+    fn spawn(
+        subcommand: &str,
+        dir: &Path,
+        name: &str,
+        wrapper: &[String],
         args: &[&str],
         env: &[(&str, &str)],
     ) -> RefresherProc {
@@ -137,18 +196,14 @@ impl RefresherProc {
         let admin_addr = format!("127.0.0.1:{port}");
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary())
-            .arg(command)
+        let child = command(wrapper, env)
+            .arg(subcommand)
             .args(args)
             .args(["--admin-addr", &admin_addr])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn ls-token-refresher {command}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn ls-token-refresher {subcommand}: {e}"));
         RefresherProc {
             child: Some(child),
             admin: format!("http://{admin_addr}"),

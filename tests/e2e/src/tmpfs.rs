@@ -94,13 +94,19 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
+        unmount(&self.path);
         drop(self.dir.take());
+    }
+}
+
+/// `umount PATH`, or `umount -l PATH` (lazy: detached now, freed when the last user is gone) if a
+/// busy file system refuses; errors are ignored (for drops).
+pub fn unmount(path: &Path) {
+    let ok = Command::new("umount")
+        .arg(path)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        let _ = Command::new("umount").arg("-l").arg(path).status();
     }
 }

@@ -34,13 +34,14 @@ pub fn visible_set(dir: &Path) -> Option<(String, String, String, serde_json::Va
     Some((r("token")?, r("authorization")?, r("expires_at")?, json))
 }
 
-/// How many generation directories (`..<timestamp>…`) there are and whether `..data_tmp` is left.
+/// How many generation directories (`..<timestamp>…`) there are and whether a temporary link
+/// (`..data_tmp…`) is left.
 pub fn debris(dir: &Path) -> (usize, bool) {
     let mut gens = 0;
     let mut tmp = false;
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n == "..data_tmp" {
+        if n.starts_with("..data_tmp") {
             tmp = true;
         } else if n.starts_with("..") && n != "..data" && e.file_type().is_ok_and(|t| t.is_dir()) {
             gens += 1;
@@ -55,7 +56,7 @@ pub fn generation_names(dir: &Path) -> BTreeSet<String> {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("..") && n != "..data" && n != "..data_tmp")
+                .filter(|n| n.starts_with("..") && n != "..data" && !n.starts_with("..data_tmp"))
                 .filter(|n| !n.ends_with(".tmp"))
                 .collect()
         })

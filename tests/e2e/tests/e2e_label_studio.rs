@@ -18,7 +18,7 @@ use ls_token_refresher_e2e::{
     log_scan::assert_no_secrets,
     refresher::{run_to_end, workdir, RefresherProc},
     token_dir::read_set,
-    wait::poll,
+    wait::{poll, wait_for},
 };
 
 /// Common `run` flags: trace logs (to prove nothing leaks even there) and quick retries.
@@ -547,8 +547,38 @@ async fn label_studio_restart_mid_run_costs_consumers_nothing() {
         })
     };
     let (before, _, _) = read_set(&dir).unwrap();
+    // Down until a refresh attempt has failed against it (refreshes come every ~10 s, so a fixed
+    // few seconds of outage may fall between two attempts and test nothing), bounded well inside
+    // the token's remaining ~30 s.
+    let failed = || async {
+        let m = |r: &'static str| {
+            let p = &proc;
+            async move {
+                p.metric(&format!(
+                    "ls_token_refresher_refresh_errors_total{{reason=\"{r}\"}}"
+                ))
+                .await
+                .unwrap_or(0.0)
+            }
+        };
+        m("network").await + m("timeout").await
+    };
+    let failed_before = failed().await;
     ls.stop();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let t_down = Instant::now();
+    let noticed = wait_for(Duration::from_secs(20), || async {
+        failed().await > failed_before
+    })
+    .await;
+    assert!(
+        noticed.is_some(),
+        "no refresh attempt within 20 s of the outage; log:\n{}",
+        proc.log_text()
+    );
+    eprintln!(
+        "label studio down {:.1} s until an attempt failed",
+        t_down.elapsed().as_secs_f64()
+    );
     ls.restart().await;
     // Back: a fresh token arrives within a backoff step or the schedule, and works.
     let t0 = Instant::now();

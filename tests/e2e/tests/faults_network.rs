@@ -8,6 +8,11 @@
 //! - `long_outages_turn_readiness_false_at_expiry_and_recover`: outages longer than the lifetime:
 //!   readiness turns false with the reason exactly when the last token expires, and comes back
 //!   within one backoff step of the service returning.
+//! - `recovery_after_an_outage_longer_than_the_token_does_not_wait_for_the_backoff`: connections
+//!   refused until the token has expired and a failed attempt has put the next retry ≥ 10 s away
+//!   (default backoff, 1 s doubling up to `--backoff-max 60s`), and 0.5–1.5 s longer; once Label
+//!   Studio is reachable again a token is published within the `/health` probe interval (2 s)
+//!   plus an attempt, not when the backoff says (the code before the probe waited up to 60 s).
 //!
 //! Every refresher runs at `--log-level trace`; each test scans every log for every token issued
 //! (as seen by the proxy), the PAT and `eyJ`.
@@ -30,7 +35,7 @@ use ls_token_refresher_e2e::{
     jwt::jwt_exp,
     log_scan::scan_logs,
     token_dir::read_set,
-    wait::wait_for,
+    wait::{poll, wait_for},
 };
 
 /// How long a short outage lasts (< the 15 s a token has left when its refresh is due).
@@ -510,4 +515,106 @@ async fn long_outages_turn_readiness_false_at_expiry_and_recover() {
     );
     assert!(failed.is_empty(), "long outages:\n{}", failed.join("\n"));
     scan_logs("long", &logs, &tokens, &pat);
+}
+
+// ------------------------------------------------------------------ recovery after a long outage
+
+/// Least wait for the scheduled retry at the moment Label Studio comes back: the backoff alone
+/// would keep a consumer without a token at least this long.
+const MIN_PENDING_RETRY: f64 = 10.0;
+/// `/health` is probed this often while no valid token is held (the binary's
+/// `HEALTH_PROBE_INTERVAL`).
+const HEALTH_PROBE_INTERVAL: f64 = 2.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_an_outage_longer_than_the_token_does_not_wait_for_the_backoff() {
+    let t0 = Instant::now();
+    let Setup { ls, pat, tmp } = setup().await;
+    let dir = tmp.path().join("recovery");
+    let token_dir = dir.join("token");
+    std::fs::create_dir_all(&token_dir).unwrap();
+    let proxy = FaultProxy::start(&ls.url()).await;
+    // The default backoff: 1 s doubling to 60 s (capped by the remaining lifetime only while a
+    // valid token is held).
+    let args = fault_args(
+        &proxy.url(),
+        &token_dir,
+        &["--backoff-initial", "1s", "--backoff-max", "60s"],
+    );
+    let mut proc = start_refresher(&dir, "recovery", &args, &pat);
+    proc.wait_ready(200, Duration::from_secs(60)).await;
+    wait_next_success(&proc, Duration::from_secs(15)).await;
+    let (before, _, _) = read_set(&token_dir).expect("a set is published");
+    proxy.set(Fault::Refuse);
+    let t_fault = Instant::now();
+    // The token expires (TTL s after its issue), readiness turns false...
+    proc.wait_ready(503, Duration::from_secs(TTL + 10)).await;
+    // ...and a failed attempt puts the next retry far away.
+    let next = "ls_token_refresher_next_refresh_timestamp_seconds";
+    let pending = poll(
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let wait = metric(&proc, next).await - unix_now();
+            (wait >= MIN_PENDING_RETRY).then_some(wait)
+        },
+    )
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the retry never got {MIN_PENDING_RETRY} s away; log:\n{}",
+            proc.log_text()
+        )
+    });
+    let outage_at_detection = t_fault.elapsed().as_secs_f64();
+    // Label Studio returns at some moment of that wait — here inside its first probe interval,
+    // where a probe that starts an interval late, or forgets what earlier probes saw, misses it.
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(500..1500))).await;
+    let pending = pending - t_fault.elapsed().as_secs_f64() + outage_at_detection;
+    let failures = metric(&proc, &errors_metric("network")).await;
+    proxy.set(Fault::Pass);
+    let outage = t_fault.elapsed().as_secs_f64();
+    let t_restore = Instant::now();
+    let recovery = wait_for(Duration::from_secs(90), || async {
+        proc.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    let fresh = read_set(&token_dir).filter(|s| s.0 != before);
+    let api = match &fresh {
+        Some((_, auth, _)) => {
+            let (url, auth) = (ls.url(), auth.clone());
+            tokio::task::spawn_blocking(move || http_status(&url, WHOAMI, &auth))
+                .await
+                .unwrap()
+        }
+        None => None,
+    };
+    let health_probes = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/health" && r.at >= t_restore)
+        .count();
+    let exit = proc.signal_and_wait("TERM").code();
+    let log = proc.log_text();
+    eprintln!(
+        "FAULTS-FIGURES test=recovery outage_s={outage:.1} network_errors={failures} retry_pending_at_restore_s={pending:.1} recovery_s={} health_probes_after_restore={health_probes} api_after_recovery={api:?} exit={exit:?} wall_s={:.0}",
+        recovery.map(|r| format!("{r:.2}")).unwrap_or("never".into()),
+        t0.elapsed().as_secs_f64()
+    );
+    // A probe is due within its interval, then one exchange + validation (request timeout each),
+    // plus slack for a loaded 2-core machine; still well under the pending retry.
+    let bound = HEALTH_PROBE_INTERVAL + 2.0 * REQUEST_TIMEOUT + 1.0;
+    assert!(
+        recovery.is_some_and(|r| r <= bound),
+        "recovery took {recovery:?} s (bound {bound} s; the backoff had the retry {pending:.1} s away); log:\n{}",
+        proc.log_text()
+    );
+    assert_eq!(api, Some(200), "the token published after the outage");
+    assert!(
+        log.contains("Label Studio answers /health again"),
+        "recovery not triggered by the probe"
+    );
+    assert_eq!(exit, Some(0));
+    let tokens: BTreeSet<String> = proxy.tokens().into_iter().collect();
+    scan_logs("recovery", &[log], &tokens, &pat);
 }

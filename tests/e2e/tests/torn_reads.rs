@@ -6,10 +6,17 @@
 //! - `writer_killed_at_random_moments_leaves_old_or_new_set`: a writer process (this test binary
 //!   re-run as `fault_writer_child`) killed mid-write by SIGTERM/SIGKILL, the set checked after each
 //!   kill, the debris cleaned by the next write.
+//! - `stalled_write_blocks_no_one_and_data_always_resolves`: a write stalled in the kernel (a
+//!   frozen file system) and abandoned by its publisher's timeout, as the refresh loop does after
+//!   30 s, then five more publishers at once while readers keep reading: the later publishers fail
+//!   at once with a clear message instead of stalling beside it, one thread is stuck (not six),
+//!   `..data` always resolves to a whole set, and after the thaw the next write leaves one
+//!   generation and no debris.
 //!
 //! Figures (`FAULTS-FIGURES …` on stderr): docs/fault-injection.md.
 
 use std::{
+    collections::BTreeSet,
     io::Write,
     path::Path,
     process::{Command, Stdio},
@@ -22,10 +29,11 @@ use std::{
 
 use ls_token_refresher::{
     secret::Secret,
-    sink::{file::FileSink, TokenSet},
+    sink::{file::FileSink, Sink, TokenSet},
     token::{Authorization, Scheme},
 };
 use ls_token_refresher_e2e::{
+    frozen_fs::FreezableFs,
     process,
     token_dir::{debris, read_generation, visible_set},
 };
@@ -353,4 +361,179 @@ fn writer_killed_at_random_moments_leaves_old_or_new_set() {
     );
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(after, (1, false), "debris cleaned by the next write");
+}
+
+/// What a reader of a token directory saw while writers ran.
+#[derive(Debug, Default)]
+struct ReaderReport {
+    reads: u64,
+    /// `..data` did not resolve to a directory, twice in a row 1 ms apart (a switch in between is
+    /// not a dangling link: the second look sees the new target).
+    dangling: u64,
+    /// No whole set could be read from the generation `..data` named, twice in a row.
+    missing: u64,
+    /// Sets whose files do not belong together (first few).
+    torn: Vec<String>,
+    /// Set numbers seen.
+    seen: BTreeSet<u64>,
+}
+
+/// Reads `dir` like a careful consumer (resolve `..data` once, read the four files there) until
+/// `stop`, at most 60 s.
+fn read_until(dir: &Path, stop: &AtomicBool) -> ReaderReport {
+    let mut r = ReaderReport::default();
+    let t0 = Instant::now();
+    let resolves = || std::fs::metadata(dir.join("..data")).is_ok_and(|m| m.is_dir());
+    let whole = || read_generation(dir).map(|(t, a, e, j)| check_numbered(&t, &a, &e, &j));
+    while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(60) {
+        r.reads += 1;
+        if !resolves() {
+            std::thread::sleep(Duration::from_millis(1));
+            if !resolves() {
+                r.dangling += 1;
+            }
+        }
+        let got = whole().or_else(|| {
+            std::thread::sleep(Duration::from_millis(1));
+            whole()
+        });
+        match got {
+            None => r.missing += 1,
+            Some(Ok(n)) => {
+                r.seen.insert(n);
+            }
+            Some(Err(e)) if r.torn.len() < 5 => r.torn.push(e),
+            Some(Err(_)) => {}
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_write_blocks_no_one_and_data_always_resolves() {
+    /// The abandoned first publish: long enough to be inside the stalled write, short for the test
+    /// (the refresh loop abandons after 30 s).
+    const ABANDON_AFTER: Duration = Duration::from_millis(500);
+    /// Bound on each later publish: one that does not come back by then has stalled too.
+    const LATER_BOUND: Duration = Duration::from_secs(3);
+    const LATER: u64 = 5;
+    let mut fs = FreezableFs::mount(32).unwrap_or_else(|e| {
+        panic!("the stalled-write test needs a freezable file system (root, loop devices, mkfs.ext4, fsfreeze): {e}")
+    });
+    let dir = fs.path().join("token");
+    std::fs::create_dir(&dir).unwrap();
+    let sink = FileSink::new(dir.clone(), 0o640, None);
+    sink.write_blocking(&numbered_set(0)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || read_until(&dir, &stop))
+        })
+        .collect();
+    let me = std::process::id();
+    let stuck_before = process::threads_in_d_state(me);
+
+    fs.freeze();
+    let t0 = Instant::now();
+    // Like the refresh loop: the publish times out and is abandoned (its blocking write is not).
+    let first = tokio::time::timeout(ABANDON_AFTER, sink.publish(&numbered_set(1))).await;
+    assert!(
+        first.is_err(),
+        "the first publish finished on a frozen file system: {:?}",
+        first.map(|r| r.map_err(|e| e.to_string()))
+    );
+    // Then several at once (later attempts, or other publishers of the same sink).
+    let later = futures::future::join_all((2..2 + LATER).map(|n| {
+        let sink = &sink;
+        async move {
+            let t = Instant::now();
+            let r = tokio::time::timeout(LATER_BOUND, sink.publish(&numbered_set(n))).await;
+            (
+                n,
+                t.elapsed().as_secs_f64(),
+                r.map(|r| r.map_err(|e| e.to_string())),
+            )
+        }
+    }))
+    .await;
+    // Threads stuck in the kernel on the frozen file system (the least over a few looks, so a
+    // thread passing through D state for another reason is not counted).
+    let mut stuck = usize::MAX;
+    for _ in 0..5 {
+        stuck = stuck.min(process::threads_in_d_state(me).saturating_sub(stuck_before));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Readers keep reading the frozen directory a while longer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen_for = t0.elapsed().as_secs_f64();
+    fs.thaw();
+    // The stalled writes finish now; wait until none is left in the kernel.
+    let settled = ls_token_refresher_e2e::wait::wait_for(Duration::from_secs(10), || async {
+        process::threads_in_d_state(me) <= stuck_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_thaw = read_generation(&dir).map(|(t, a, e, j)| check_numbered(&t, &a, &e, &j));
+    let debris_after_thaw = debris(&dir);
+    // The next write, with nothing stalled, must succeed and leave one generation.
+    let last = tokio::time::timeout(Duration::from_secs(10), sink.publish(&numbered_set(100)))
+        .await
+        .map(|r| r.map_err(|e| e.to_string()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let reports: Vec<ReaderReport> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let final_set = read_generation(&dir).map(|(t, a, e, j)| check_numbered(&t, &a, &e, &j));
+    let final_debris = debris(&dir);
+
+    let fast_fails = later
+        .iter()
+        .filter(|(_, _, r)| matches!(r, Ok(Err(_))))
+        .count();
+    let stalled_later = later.iter().filter(|(_, _, r)| r.is_err()).count();
+    let reads: u64 = reports.iter().map(|r| r.reads).sum();
+    let dangling: u64 = reports.iter().map(|r| r.dangling).sum();
+    let missing: u64 = reports.iter().map(|r| r.missing).sum();
+    let torn: Vec<&String> = reports.iter().flat_map(|r| &r.torn).collect();
+    let seen: BTreeSet<u64> = reports
+        .iter()
+        .flat_map(|r| r.seen.iter().copied())
+        .collect();
+    eprintln!(
+        "FAULTS-FIGURES test=stalled-write frozen_s={frozen_for:.1} later_publishers={LATER} failed_fast={fast_fails} stalled_too={stalled_later} later_max_s={:.2} threads_stuck={stuck} settled={settled:?} set_after_thaw={after_thaw:?} debris_after_thaw={debris_after_thaw:?} reads={reads} dangling_data={dangling} missing_set={missing} torn={} sets_seen={seen:?} last_publish={last:?} final_set={final_set:?} final_debris={final_debris:?}",
+        later.iter().map(|(_, s, _)| *s).fold(0.0, f64::max),
+        torn.len(),
+    );
+    for (n, secs, r) in &later {
+        match r {
+            Ok(Err(msg)) => assert!(
+                msg.contains(&dir.display().to_string()) && msg.contains("has not finished"),
+                "publish {n} failed after {secs:.2}s, but the message does not say why: {msg}"
+            ),
+            Ok(Ok(())) => panic!("publish {n} succeeded while the file system was frozen"),
+            Err(_) => panic!(
+                "publish {n} stalled beside the first one (no answer within {LATER_BOUND:?}) instead of failing at once"
+            ),
+        }
+    }
+    assert_eq!(stuck, 1, "threads stuck in the frozen file system");
+    assert!(settled.is_some(), "writes still stuck 10 s after the thaw");
+    assert_eq!(
+        (dangling, missing, torn.len()),
+        (0, 0, 0),
+        "readers: ..data dangling {dangling}×, no whole set {missing}×, torn {torn:?}"
+    );
+    assert_eq!(
+        after_thaw,
+        Some(Ok(1)),
+        "the stalled write completes after the thaw"
+    );
+    assert_eq!(last, Ok(Ok(())), "the next write after the thaw");
+    assert_eq!(final_set, Some(Ok(100)));
+    assert_eq!(
+        final_debris,
+        (1, false),
+        "one generation and no temporary link left"
+    );
 }
