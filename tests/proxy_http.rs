@@ -787,6 +787,84 @@ fn claims(jwt: &str) -> serde_json::Value {
     .unwrap()
 }
 
+/// A locally answered request's body is read before the answer, so the client's keep-alive
+/// connection stays usable even when the body arrives after the head (as http.client and httpx
+/// send them); a body too large to read is answered with `Connection: close` instead.
+#[tokio::test]
+async fn local_answers_keep_the_connection_usable() {
+    let h = Harness::start(Options::default()).await;
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    let body = r#"{"refresh":"placeholder"}"#;
+    for round in 0..3 {
+        s.write_all(
+            format!(
+                "POST /api/token/refresh/ HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(body.as_bytes()).await.unwrap();
+        let answer = read_one_answer(&mut s).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: {answer}"
+        );
+        assert!(!answer.to_ascii_lowercase().contains("connection: close"));
+    }
+    // The same connection still carries an ordinary request.
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_one_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(h.upstream.seen().len(), 1);
+
+    // 1 MiB sent to a local answer: not read; the answer says the connection closes.
+    let big = format!(
+        "POST /api/token/ HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        1024 * 1024
+    );
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(big.as_bytes()).await.unwrap();
+    s.write_all(&vec![b'x'; 128 * 1024]).await.unwrap();
+    let answer = read_one_answer(&mut s).await.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 403"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+}
+
+/// Reads one answer with a Content-Length body (5 s limit); "" if the connection closed first.
+async fn read_one_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if rest.len() >= len {
+                return text;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&got).into_owned(),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "no complete answer within 5 s: {}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // Protocol abuse
 

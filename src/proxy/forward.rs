@@ -2,7 +2,12 @@
 //! answer the token endpoints locally, attach the current token, stream the request to Label
 //! Studio and its answer back.
 
-use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http::{
@@ -25,6 +30,12 @@ pub(super) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 /// `Retry-After` (seconds) when no valid token is held: the refresh loop probes Label Studio
 /// every 2 s during an outage, so asking clients to wait longer would only delay them.
 const RETRY_AFTER_SECS: u64 = 2;
+
+/// Most of a locally answered request's body that is read (to keep the connection usable): the
+/// SDK's refresh POST carries a few hundred bytes; nothing answered here needs more.
+const LOCAL_BODY_MAX: usize = 64 * 1024;
+/// Longest wait for that body (its head has arrived; the rest is normally in flight).
+const LOCAL_BODY_WAIT: Duration = Duration::from_secs(5);
 
 /// Lifetime of a stand-in while the held token is a legacy one (which has no expiry).
 const LEGACY_STANDIN_SECS: i64 = 3600;
@@ -117,35 +128,71 @@ async fn route(
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<ProxyBody> {
+    match local_answer(shared, &req) {
+        Ok(auth) => forward(shared, peer, req, auth, started).await,
+        Err(answer) => finish_local(req.into_body(), answer).await,
+    }
+}
+
+/// The token to forward `req` with, or the answer given here instead.
+fn local_answer(
+    shared: &Shared,
+    req: &Request<Incoming>,
+) -> Result<Authorization, Response<ProxyBody>> {
     if req.method() == Method::CONNECT {
-        return json_error(
+        return Err(json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "refused",
             "CONNECT is not supported: this proxy only forwards to Label Studio",
-        );
+        ));
     }
     if req.version() < Version::HTTP_2 && req.uri().scheme().is_some() {
-        return json_error(
+        return Err(json_error(
             StatusCode::BAD_REQUEST,
             "refused",
             "absolute-form request targets are refused: this is not a forward proxy; send requests as to Label Studio itself",
-        );
+        ));
     }
     match route_of(req.method(), req.uri().path()) {
-        Route::LocalRefresh => return local_refresh(shared),
+        Route::LocalRefresh => return Err(local_refresh(shared)),
         Route::Blocked => {
-            return json_error(
+            return Err(json_error(
                 StatusCode::FORBIDDEN,
                 "refused",
                 "token management is not available through the proxy (it holds the credential so you do not have to)",
-            )
+            ))
         }
         Route::Forward => {}
     }
-    let Some(auth) = current(shared) else {
-        return unavailable(shared);
+    current(shared).ok_or_else(|| unavailable(shared))
+}
+
+/// Reads what the client sent along with a locally answered request before answering: hyper
+/// closes a connection whose request body was left unread (without saying so when the body had
+/// not arrived yet, so the client's next request on it fails). A body too large or too slow to
+/// read is left, and the answer says the connection closes.
+async fn finish_local(body: Incoming, mut answer: Response<ProxyBody>) -> Response<ProxyBody> {
+    let read_all = async {
+        let mut body = body;
+        let mut read = 0usize;
+        while let Some(frame) = body.frame().await {
+            read += frame.ok()?.data_ref().map_or(0, Bytes::len);
+            if read > LOCAL_BODY_MAX {
+                return None;
+            }
+        }
+        Some(())
     };
-    forward(shared, peer, req, auth, started).await
+    let done = matches!(
+        tokio::time::timeout(LOCAL_BODY_WAIT, read_all).await,
+        Ok(Some(()))
+    );
+    if !done {
+        answer
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    answer
 }
 
 /// The current token, if it is valid now.
