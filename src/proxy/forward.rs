@@ -128,35 +128,39 @@ async fn route(
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<ProxyBody> {
-    match local_answer(shared, &req) {
-        Ok(auth) => forward(shared, peer, req, auth, started).await,
-        Err(answer) => finish_local(req.into_body(), answer).await,
+    match decide(shared, &req) {
+        Decision::Forward(auth) => forward(shared, peer, req, auth, started).await,
+        Decision::Answer(answer) => finish_local(req.into_body(), answer).await,
     }
 }
 
-/// The token to forward `req` with, or the answer given here instead.
-fn local_answer(
-    shared: &Shared,
-    req: &Request<Incoming>,
-) -> Result<Authorization, Response<ProxyBody>> {
+/// Whether a request goes to Label Studio, and with which token.
+enum Decision {
+    /// Forward with this token.
+    Forward(Authorization),
+    /// Answer here.
+    Answer(Response<ProxyBody>),
+}
+
+fn decide(shared: &Shared, req: &Request<Incoming>) -> Decision {
     if req.method() == Method::CONNECT {
-        return Err(json_error(
+        return Decision::Answer(json_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "refused",
             "CONNECT is not supported: this proxy only forwards to Label Studio",
         ));
     }
     if req.version() < Version::HTTP_2 && req.uri().scheme().is_some() {
-        return Err(json_error(
+        return Decision::Answer(json_error(
             StatusCode::BAD_REQUEST,
             "refused",
             "absolute-form request targets are refused: this is not a forward proxy; send requests as to Label Studio itself",
         ));
     }
     match route_of(req.method(), req.uri().path()) {
-        Route::LocalRefresh => return Err(local_refresh(shared)),
+        Route::LocalRefresh => return Decision::Answer(local_refresh(shared)),
         Route::Blocked => {
-            return Err(json_error(
+            return Decision::Answer(json_error(
                 StatusCode::FORBIDDEN,
                 "refused",
                 "token management is not available through the proxy (it holds the credential so you do not have to)",
@@ -164,7 +168,10 @@ fn local_answer(
         }
         Route::Forward => {}
     }
-    current(shared).ok_or_else(|| unavailable(shared))
+    match current(shared) {
+        Some(auth) => Decision::Forward(auth),
+        None => Decision::Answer(unavailable(shared)),
+    }
 }
 
 /// Reads what the client sent along with a locally answered request before answering: hyper
