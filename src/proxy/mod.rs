@@ -10,7 +10,7 @@
 //!   the SDK's own refresh logic works and N clients cause no exchanges. The other token
 //!   management endpoints (`/api/token/…`, the legacy token) are refused: through the proxy, a
 //!   client could otherwise rotate the PAT away or read a long-lived credential.
-//! - Whatever is answered here has its request body read first (a few KiB at most), so the
+//! - Whatever is answered here has its request body read first (up to 64 KiB), so the
 //!   client's keep-alive connection stays usable; a larger body gets `Connection: close`.
 //! - No valid token: 503 with a JSON reason and `Retry-After`, never an unauthenticated forward.
 //!   Label Studio unreachable or slow: 502/504 with a reason. A 401 from Label Studio reports the
