@@ -34,7 +34,7 @@ The config dict has these keys (all but url and patSecret.name optional); unknow
   proxy               mode run only: also serve the auth proxy (LS_PROXY_ADDR) beside the files (default false)
   proxyPort           the proxy listens on 127.0.0.1:<proxyPort> (default 9418; only containers of the same pod reach
                       it, and whoever reaches it acts as the PAT's user)
-  proxyTimeout        longest wait for Label Studio's response head and each piece of a body (LS_PROXY_TIMEOUT,
+  proxyTimeout        longest silence while forwarding: Label Studio's answer, or the next piece of a body (LS_PROXY_TIMEOUT,
                       a duration such as 120s; default the program's, 120s)
   proxyUpstreamHost   send the upstream's Host instead of the client's (LS_PROXY_UPSTREAM_HOST), for a url behind
                       an ingress that routes by Host (default false)
