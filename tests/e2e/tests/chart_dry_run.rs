@@ -18,25 +18,14 @@ use std::process::Output;
 use ls_token_refresher_e2e::{
     kube_api::can_i,
     kube_apiserver::{ApiServer, Identity},
-    repo_root,
-    tools::tools_env,
+    repo_root, tools,
 };
 
 const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
 
-/// `helm ARGS...` with the provisioned helm and its writable homes.
+/// `helm ARGS...` against no cluster (templates only).
 async fn helm(args: &[&str]) -> Output {
-    let env = tools_env();
-    tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(r#"source "$0" && exec "$HELM" "$@""#)
-        .arg(env)
-        .args(args)
-        .current_dir(repo_root())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run helm")
+    tools::helm(args, None).await
 }
 
 fn text(b: &[u8]) -> String {
