@@ -19,7 +19,7 @@ use kube::{
     Client,
 };
 
-use crate::{kube_apiserver::ApiServer, repo_root, tools::tools_env};
+use crate::kube_apiserver::ApiServer;
 
 /// The chart, relative to the repository root.
 pub const CHART: &str = "charts/ls-token-refresher";
@@ -31,16 +31,7 @@ const TOKEN_SECONDS: i64 = 3600;
 
 /// `helm ARGS...` with the provisioned helm and its writable homes, in the repository root.
 pub async fn helm(args: &[&str]) -> Output {
-    tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(r#"source "$0" && exec "$HELM" "$@""#)
-        .arg(tools_env())
-        .args(args)
-        .current_dir(repo_root())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run helm")
+    crate::tools::helm(args, None).await
 }
 
 /// Lossy UTF-8 of a command's output.

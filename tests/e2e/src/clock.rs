@@ -28,3 +28,14 @@ pub async fn sleep_past(exp: i64, margin: Duration) {
     let wait = (exp as f64 - unix_now()).max(0.0) + margin.as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(wait)).await;
 }
+
+/// Seconds since boot (CLOCK_BOOTTIME, from /proc/uptime, 10 ms resolution): the clock a pod's
+/// container and the test process read alike (containers here get no time namespace), so times
+/// taken inside a pod and in the test compare directly.
+pub fn boot_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/uptime").expect("read /proc/uptime");
+    s.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("/proc/uptime starts with seconds")
+}

@@ -86,3 +86,30 @@ pub async fn can_i_with(server: &ApiServer, kubeconfig: &Path, args: &[&str]) ->
         ),
     }
 }
+
+/// A DNS-label name `<prefix>-<8 random [a-z0-9]>` (the prefix lower-cased, other characters
+/// turned into `-`, cut to 50): a namespace of one's own on a shared cluster.
+pub fn unique_name(prefix: &str) -> String {
+    let mut p: String = prefix
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    p.truncate(50);
+    let p = p.trim_matches('-');
+    let p = if p.is_empty() { "ns" } else { p };
+    format!("{p}-{}", random_lower(8))
+}
+
+fn random_lower(n: usize) -> String {
+    std::iter::repeat_with(|| {
+        let c = fastrand::u8(0..36);
+        if c < 10 {
+            (b'0' + c) as char
+        } else {
+            (b'a' + c - 10) as char
+        }
+    })
+    .take(n)
+    .collect()
+}

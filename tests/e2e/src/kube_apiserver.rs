@@ -36,6 +36,7 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+use crate::kube_api::unique_name;
 use crate::pki::{self, EC_KEY};
 use crate::{free_port, init_crypto, process, tail};
 
@@ -331,15 +332,7 @@ impl ApiServer {
 
     /// Creates a namespace `<prefix>-<random>` (prefix sanitised to a DNS label) and returns its name.
     pub async fn create_namespace(&self, prefix: &str) -> String {
-        let mut p: String = prefix
-            .to_ascii_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        p.truncate(50);
-        let p = p.trim_matches('-');
-        let p = if p.is_empty() { "ns" } else { p };
-        let name = format!("{p}-{}", random_lower(8));
+        let name = unique_name(prefix);
         let api: Api<Namespace> = Api::all(self.admin_client().await);
         let ns = Namespace {
             metadata: ObjectMeta {
@@ -439,19 +432,7 @@ impl ApiServer {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        tokio::process::Command::new(self.kubectl_path())
-            .env("KUBECONFIG", kubeconfig)
-            .env("HOME", self.dir.path())
-            .arg(format!(
-                "--cache-dir={}",
-                self.dir.path().join("kubectl-cache").display()
-            ))
-            .arg("--request-timeout=30s")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .expect("run kubectl")
+        crate::tools::kubectl(&self.kubectl_path(), kubeconfig, self.dir.path(), args).await
     }
 
     /// Last lines of etcd's and kube-apiserver's logs (for failure messages).
@@ -691,19 +672,6 @@ fn random_token() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
         .take(40)
         .collect()
-}
-
-fn random_lower(n: usize) -> String {
-    std::iter::repeat_with(|| {
-        let c = fastrand::u8(0..36);
-        if c < 10 {
-            (b'0' + c) as char
-        } else {
-            (b'a' + c - 10) as char
-        }
-    })
-    .take(n)
-    .collect()
 }
 
 fn write_atomic(path: &Path, contents: &str) {

@@ -11,6 +11,7 @@
 //! | [`refresher`] | the real `ls-token-refresher` binary as a child process |
 //! | [`auth_proxy`] | the binary serving the auth proxy (PAT file, trace logs); a raw HTTP/1.1 client |
 //! | [`stock_clients`] | label-studio-sdk 2.1.2 and the ML backend 1.0.9 as their users run them |
+//! | [`node`], [`pods`], [`image`] | a real kubelet + containerd node; pods, manifests and consumers on it; our image |
 //! | [`token_dir`] | readers of a published token directory (`..data` generations) |
 //! | [`fault_proxy`], [`http1`] | a misbehaving HTTP/1.1 proxy and the minimal HTTP it speaks |
 //! | [`tls`], [`pki`] | an HTTPS front with a self-signed certificate; `openssl` helpers |
@@ -24,8 +25,9 @@
 //! | [`clock`], [`jwt`], [`wait`], [`process`], [`log_scan`] | time, JWT claims, polling, PIDs, secret scans |
 //!
 //! Everything listens on 127.0.0.1 only, every wait is bounded, and every process a harness starts
-//! is stopped by PID on drop. Provisioning scripts live in `tests/support/{ls,kube,tools,consumers}/`
-//! of the repository ([`support_dir`]); their results are cached under [`cache_dir`].
+//! is stopped by PID on drop. Provisioning scripts live in
+//! `tests/support/{ls,kube,node,tools,consumers,faketime}/` of the repository ([`support_dir`]); their
+//! results are cached under [`cache_dir`].
 
 pub mod auth_proxy;
 pub mod chart;
@@ -36,13 +38,16 @@ pub mod fault_proxy;
 pub mod fault_suite;
 pub mod frozen_fs;
 pub mod http1;
+pub mod image;
 pub mod jwt;
 pub mod kube_api;
 pub mod kube_apiserver;
 pub mod label_studio;
 pub mod log_scan;
 pub mod ls_api;
+pub mod node;
 pub mod pki;
+pub mod pods;
 pub mod private_hosts;
 pub mod process;
 pub mod prometheus;
@@ -73,7 +78,7 @@ pub fn repo_root() -> &'static Path {
         .expect("tests/e2e lives two levels below the repository root")
 }
 
-/// `tests/support/<name>` of the repository: the provisioning scripts (`ls`, `kube`, `tools`).
+/// `tests/support/<name>` of the repository: the provisioning scripts (`ls`, `kube`, `node`, `tools`).
 pub fn support_dir(name: &str) -> PathBuf {
     repo_root().join("tests/support").join(name)
 }

@@ -62,3 +62,24 @@ pub fn threads_in_d_state(pid: u32) -> usize {
         })
         .count()
 }
+
+/// The value of `key` (e.g. `"Uid"`, `"CapEff"`, `"NoNewPrivs"`) in /proc/PID/status, whitespace
+/// collapsed to single spaces.
+pub fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))?;
+    Some(value.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Mount options of the root filesystem as the process sees it (its mount namespace), e.g.
+/// `ro,relatime`, from /proc/PID/mountinfo.
+pub fn root_mount_options(pid: u32) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    // Fields: id parent major:minor root mountpoint options …; the last mount on "/" is the visible one.
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(4) == Some(&"/")).then(|| f.get(5).map(|s| s.to_string()))?
+    })
+}
