@@ -31,10 +31,8 @@ const MIN_LEAD_SECS: f64 = 30.0;
 
 /// `helm install` of charts/ls-token-refresher into the scope's namespace, the PAT Secret created
 /// first (the chart reads an existing one). Values: our image, `labelStudio.url`, `hostNetwork`, a
-/// free `admin.port`, and the admin server on 127.0.0.1 through `extraArgs` (the chart's
-/// `LS_ADMIN_ADDR` is 0.0.0.0:<port>, on the host network every interface of the machine; the flag
-/// wins over the variable, and a second `LS_ADMIN_ADDR` in `extraEnv` is a duplicate key helm's
-/// server-side apply refuses). Waits for the Deployment (`helm --wait`), then checks the pod as the kubelet ran it:
+/// free `admin.port` and `admin.address` 127.0.0.1 (on the host network 0.0.0.0 would be every
+/// interface of the machine). Waits for the Deployment (`helm --wait`), then checks the pod as the kubelet ran it:
 /// on the node, host network, uid/gid 65532, no capabilities, no_new_privs, seccomp, read-only root.
 async fn install(scope: &Scope, ls: &LabelStudio, pat: &str) -> Pod {
     scope.create_secret(PAT_SECRET, &[("pat", pat)]).await;
@@ -47,7 +45,7 @@ async fn install(scope: &Scope, ls: &LabelStudio, pat: &str) -> Pod {
         format!("labelStudio.url={}", ls.url()),
         "hostNetwork=true".into(),
         format!("admin.port={admin}"),
-        format!("extraArgs[0]=--admin-addr=127.0.0.1:{admin}"),
+        "admin.address=127.0.0.1".into(),
     ];
     let mut args = vec![
         "install",
