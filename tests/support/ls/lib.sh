@@ -1,5 +1,5 @@
 # Shell helpers to run a throw-away Label Studio 1.23.2 on 127.0.0.1 (for the demo and the benchmarks;
-# the Rust tests use tests/support/label_studio.rs). Source it after running provision.sh.
+# the Rust tests use tests/e2e/src/label_studio.rs). Source it after running provision.sh.
 #   ls_start DIR TTL_SECONDS [NAME=VALUE...] -> sets LS_PID, LS_PORT, LS_URL; data dir and log under DIR; the
 #                              optional NAME=VALUE pairs are added to the server's (otherwise clean) environment,
 #                              e.g. ML_BLOCK_LOCAL_IP=false to let it reach an ML backend on 127.0.0.1;
