@@ -322,8 +322,8 @@ fn ls_log_len(ls: &LabelStudio) -> usize {
 
 /// `(method, path, status)` of every request Label Studio logged after byte `from` of its log. Its
 /// development server logs `[time] [django.server…] [INFO] "GET /path HTTP/1.1" 200 1234`, each line
-/// twice (two handlers, one file): a line counts once (two downloads differ in path: every upload
-/// has its own name).
+/// twice in this file: a line counts once (two downloads differ in path: every upload has its own
+/// name).
 fn ls_requests(ls: &LabelStudio, from: usize) -> Vec<(String, String, u16)> {
     let log = std::fs::read(ls.log_path()).unwrap_or_default();
     let text = String::from_utf8_lossy(&log[from.min(log.len())..]).into_owned();
