@@ -14,12 +14,15 @@ The image is reproducible: every entry is owned by 0:0 unless told otherwise, ha
       [--symlink DEST:TARGET]...
       [--text DEST:MODE:CONTENT]...           a file with this literal content (\\n is a newline)
       [--user U] [--entrypoint JSON] [--cmd JSON] [--env K=V]... [--workdir D]
-      [--expose 9417/tcp]... [--label K=V]...
+      [--expose 9417/tcp]... [--label K=V]... [--gzip]
+      [@ARGS_FILE]...                         more arguments, one per line (for images of many files)
+--gzip compresses the layer (tar+gzip; smaller tarball and smaller content store, same rootfs diff ID).
 Prints the manifest digest (sha256:…) on stdout.
 Parent directories are created 0755 root:root. Standard library only.
 """
 import argparse
 import datetime
+import gzip
 import hashlib
 import io
 import json
@@ -109,7 +112,8 @@ def jbytes(obj):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 fromfile_prefix_chars="@")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tag", required=True, help="image reference, e.g. example.org/name:1.0")
     ap.add_argument("--file", action="append", default=[])
@@ -123,6 +127,7 @@ def main():
     ap.add_argument("--workdir")
     ap.add_argument("--expose", action="append", default=[])
     ap.add_argument("--label", action="append", default=[])
+    ap.add_argument("--gzip", action="store_true")
     a = ap.parse_args()
 
     layer = Layer()
@@ -142,6 +147,12 @@ def main():
 
     layer_tar = layer.tar()
     diff_id = sha(layer_tar)
+    layer_type = "application/vnd.oci.image.layer.v1.tar"
+    if a.gzip:
+        # mtime 0 and no file name in the gzip header: the same layer gives the same blob.
+        layer_tar = gzip.compress(layer_tar, compresslevel=6, mtime=0)
+        layer_type += "+gzip"
+    layer_digest = sha(layer_tar)
 
     cfg = {}
     if a.user:
@@ -172,8 +183,7 @@ def main():
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config_b),
                    "size": len(config_b)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": diff_id,
-                    "size": len(layer_tar)}],
+        "layers": [{"mediaType": layer_type, "digest": layer_digest, "size": len(layer_tar)}],
     }
     manifest_b = jbytes(manifest)
     index = {
@@ -191,14 +201,14 @@ def main():
         }],
     }
     blob = lambda d: "blobs/sha256/" + d.split(":", 1)[1]
-    docker_manifest = [{"Config": blob(sha(config_b)), "RepoTags": [a.tag], "Layers": [blob(diff_id)]}]
+    docker_manifest = [{"Config": blob(sha(config_b)), "RepoTags": [a.tag], "Layers": [blob(layer_digest)]}]
 
     files = [
         ("oci-layout", jbytes({"imageLayoutVersion": "1.0.0"})),
         ("index.json", jbytes(index)),
         ("manifest.json", jbytes(docker_manifest)),
         (blob(sha(config_b)), config_b),
-        (blob(diff_id), layer_tar),
+        (blob(layer_digest), layer_tar),
         (blob(sha(manifest_b)), manifest_b),
     ]
     tmp = a.out + ".tmp"

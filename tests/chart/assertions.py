@@ -356,16 +356,21 @@ def _():
     file_mode_pod_checks(ps, "job-once.yaml")
 
 
-@check("deploy/proxy-sidecar.yaml: stock ML backend behind a proxy-mode native sidecar, holding no credential")
+@check("deploy/proxy-sidecar.yaml: stock ML backend behind a proxy-mode classic sidecar, holding no credential")
 def _():
     docs = deploy["proxy-sidecar.yaml"]
     ps = pod_spec(workload(docs))
     assert ps.get("automountServiceAccountToken") is False
-    (side,) = ps["initContainers"]
-    assert "ls-token-refresher" in side["image"] and side["restartPolicy"] == "Always"
+    # Classic (runs on every Kubernetes version): no init containers, the sidecar listed first (started first), the
+    # pod Ready only when the proxy holds a token.
+    assert "initContainers" not in ps, "proxy-sidecar.yaml must not need native sidecars"
+    side, app = ps["containers"]
+    assert "ls-token-refresher" in side["image"] and "restartPolicy" not in side
     assert side["args"] == ["proxy"], side["args"]
     hardened(side, "proxy-sidecar.yaml:refresher")
-    assert http_path(side.get("startupProbe")) == "/readyz"
+    assert "startupProbe" not in side
+    assert http_path(side.get("readinessProbe")) == "/readyz"
+    assert http_path(side.get("livenessProbe")) == "/livez"
     env = env_of(side)
     host, port = env["LS_PROXY_ADDR"].rsplit(":", 1)
     assert host == "127.0.0.1", f"the proxy must listen on loopback only: {env['LS_PROXY_ADDR']}"
@@ -376,7 +381,6 @@ def _():
         "no token volume in proxy mode"
     pat_dir = env["LS_PAT_FILE"].rsplit("/", 1)[0]
     (pat_mount,) = [m for m in side["volumeMounts"] if m["mountPath"] == pat_dir]
-    (app,) = ps["containers"]
     assert "ls-token-refresher" not in app["image"]
     hardened(app, "proxy-sidecar.yaml:ml-backend")
     app_env = {e["name"]: e for e in app["env"]}

@@ -166,7 +166,7 @@ done
 for f in "$deploy"/*.yaml "$deploy"/monitoring/*.yaml; do
   versions="$K8S_SIDECARS $K8S_NEWEST"
   # Everything but the native sidecar example must also work on clusters without native sidecars.
-  case $f in */native-sidecar.yaml | */proxy-sidecar.yaml) ;; */monitoring/*) ;; *) versions="$K8S_OLDEST $versions" ;; esac
+  case $f in */native-sidecar.yaml) ;; */monitoring/*) ;; *) versions="$K8S_OLDEST $versions" ;; esac
   validate "kubernetes-validate --strict k8s ${versions// / + } (${f#"$root"/})" "$versions" "$f"
 done
 # ... and the native one must not: its init container's restartPolicy is a 1.28 field (proves strictness works).

@@ -89,7 +89,7 @@ impl Node {
         let env = parse_env(&std::fs::read_to_string(dir.join("node.env")).expect("node.env"));
         let image = image::build(root.path());
         let built = t0.elapsed();
-        let mut node = Node {
+        let node = Node {
             root: Some(root),
             dir,
             env,
@@ -140,8 +140,9 @@ impl Node {
         self.env("KUBECONFIG").into()
     }
 
-    /// Imports image tarballs into the node's containerd (`node.sh import`).
-    pub fn import(&mut self, tars: &[&Path]) {
+    /// Imports image tarballs into the node's containerd (`node.sh import`; importing an image
+    /// again is harmless).
+    pub fn import(&self, tars: &[&Path]) {
         let out = self.node_sh("import", tars.iter().map(|p| p.as_os_str()));
         assert!(
             out.status.success(),

@@ -420,11 +420,15 @@ pub struct NodeSite<'a> {
     /// The sidecar's admin port on the node's loopback (replaces `LS_ADMIN_ADDR` and the `ls-admin`
     /// container port; hostNetwork pods share the node's ports).
     pub admin_port: u16,
+    /// The auth proxy's port on the node's loopback (replaces the port of `LS_PROXY_ADDR`, which
+    /// the refresher containers must then have); None for manifests without the proxy.
+    pub proxy_port: Option<u16>,
 }
 
 /// Adapts the objects of a deploy/ manifest to the test node, changing only what the node needs:
 /// the namespace, `hostNetwork: true` on the pod, and in the refresher containers (those running
-/// our image's repository) the image, `LS_URL` and the admin address/port. `app` rewrites every
+/// our image's repository) the image, `LS_URL`, the admin address/port and the proxy's port (with
+/// [`NodeSite::proxy_port`]; its address stays loopback). `app` rewrites every
 /// other container (the example app: image, command, its own URL and ports). Panics if a field it
 /// replaces is not in the manifest, so the manifests' contract is checked on the way.
 pub fn adapt_deploy(objects: &mut [Value], site: &NodeSite, mut app: impl FnMut(&mut Value)) {
@@ -460,6 +464,12 @@ pub fn adapt_deploy(objects: &mut [Value], site: &NodeSite, mut app: impl FnMut(
                         &format!("127.0.0.1:{}", site.admin_port),
                     );
                     set_port(c, "ls-admin", site.admin_port);
+                }
+                if let Some(port) = site.proxy_port {
+                    let addr = env(c, "LS_PROXY_ADDR").expect("the refresher serves the proxy");
+                    let host = addr.rsplit_once(':').expect("LS_PROXY_ADDR is host:port").0;
+                    let addr = format!("{host}:{port}");
+                    set_env(c, "LS_PROXY_ADDR", &addr);
                 }
             }
         }

@@ -83,3 +83,32 @@ pub fn root_mount_options(pid: u32) -> Option<String> {
         (f.get(4) == Some(&"/")).then(|| f.get(5).map(|s| s.to_string()))?
     })
 }
+
+/// The environment of a process (`/proc/PID/environ`) as `NAME=value` strings.
+pub fn environ(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|v| !v.is_empty())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect(),
+    )
+}
+
+/// The mounts a process sees (its mount namespace), as `(device major:minor, root, mount point)`
+/// from /proc/PID/mountinfo: two mounts of the same volume share device and root.
+pub fn mounts(pid: u32) -> Option<Vec<(String, String, String)>> {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+    Some(
+        info.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                Some((
+                    f.get(2)?.to_string(),
+                    f.get(3)?.to_string(),
+                    f.get(4)?.to_string(),
+                ))
+            })
+            .collect(),
+    )
+}

@@ -40,6 +40,15 @@ pub fn binary() -> &'static Path {
     })
 }
 
+/// The value of the first sample line starting with `prefix` (exact series text, e.g.
+/// `ls_token_refresher_refresh_total{result="success"}`) in a `/metrics` answer.
+pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The command that runs the binary under `wrapper` (a program and its arguments that end by
 /// exec'ing the rest of its command line, e.g. [`crate::private_hosts`]; empty: the binary itself),
 /// with a clean environment (`PATH` plus `env`) and no stdin.
@@ -279,10 +288,7 @@ impl RefresherProc {
     /// The value of a metric sample line starting with `prefix` (exact series text).
     pub async fn metric(&self, prefix: &str) -> Option<f64> {
         let (_, text) = self.admin_get("/metrics").await;
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        metric_value(&text, prefix)
     }
 
     /// Waits until the series `prefix` reaches at least `min`; panics with the log after `timeout`.

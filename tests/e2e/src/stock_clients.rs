@@ -109,6 +109,18 @@ impl Summary {
     pub fn ok(&self) -> bool {
         self.status.success() && self.json["ok"] == Value::Bool(true)
     }
+
+    /// Asserts it passed its own checks with no 401 and no transport error on the wire.
+    pub fn assert_clean(&self, what: &str) {
+        assert!(self.ok(), "{what}: {}", self.brief());
+        assert_eq!(self.num("wire.status_401"), 0, "{what}: {}", self.brief());
+        assert_eq!(
+            self.num("wire.transport_errors"),
+            0,
+            "{what}: {}",
+            self.brief()
+        );
+    }
 }
 
 /// Runs a client script (`--duration` and `extra` flags) with the SDK venv's python and a clean
@@ -196,6 +208,28 @@ pub async fn ml_driver(
         home,
     )
     .await
+}
+
+/// The control of an ML backend that is not behind the proxy: one [`ml_driver`] iteration (retrieved
+/// predictions only) with the backend at `backend_url`; asserts that it failed because the backend's
+/// download of the task image got a 401 (the model reports the error as its prediction).
+pub async fn assert_ml_download_refused(url: &str, backend_url: &str, home: &Path) -> Summary {
+    let d = ml_driver(
+        url,
+        backend_url,
+        home,
+        Duration::ZERO,
+        &["--skip-interactive"],
+    )
+    .await;
+    assert!(!d.ok(), "the backend downloaded without the proxy");
+    let checks = d.json["checks"].to_string();
+    assert!(
+        checks.contains("ERROR") && checks.contains("401"),
+        "the direct backend's download did not fail with 401: {}",
+        d.brief()
+    );
+    d
 }
 
 /// The stock ML backend server (label-studio-ml 1.0.9, `ml_backend/launch.sh`, model

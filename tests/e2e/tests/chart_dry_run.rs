@@ -170,7 +170,12 @@ async fn chart_and_deploy_manifests_pass_server_side_dry_run_on_1_20() {
     create_namespace_named(&server, "label-studio").await;
     let read = |f: &str| std::fs::read_to_string(repo_root().join("deploy").join(f)).unwrap();
 
-    for f in ["secret-mode.yaml", "classic-sidecar.yaml", "job-once.yaml"] {
+    for f in [
+        "secret-mode.yaml",
+        "classic-sidecar.yaml",
+        "job-once.yaml",
+        "proxy-sidecar.yaml",
+    ] {
         let yaml = read(f);
         let out = dry_run(&server, f, &yaml, &[]).await;
         assert_ok(&out, &format!("deploy/{f}"));

@@ -32,6 +32,7 @@ async fn job_once_publishes_a_token_the_task_uses() {
         ls_url: &ls.url(),
         // `once` serves no admin endpoint: nothing in the manifest uses it.
         admin_port: free_port(),
+        proxy_port: None,
     };
     let busybox = scope.node.busybox().to_string();
     adapt_deploy(&mut objects, &site, |c: &mut Value| {

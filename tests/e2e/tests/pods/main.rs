@@ -1,6 +1,7 @@
 //! Real pods on a real kubelet (tests/support/node: kubelet 1.20 + containerd + the control plane),
-//! from what users install: the Helm chart in Secret mode, deploy/classic-sidecar.yaml and
-//! deploy/job-once.yaml, with our image built without Docker from the binary the other tests run.
+//! from what users install: the Helm chart in Secret mode, deploy/classic-sidecar.yaml,
+//! deploy/job-once.yaml and deploy/proxy-sidecar.yaml, with our image built without Docker from the
+//! binary the other tests run.
 //! Label Studio runs as a process on 127.0.0.1 and the pods reach it through the node's loopback
 //! (`hostNetwork: true`).
 //!
@@ -17,11 +18,15 @@
 //!   lifetimes; pod deletion stops the sidecar with exit 0, files intact until then.
 //! - [`job_once`]: the Job completes and its task used the token.
 //! - [`restart`]: a killed sidecar restarts without the consumer ever reading an expired token.
+//! - [`proxy_sidecar`]: the stock ML backend server (its own image, built offline) behind the
+//!   sidecar in proxy mode downloads every task image Label Studio asks it about across three
+//!   lifetimes, with no credential in its container; pointed at Label Studio itself it gets 401.
 //! - here: the image against its Dockerfile.
 
 mod chart;
 mod classic_sidecar;
 mod job_once;
+mod proxy_sidecar;
 mod restart;
 
 use std::time::Duration;
@@ -84,6 +89,7 @@ async fn classic_sidecar(prefix: &str, every: &str) -> Classic {
         image: &scope.node.image().reference,
         ls_url: &ls.url(),
         admin_port: admin,
+        proxy_port: None,
     };
     let livez = format!("http://127.0.0.1:{admin}/livez");
     let http_port = http.to_string();
