@@ -112,20 +112,8 @@ SDK_DIR=$CONS/sdk-$SDK_HASH
 ML_DIR=$CONS/ml-$ML_HASH
 
 # ---- Debian packages, unpacked ----------------------------------------------------------------------------
-apt_updated=0
-# fetch_debs DIR PKG... : apt-get download into DIR (one apt-get update if the lists are missing or stale)
-fetch_debs() {
-  local d=$1
-  shift
-  if ! (cd "$d" && apt-get download -q "$@" >/dev/null 2>&1); then
-    if [ "$apt_updated" = 0 ]; then
-      log "apt-get download failed; running apt-get update once"
-      apt-get update -q >/dev/null
-      apt_updated=1
-    fi
-    (cd "$d" && apt-get download -q "$@" >/dev/null)
-  fi
-}
+# shellcheck source=../apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
 
 # check_ldd BIN [LIBDIR] : every shared library resolves
@@ -141,8 +129,7 @@ check_ldd() {
 
 NGINX_VER=$(candidate nginx-light)
 if [ -z "$NGINX_VER" ] || [ "$NGINX_VER" = "(none)" ]; then
-  apt-get update -q >/dev/null
-  apt_updated=1
+  apt_update 2>/dev/null
   NGINX_VER=$(candidate nginx-light)
 fi
 case "$NGINX_VER" in
@@ -154,7 +141,7 @@ if [ ! -f "$NGINX_DIR/.complete" ]; then
   log "fetching nginx-light $NGINX_VER (and the nginx binary package it depends on)"
   t=$(new_tmp nginx)
   # nginx-light in bookworm is a metapackage: Depends: nginx (= same version), libnginx-mod-http-echo.
-  fetch_debs "$t" "nginx-light=$NGINX_VER" "nginx=$NGINX_VER"
+  apt_download "$t" "nginx-light=$NGINX_VER" "nginx=$NGINX_VER"
   for deb in "$t"/*.deb; do dpkg-deb -x "$deb" "$t/root"; done
   rm -f "$t"/*.deb
   check_ldd "$t/root/usr/sbin/nginx"
@@ -177,7 +164,7 @@ WRK_DIR=$CONS/wrk-$WRK_VER
 if [ ! -f "$WRK_DIR/.complete" ]; then
   log "fetching wrk $WRK_VER and libluajit-5.1-2"
   t=$(new_tmp wrk)
-  fetch_debs "$t" "wrk=$WRK_VER" libluajit-5.1-2
+  apt_download "$t" "wrk=$WRK_VER" libluajit-5.1-2
   for deb in "$t"/*.deb; do dpkg-deb -x "$deb" "$t/root"; done
   rm -f "$t"/*.deb
   lib=$(find "$t/root" -name 'libluajit-5.1.so.2*' -printf '%h\n' | head -n1)

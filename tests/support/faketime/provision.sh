@@ -16,6 +16,8 @@ DIR=$CACHE/faketime-$UPSTREAM
 LIB=$DIR/libfaketime.so.1
 
 log() { printf 'provision: %s\n' "$*" >&2; }
+# shellcheck source=../apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
 [ -f "$LIB" ] && { printf '%s\n' "$LIB"; exit 0; }
 
@@ -27,11 +29,7 @@ flock 9
 t=$(mktemp -d "$CACHE/.tmp.faketime.XXXXXX")
 trap 'rm -rf "$t"' EXIT
 log "fetching libfaketime (Debian package libfaketime, upstream $UPSTREAM)"
-if ! (cd "$t" && apt-get download -q libfaketime >/dev/null 2>&1); then
-  log "apt-get download failed; running apt-get update once"
-  apt-get update -q >/dev/null
-  (cd "$t" && apt-get download -q libfaketime >/dev/null)
-fi
+apt_download "$t" libfaketime
 case "$(ls "$t"/libfaketime_*.deb)" in
   *"libfaketime_$UPSTREAM-"*) ;;
   *) log "unexpected libfaketime version: $(ls "$t"/libfaketime_*.deb) (wanted $UPSTREAM)"; exit 1 ;;

@@ -72,49 +72,12 @@ if ! node_recipe_ok; then
 fi
 mkdir -p "$BIN"
 
-export DEBIAN_FRONTEND=noninteractive
-APT_OPTS=(-o DPkg::Lock::Timeout=900 -o APT::Sandbox::User=root -q)
-SUDO=()
-if [[ $(id -u) -ne 0 ]]; then SUDO=(sudo); fi
-
-apt_updated=0
-apt_update() {
-    if [[ $apt_updated -eq 0 ]]; then
-        log "apt-get update"
-        # Third-party lists that are unreachable here must not fail the run: only Debian's matter.
-        "${SUDO[@]}" apt-get "${APT_OPTS[@]}" update >&2 || log "apt-get update reported errors (continuing)"
-        apt_updated=1
-    fi
-}
-
-# Installs the named Debian packages that are missing.
-ensure_pkgs() {
-    local need=() p
-    for p in "$@"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            need+=("$p")
-        fi
-    done
-    if ((${#need[@]})); then
-        apt_update
-        log "apt-get install ${need[*]}"
-        "${SUDO[@]}" apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${need[@]}" >&2
-    fi
-}
+# shellcheck source=../apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
 WORK="$(mktemp -d "$CACHE/work.XXXXXX")"
 cleanup() { chmod -R u+w "$WORK" 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-
-# apt-get download with one retry after an apt-get update (stale or missing lists on a fresh machine).
-apt_download() {
-    local dir="$1"
-    shift
-    if ! (cd "$dir" && apt-get "${APT_OPTS[@]}" download "$@" >&2); then
-        apt_update
-        (cd "$dir" && apt-get "${APT_OPTS[@]}" download "$@" >&2)
-    fi
-}
 
 # Installs $1 (a file in $WORK) as $BIN/$2, atomically.
 install_bin() {

@@ -69,33 +69,8 @@ rm -rf "$NODE"/work.* "$STAMP"
 WORK="$(mktemp -d "$NODE/work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 
-export DEBIAN_FRONTEND=noninteractive
-APT_OPTS=(-o DPkg::Lock::Timeout=900 -o APT::Sandbox::User=root -q)
-apt_updated=0
-apt_update() {
-    if [[ $apt_updated -eq 0 ]]; then
-        log "apt-get update"
-        apt-get "${APT_OPTS[@]}" update >&2 || log "apt-get update reported errors (continuing)"
-        apt_updated=1
-    fi
-}
-ensure_pkgs() {
-    local need=() p
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
-    done
-    if ((${#need[@]})); then
-        apt_update
-        log "apt-get install ${need[*]}"
-        apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${need[@]}" >&2
-    fi
-}
-apt_download() {
-    if ! (cd "$WORK/debs" && apt-get "${APT_OPTS[@]}" download "$@" >&2); then
-        apt_update
-        (cd "$WORK/debs" && apt-get "${APT_OPTS[@]}" download "$@" >&2)
-    fi
-}
+# shellcheck source=../apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
 # libseccomp2: runc's only library besides glibc. gcc + libc6-dev: the static pause binary.
 # mount/umount (util-linux) and python3 are on every Debian image the suite runs on.
@@ -104,7 +79,7 @@ command -v python3 >/dev/null || ensure_pkgs python3
 
 log "fetching containerd, runc, containernetworking-plugins, busybox-static (Debian bookworm)"
 mkdir -p "$WORK/debs" "$WORK/root"
-apt_download containerd runc containernetworking-plugins busybox-static
+apt_download "$WORK/debs" containerd runc containernetworking-plugins busybox-static
 for deb in "$WORK"/debs/*.deb; do dpkg-deb -x "$deb" "$WORK/root"; done
 R="$WORK/root"
 

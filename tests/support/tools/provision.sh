@@ -32,6 +32,8 @@ want_env_file_only=0
 [ "${1:-}" = "--env-file" ] && want_env_file_only=1
 
 log() { printf 'provision: %s\n' "$*" >&2; }
+# shellcheck source=../apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
 finish() {
   if [ "$want_env_file_only" = 1 ]; then
@@ -99,11 +101,7 @@ PROM_DIR=$TOOLS/prometheus-$PROMETHEUS_UPSTREAM
 if [ ! -x "$PROM_DIR/promtool" ] || [ ! -x "$PROM_DIR/prometheus" ]; then
   log "fetching promtool + prometheus (Debian package prometheus, upstream $PROMETHEUS_UPSTREAM)"
   t=$(new_tmp prometheus)
-  if ! (cd "$t" && apt-get download -q prometheus >/dev/null 2>&1); then
-    log "apt-get download failed; running apt-get update once"
-    apt-get update -q >/dev/null
-    (cd "$t" && apt-get download -q prometheus >/dev/null)
-  fi
+  apt_download "$t" prometheus
   dpkg-deb -x "$t"/prometheus_*.deb "$t/x"
   install -m 0755 "$t/x/usr/bin/promtool" "$t/promtool"
   install -m 0755 "$t/x/usr/bin/prometheus" "$t/prometheus"
