@@ -146,11 +146,22 @@ from label_studio.server import main
 sys.exit(main())
 "#;
 
-/// Per-instance adjustments of the copied template DB, before the first start: a fresh legacy token
-/// (copies would otherwise share the template's), the org switches, no leftover sessions.
+/// Per-instance adjustments of the copied template data dir, before the first start: a fresh legacy
+/// token (copies would otherwise share the template's), the org switches, no leftover sessions, and
+/// an own secret key (the PAT signing key) in `.env`.
+///
+/// Why the key is written here rather than left to Label Studio: 1.23.2 generates it from Django's
+/// alphabet, which includes `$`, and reads `.env` back with django-environ, which treats a value
+/// starting with `$` as a reference to another variable and returns `''`. So about one fresh data
+/// dir in 50 gets a new key on every start, and its PATs stop working after a restart (seen in CI:
+/// `Token is invalid` right after `restart()`). A hex key re-reads as written.
 const PREPARE_DB: &str = r#"
-import secrets, sqlite3, sys
+import os, secrets, sqlite3, sys
 db, api, legacy = sys.argv[1], sys.argv[2] == '1', sys.argv[3] == '1'
+env = os.path.join(os.path.dirname(db), '.env')
+fd = os.open(env, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+with os.fdopen(fd, 'w') as f:
+    f.write('SECRET_KEY=%s\n' % secrets.token_hex(32))
 c = sqlite3.connect(db)
 c.execute('UPDATE authtoken_token SET key = ?', (secrets.token_hex(20),))
 n = c.execute('UPDATE jwt_auth_jwtsettings SET api_tokens_enabled = ?, legacy_api_tokens_enabled = ?',
@@ -201,8 +212,6 @@ impl LabelStudio {
         let home = root_path.join("home");
         std::fs::create_dir_all(home.join("tmp")).expect("create HOME");
         copy_dir_all(&prov.template, &data_dir).expect("copy template data dir");
-        // Each instance generates its own secret key (PAT signing key) on first start.
-        let _ = std::fs::remove_file(data_dir.join(".env"));
         let prep = Command::new(&prov.python)
             .arg("-c")
             .arg(PREPARE_DB)

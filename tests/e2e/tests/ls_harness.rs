@@ -7,7 +7,7 @@ use std::time::Duration;
 use ls_token_refresher_e2e::{
     clock::sleep_past,
     jwt::jwt_claims,
-    label_studio::{LabelStudio, LsOptions},
+    label_studio::{provision, LabelStudio, LsOptions},
     ls_api::detail,
 };
 
@@ -220,6 +220,36 @@ async fn restart_keeps_url_and_pat_and_drop_cleans_up() {
     ls.restart().await;
     assert_eq!(ls.url(), url);
     assert_eq!(ls.api().refresh(&pat).await.0, 200);
+
+    // The signing key is the harness's own hex key, and django-environ (which Label Studio reads `.env`
+    // with) gives it back as written. Label Studio's self-generated key would contain punctuation and,
+    // one time in 50, start with `$`, which django-environ reads as '' (shown below): a new key on every
+    // start and PATs invalid after a restart (a CI failure of e2e_label_studio's restart test).
+    let env_file = std::fs::read_to_string(ls.data_dir().join(".env")).unwrap();
+    let keys: Vec<&str> = env_file
+        .lines()
+        .filter_map(|l| l.strip_prefix("SECRET_KEY="))
+        .collect();
+    assert_eq!(keys.len(), 1, "exactly one SECRET_KEY line in .env");
+    assert!(
+        keys[0].len() == 64 && keys[0].bytes().all(|b| b.is_ascii_hexdigit()),
+        "the signing key is the harness's hex key, not one Label Studio generated"
+    );
+    let reread = |file: &std::path::Path| {
+        let out = std::process::Command::new(&provision().python)
+            .arg("-c")
+            .arg("import environ,sys; environ.Env.read_env(sys.argv[1]); print(environ.Env().str('SECRET_KEY', ''))")
+            .arg(file)
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+    };
+    assert!(reread(&ls.data_dir().join(".env")) == keys[0], "key re-reads as written");
+    let dollar = ls.root_dir().join("dollar.env");
+    std::fs::write(&dollar, "SECRET_KEY=$abc0123456789\n").unwrap();
+    assert_eq!(reread(&dollar), "", "django-environ still drops a '$' key");
 
     let pid3 = ls.pid().unwrap();
     let root = ls.root_dir().to_path_buf();

@@ -23,6 +23,9 @@ ls_start() {
   mkdir -p "$dir/home"
   rm -rf "$dir/data"
   cp -a "$LS_CACHE_DIR/template" "$dir/data"
+  # Own signing key, hex: Label Studio's generated one starts with '$' one time in 50, and then
+  # django-environ reads it back as '' and a new key is made on every start (PATs die on restart).
+  (umask 077 && printf 'SECRET_KEY=%s\n' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" >"$dir/data/.env")
   LS_PORT="${LS_WANT_PORT:-$(ls_free_port)}"
   env -i PATH="$LS_CACHE_DIR/venv/bin:/usr/bin:/bin" HOME="$dir/home" LANG=C.UTF-8 \
     LATEST_VERSION_CHECK=false SENTRY_DSN= FRONTEND_SENTRY_DSN= \

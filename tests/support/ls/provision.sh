@@ -140,7 +140,8 @@ sys.exit(main())
   wait "$LS_PID" 2>/dev/null || true
   trap - EXIT INT TERM HUP
   # Only the data dir goes into the cache; drop per-run leftovers that must not be shared. The secret key
-  # (.env) is removed so that every copy generates its own: PATs of one test server are invalid on another.
+  # (.env) is removed: every copy gets its own hex key before its first start (label_studio.rs PREPARE_DB,
+  # lib.sh ls_start), so PATs of one test server are invalid on another.
   rm -f "$DATA/.env"
   rm -rf "$TEMPLATE"
   mv "$DATA" "$TEMPLATE"
