@@ -243,10 +243,20 @@ async fn restart_keeps_url_and_pat_and_drop_cleans_up() {
             .env_clear()
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim_end().to_string()
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .trim_end()
+            .to_string()
     };
-    assert!(reread(&ls.data_dir().join(".env")) == keys[0], "key re-reads as written");
+    assert!(
+        reread(&ls.data_dir().join(".env")) == keys[0],
+        "key re-reads as written"
+    );
     let dollar = ls.root_dir().join("dollar.env");
     std::fs::write(&dollar, "SECRET_KEY=$abc0123456789\n").unwrap();
     assert_eq!(reread(&dollar), "", "django-environ still drops a '$' key");
