@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The shell loop users write: one curl (POST /api/token/refresh) and one jq (.access) per refresh,
-# about once a second. The PAT goes in a body file, not on curl's command line (where `ps` shows it).
-# The one-second pause uses `read -t` on a FIFO, so the only processes per refresh are curl and jq.
-# Env: LS_URL, LS_PAT, OUT (directory: token, count).
+# every INTERVAL seconds (default 1). The PAT goes in a body file, not on curl's command line (where `ps`
+# shows it). The pause uses `read -t` on a FIFO, so the only processes per refresh are curl and jq, and
+# nothing wakes the loop between refreshes. Env: LS_URL, LS_PAT, OUT (directory: token, count), INTERVAL.
 set -u
 umask 077
 printf '{"refresh": "%s"}' "$LS_PAT" >"$OUT/body.json"
@@ -14,5 +14,5 @@ while :; do
     n=$((n + 1))
     echo "$n" >"$OUT/count"
   fi
-  read -r -t 1 -u 3 _ || true
+  read -r -t "${INTERVAL:-1}" -u 3 _ || true
 done

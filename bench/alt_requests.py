@@ -1,5 +1,6 @@
-"""The Python loop users write: one requests.Session (keep-alive), POST /api/token/refresh about
-once a second, the token written atomically (temp file + rename). Env: LS_URL, LS_PAT, OUT."""
+"""The Python loop users write: one requests.Session (keep-alive), POST /api/token/refresh every
+INTERVAL seconds (default 1), the token written atomically (temp file + rename); nothing wakes it in
+between. Env: LS_URL, LS_PAT, OUT, INTERVAL."""
 import os
 import time
 
@@ -8,6 +9,7 @@ import requests
 url = os.environ["LS_URL"] + "/api/token/refresh"
 out = os.environ["OUT"]
 body = {"refresh": os.environ["LS_PAT"]}
+interval = float(os.environ.get("INTERVAL", "1"))
 session = requests.Session()
 n = 0
 while True:
@@ -16,7 +18,7 @@ while True:
         r.raise_for_status()
         token = r.json()["access"]
     except (requests.RequestException, KeyError, ValueError):
-        time.sleep(1)
+        time.sleep(interval)
         continue
     with open(out + "/token.tmp", "w") as f:
         f.write(token)
@@ -24,4 +26,4 @@ while True:
     n += 1
     with open(out + "/count", "w") as f:
         f.write(str(n))
-    time.sleep(1)
+    time.sleep(interval)

@@ -2,11 +2,14 @@
 # Benchmark: ls-token-refresher against the alternatives users pick (a curl + jq shell loop, a Python
 # requests loop, the official label-studio-sdk client), all against one real Label Studio 1.23.2 on
 # 127.0.0.1, plus ls-token-refresher with a Secret source and a Secret sink on a real kube-apiserver.
-# Prints a markdown table (CPU per refresh, RSS, time to first token, ratios to ours, targets).
+# Prints a markdown table (CPU per refresh, RSS, time to first token: median (min–max) over runs,
+# ratios to ours within each run; targets).
 #
-#   bench/run.sh                 # everything (~6 min warm; a cold machine first builds/provisions)
+#   bench/run.sh                 # everything (~20 min warm; a cold machine first builds/provisions)
 #   BENCH_KUBE=0 bench/run.sh    # without the Kubernetes row
-#   BENCH_WINDOW=40 BENCH_STARTS=5 BENCH_TTL=4   # defaults: steady window (s), cold starts, token TTL (s)
+#   BENCH_RUNS=3 BENCH_WINDOW=30 BENCH_STARTS=2 BENCH_TTL=4   # defaults: runs (interleaved), steady
+#                                # window (s), timed starts per run, token TTL (s)
+#   BENCH_IDLE_JSON=FILE         # add bench/idle.sh's production-cadence column (CPU per hour, 300 s tokens)
 #   BENCH_KEEP=1                 # keep the work dir (logs, JSON results)
 #
 # Installs what it needs (jq, curl, GNU time via apt; Label Studio and the kube binaries through the
@@ -17,9 +20,10 @@ ROOT="$PWD"
 export LSTR_CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LSTR_CACHE/target}"
 TTL="${BENCH_TTL:-4}"
-WINDOW="${BENCH_WINDOW:-40}"
+RUNS="${BENCH_RUNS:-3}"
+WINDOW="${BENCH_WINDOW:-30}"
 WARMUP="${BENCH_WARMUP:-5}"
-STARTS="${BENCH_STARTS:-5}"
+STARTS="${BENCH_STARTS:-2}"
 KUBE="${BENCH_KUBE:-1}"
 WORK="$(mktemp -d /tmp/lstr-bench.XXXXXX)"
 KUBE_PID=""
@@ -80,9 +84,9 @@ export LS_PAT
 LS_VERSION="$(curl -fsS "$LS_URL/api/version" | jq -r .release)"
 
 # ---------------------------------------------------------------- measurements
-log "measuring (window ${WINDOW} s, ${STARTS} cold starts each)"
-timeout 900 "$PY" bench/measure.py --ls-url "$LS_URL" --bin "$BIN" --python "$PY" --work "$WORK" \
-  --window "$WINDOW" --warmup "$WARMUP" --starts "$STARTS" --out "$WORK/file.json"
+log "measuring ($RUNS runs: ${STARTS} timed starts and a ${WINDOW} s window per contender and run)"
+timeout $((RUNS * 600 + 300)) "$PY" bench/measure.py --ls-url "$LS_URL" --bin "$BIN" --python "$PY" --work "$WORK" \
+  --runs "$RUNS" --window "$WINDOW" --warmup "$WARMUP" --starts "$STARTS" --out "$WORK/file.json"
 
 results=("$WORK/file.json")
 if [[ "$KUBE" == 1 ]]; then
@@ -96,9 +100,9 @@ if [[ "$KUBE" == 1 ]]; then
     sleep 0.5
   done
   [[ -s "$WORK/kube.env" ]] || { log "kube helper did not come up"; tail -n 40 "$WORK/kube-helper.log"; exit 1; }
-  timeout 600 "$PY" bench/measure.py --ls-url "$LS_URL" --bin "$BIN" --python "$PY" --work "$WORK" \
-    --window "$WINDOW" --warmup "$WARMUP" --starts 3 --only ours-kube --kube-env "$WORK/kube.env" \
-    --out "$WORK/kube.json"
+  timeout $((RUNS * 120 + 300)) "$PY" bench/measure.py --ls-url "$LS_URL" --bin "$BIN" --python "$PY" \
+    --work "$WORK" --runs "$RUNS" --window "$WINDOW" --warmup "$WARMUP" --starts "$STARTS" --only ours-kube \
+    --kube-env "$WORK/kube.env" --out "$WORK/kube.json"
   results+=("$WORK/kube.json")
   touch "$WORK/kube.stop"
   wait "$KUBE_PID" || true
@@ -121,6 +125,7 @@ info = {
     "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     "cpu": cpu, "cores": os.cpu_count(), "mem": f"{int(mem)/1024/1024:.0f} GiB", "kernel": platform.release(),
     "ls_version": "$LS_VERSION", "ttl": $TTL, "window": $WINDOW, "warmup": $WARMUP, "starts": $STARTS,
+    "runs": $RUNS,
     "binary_bytes": $BIN_BYTES,
     "versions": {
         "ls-token-refresher": out("$BIN", "--version").split()[-1],
@@ -137,4 +142,6 @@ info = {
 json.dump(info, open(sys.argv[1], "w"), indent=2)
 EOF
 echo
-"$PY" bench/report.py "$WORK/info.json" "${results[@]}"
+idle=()
+[[ -n "${BENCH_IDLE_JSON:-}" ]] && idle=(--idle "$BENCH_IDLE_JSON")
+"$PY" bench/report.py "$WORK/info.json" "${results[@]}" "${idle[@]}"

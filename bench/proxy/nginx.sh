@@ -2,7 +2,8 @@
 # header-injecting proxy and as a trivial upstream. Source it; needs $LSTR_NGINX (source the provision env.sh).
 #   nginx_render TEMPLATE OUT NAME=VALUE...   replace every @NAME@; fails if one is left
 #   nginx_start DIR CONF PORT                 runs nginx in the foreground under DIR (pid file, logs, temp dirs),
-#                                             in the background of this shell; waits until PORT accepts; sets NGINX_PID
+#                                             in the background of this shell; waits until PORT accepts; sets NGINX_PID;
+#                                             with NGINX_CPUS=LIST set, master and workers run on those CPUs (taskset)
 #   nginx_stop PID                            graceful stop (SIGQUIT, then SIGKILL after 5 s) of one master we started
 #   nginx_stop_all                            stops every master nginx_start started from this shell
 #   nginx_local_refresh_location EXP          the @LOCAL_REFRESH@ snippet: POST /api/token/refresh[/] answered by
@@ -38,7 +39,9 @@ nginx_start() {
   local dir=$1 conf=$2 port=$3
   mkdir -p "$dir/tmp"
   "$LSTR_NGINX" -t -q -p "$dir" -c "$conf" -e "$dir/error.log" || { cat "$dir/error.log" >&2; return 1; }
-  "$LSTR_NGINX" -p "$dir" -c "$conf" -e "$dir/error.log" 2>>"$dir/error.log" &
+  local pin=()
+  [ -n "${NGINX_CPUS:-}" ] && pin=(taskset -c "$NGINX_CPUS")
+  "${pin[@]}" "$LSTR_NGINX" -p "$dir" -c "$conf" -e "$dir/error.log" 2>>"$dir/error.log" &
   NGINX_PID=$!
   NGINX_PIDS+=("$NGINX_PID")
   local i

@@ -1,27 +1,40 @@
 #!/usr/bin/env bash
-# Proxy benchmark groundwork (bench/, not a test: it asserts nothing about time).
-# Side by side, in the same run, against a trivial upstream (nginx answering a small static JSON body):
-#   (a) upstream       wrk -> upstream directly                      (the baseline)
-#   (b) nginx-proxy    wrk -> nginx injecting a static Authorization -> upstream   (the reference proxy)
-#   (c) lstr-proxy     wrk -> ls-token-refresher proxy -> upstream  (SLOT: start_lstr_proxy below; skipped until filled)
+# Proxy benchmark (bench/, not a test: it asserts nothing about time). Side by side, in the same run:
+#   (a) upstream       wrk -> the upstream directly                                   (the baseline)
+#   (b) nginx-proxy    wrk -> nginx injecting a static Authorization -> upstream      (the reference proxy)
+#   (c) lstr-proxy     wrk -> `ls-token-refresher proxy` (its own refresh loop) -> upstream
+# The upstream is either the trivial one (--upstream trivial, default: nginx answering a small static JSON body,
+# which is also a token-refresh answer, so (c)'s refresh loop gets a token from it) or a real Label Studio
+# (--upstream label-studio: GET /api/current-user/whoami, a cheap authenticated endpoint; access tokens live 1 h so
+# nginx's static header stays valid for the whole run).
 # Each run visits a, b, c in turn (interleaved, so drift hits all alike) in two phases:
 #   throughput  wrk -c CONNECTIONS (saturating): requests/s; its latencies are mostly queueing
 #   latency     wrk -c 1 (one request in flight): the latency a proxy adds to a request, without queueing
 # Several runs give min/median/max of requests/s and latency p50/p99 (exact percentiles from wrk's Lua `done`
-# hook: report.lua), and the added latency of each proxy = its p50/p99 minus the upstream's in the same run and
-# phase. Then an RSS phase: each proxy under --rss-connections concurrent connections, peak RSS of its process
-# tree sampled from /proc.
+# hook: report.lua), the added latency of each proxy = its p50/p99 minus the upstream's in the same run and
+# phase, and the CPU each target's process tree used per request (/proc utime+stime). Then (trivial upstream
+# only) an RSS phase: each proxy under --rss-connections concurrent connections, peak RSS of its process tree.
 #
-# Usage: bash bench/proxy/run.sh [--runs 5] [--duration 10] [--connections 50] [--threads 1] [--workers 1]
-#                                [--rss-connections 1000] [--rss-duration 5] [--out DIR]
-#   --workers  nginx worker_processes for the proxy (1 = the issue's "on one core" comparison); the upstream
-#              always has 1 worker.
-# Machine: 2 cores shared by wrk, the proxy and the upstream: numbers are comparable within one run only.
-# Needs: tests/support/consumers/provision.sh (nginx-light + wrk, unpacked). Loopback only; bounded in time.
+# "On one core": with 2+ CPUs both proxies are pinned to CPU 1 (taskset; nginx with 1 worker, ours is a
+# single-threaded runtime anyway) and wrk and the upstream to CPU 0 (--no-pin: no pinning).
+#
+# Usage: bash bench/proxy/run.sh [--upstream trivial|label-studio] [--runs 5] [--duration 10]
+#          [--connections 50] [--threads 1] [--workers 1] [--rss-connections 1000] [--rss-duration 5]
+#          [--no-pin] [--profile] [--out DIR]
+#   --workers  nginx worker_processes for the proxy (1 = the issue's "on one core" comparison)
+#   --profile  then, for each proxy under wrk -c CONNECTIONS: CPU, context switches and system calls per request
+#              (perf stat), and a call-graph profile of ours (perf record; builds a release binary with symbols
+#              in $CARGO_TARGET_DIR-symbols unless BENCH_LSTR_BIN is given); reports in OUT/profile/
+# Env: BENCH_LSTR_BIN (default: cargo build --release, $CARGO_TARGET_DIR/release/ls-token-refresher),
+#      BENCH_LSTR_PROXY_CMD (replace (c): a command line with {listen} {upstream} {pat_file}).
+# Machine: shared cores: compare numbers within one run only.
+# Needs: tests/support/consumers/provision.sh (nginx-light + wrk, unpacked); for label-studio also
+# tests/support/ls/provision.sh. Loopback only; bounded in time; everything started is stopped by PID.
 set -euo pipefail
-RUNS=5 DURATION=10 CONNS=50 THREADS=1 WORKERS=1 RSS_CONNS=1000 RSS_DURATION=5 OUT=""
+UPSTREAM=trivial RUNS=5 DURATION=10 CONNS=50 THREADS=1 WORKERS=1 RSS_CONNS=1000 RSS_DURATION=5 OUT="" PIN=1 PROFILE=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --upstream) UPSTREAM=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
     --duration) DURATION=$2; shift 2 ;;
     --connections) CONNS=$2; shift 2 ;;
@@ -29,13 +42,18 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift 2 ;;
     --rss-connections) RSS_CONNS=$2; shift 2 ;;
     --rss-duration) RSS_DURATION=$2; shift 2 ;;
+    --no-pin) PIN=0; shift ;;
+    --profile) PROFILE=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+case "$UPSTREAM" in trivial | label-studio) ;; *) echo "--upstream trivial|label-studio" >&2; exit 2 ;; esac
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 ROOT=$PWD
 HERE=$ROOT/bench/proxy
+export LSTR_CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LSTR_CACHE/target}"
 # shellcheck disable=SC1090
 source "$(bash tests/support/consumers/provision.sh --env-file)"
 # shellcheck source=nginx.sh
@@ -47,155 +65,240 @@ LSTR_PROXY_PID=""
 cleanup() {
   [ -n "$LSTR_PROXY_PID" ] && { kill "$LSTR_PROXY_PID" 2>/dev/null || true; wait "$LSTR_PROXY_PID" 2>/dev/null || true; }
   nginx_stop_all
+  declare -F ls_stop >/dev/null && ls_stop
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-# ---- the trivial upstream ----------------------------------------------------------------------------------
-# Its one static body also answers a token refresh: {"access": <unsigned JWT, exp in 1 day>}, so a proxy whose
-# refresh loop points at this upstream gets a token-shaped answer (and 200 for any check such as whoami).
-STANDIN=$(python3 "$ROOT/tests/support/consumers/placeholder_jwt.py" --type access --ttl 86400)
-BODY="{\"access\": \"$STANDIN\"}"
-UP_PORT=$(free_port)
-mkdir -p "$WORK/upstream"
-nginx_render "$HERE/nginx-upstream.conf.template" "$WORK/upstream/nginx.conf" PREFIX="$WORK/upstream" WORKERS=1 \
-  LISTEN="127.0.0.1:$UP_PORT" "BODY=$BODY"
-nginx_start "$WORK/upstream" "$WORK/upstream/nginx.conf" "$UP_PORT"
-UPSTREAM_PID=$NGINX_PID
-UPSTREAM_URL=http://127.0.0.1:$UP_PORT
+LOAD_PIN=() PROXY_PIN=() LOAD_CPU="" PROXY_CPU="" PIN_DESC="none (the scheduler's choice)"
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  LOAD_CPU=0 PROXY_CPU=1
+  LOAD_PIN=(taskset -c "$LOAD_CPU") PROXY_PIN=(taskset -c "$PROXY_CPU")
+  PIN_DESC="proxies on CPU $PROXY_CPU, wrk and the upstream on CPU $LOAD_CPU"
+  log "pinning: $PIN_DESC"
+fi
+
+if [ -z "${BENCH_LSTR_BIN:-}" ] && [ -z "${BENCH_LSTR_PROXY_CMD:-}" ]; then
+  if [ "$PROFILE" = 1 ]; then
+    # The same release profile, with symbols and line tables, in a target dir of its own.
+    log "cargo build --release (with symbols, for the profile)"
+    export CARGO_TARGET_DIR=$CARGO_TARGET_DIR-symbols
+    CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+      timeout 2400 nice cargo build --release --quiet
+  else
+    log "cargo build --release"
+    timeout 1500 nice cargo build --release --quiet
+  fi
+fi
+BIN=${BENCH_LSTR_BIN:-$CARGO_TARGET_DIR/release/ls-token-refresher}
+
+tree_pids() { echo "$1"; pgrep -P "$1" || true; } # PID and its children, one a line
+tree_sum() { # PID FILE AWK -> the sum of AWK's output on /proc/P/FILE over PID and its children (nginx's workers)
+  local p sum=0 v
+  for p in $(tree_pids "$1"); do
+    v=$(awk "$3" "/proc/$p/$2" 2>/dev/null || echo 0)
+    sum=$((sum + ${v:-0}))
+  done
+  echo "$sum"
+}
+# shellcheck disable=SC2016 # awk programs, not shell expansions
+tree_cpu_ticks() { tree_sum "$1" stat '{sub(/.*\) /, ""); print $12 + $13}'; } # utime + stime, clock ticks
+# shellcheck disable=SC2016
+tree_rss_kib() { tree_sum "$1" status '/^VmRSS:/ {print $2}'; }
+
+# ---- the upstream -------------------------------------------------------------------------------------------
+REQ_PATH=/api/current-user/whoami
+WRK_HEADER=()
+if [ "$UPSTREAM" = trivial ]; then
+  # Its one static body also answers a token refresh: {"access": <unsigned JWT, exp in 1 day>}, so (c)'s refresh
+  # loop gets a token-shaped answer (and 200 for its validation request).
+  STANDIN=$(python3 "$ROOT/tests/support/consumers/placeholder_jwt.py" --type access --ttl 86400)
+  BODY="{\"access\": \"$STANDIN\"}"
+  UP_PORT=$(free_port)
+  mkdir -p "$WORK/upstream"
+  nginx_render "$HERE/nginx-upstream.conf.template" "$WORK/upstream/nginx.conf" PREFIX="$WORK/upstream" WORKERS=1 \
+    LISTEN="127.0.0.1:$UP_PORT" "BODY=$BODY"
+  NGINX_CPUS=$LOAD_CPU nginx_start "$WORK/upstream" "$WORK/upstream/nginx.conf" "$UP_PORT"
+  UPSTREAM_PID=$NGINX_PID
+  UPSTREAM_URL=http://127.0.0.1:$UP_PORT
+  ACCESS=$STANDIN
+  # The PAT (c) holds: an unsigned refresh-type JWT (the trivial upstream accepts anything).
+  python3 "$ROOT/tests/support/consumers/placeholder_jwt.py" --type refresh >"$WORK/pat"
+else
+  timeout 1200 bash tests/support/ls/provision.sh >"$WORK/provision-ls.log" 2>&1 || {
+    tail -n 30 "$WORK/provision-ls.log"; exit 1; }
+  # shellcheck source=../../tests/support/ls/lib.sh
+  source tests/support/ls/lib.sh
+  log "starting Label Studio (access tokens live 3600 s)"
+  ls_start "$WORK/ls" 3600
+  if [ -n "$LOAD_CPU" ]; then
+    for p in $(tree_pids "$LS_PID"); do taskset -a -p -c "$LOAD_CPU" "$p" >/dev/null; done
+  fi
+  UPSTREAM_PID=$LS_PID
+  UPSTREAM_URL=$LS_URL
+  (umask 077; ls_create_pat >"$WORK/pat")
+  ACCESS=$(python3 -c 'import json,sys,urllib.request as u
+r=u.Request(sys.argv[1]+"/api/token/refresh",data=json.dumps({"refresh":open(sys.argv[2]).read().strip()}).encode(),headers={"Content-Type":"application/json"})
+print(json.load(u.urlopen(r,timeout=30))["access"])' "$LS_URL" "$WORK/pat")
+  BODY=$(curl -fsS -H "Authorization: Bearer $ACCESS" "$LS_URL$REQ_PATH")
+  # Every target gets the same request bytes; both proxies replace this header with their own.
+  WRK_HEADER=(-H "Authorization: Bearer $ACCESS")
+fi
 
 # ---- (b) the reference proxy: nginx injecting a static header ----------------------------------------------
 NG_PORT=$(free_port)
 mkdir -p "$WORK/nginx-proxy"
 nginx_render "$HERE/nginx-inject.conf.template" "$WORK/nginx-proxy/nginx.conf" PREFIX="$WORK/nginx-proxy" \
-  WORKERS="$WORKERS" LISTEN="127.0.0.1:$NG_PORT" UPSTREAM="127.0.0.1:$UP_PORT" "AUTHORIZATION=Bearer $STANDIN" \
+  WORKERS="$WORKERS" LISTEN="127.0.0.1:$NG_PORT" UPSTREAM="${UPSTREAM_URL#http://}" "AUTHORIZATION=Bearer $ACCESS" \
   "HOST_HEADER=\$http_host" FORWARDED= LOCAL_REFRESH= ACCESS_LOG=off
-nginx_start "$WORK/nginx-proxy" "$WORK/nginx-proxy/nginx.conf" "$NG_PORT"
+NGINX_CPUS=$PROXY_CPU nginx_start "$WORK/nginx-proxy" "$WORK/nginx-proxy/nginx.conf" "$NG_PORT"
 NGINX_PROXY_PID=$NGINX_PID
 
-# ---- (c) ls-token-refresher's proxy: THE SLOT -------------------------------------------------------------------
-# start_lstr_proxy LISTEN_PORT UPSTREAM_URL WORKDIR
-#   Start the proxy in the background listening on 127.0.0.1:LISTEN_PORT, forwarding to UPSTREAM_URL, set
-#   LSTR_PROXY_PID to its PID, return 0 once the port accepts connections; return 1 to skip target (c).
-#   Until it is filled in, BENCH_LSTR_PROXY_CMD may supply the command line, with {listen} and {upstream}
-#   replaced, e.g.  BENCH_LSTR_PROXY_CMD='target/release/ls-token-refresher proxy --proxy-addr {listen} --url {upstream} …'
+# ---- (c) ls-token-refresher's proxy ---------------------------------------------------------------------------
+# start_lstr_proxy LISTEN_PORT UPSTREAM_URL WORKDIR: starts `ls-token-refresher proxy` (release build, default flags
+# but the PAT file and the addresses; it validates its token with GET /api/current-user/whoami like in production)
+# in the background, sets LSTR_PROXY_PID, returns 0 once it serves a 200 through to the upstream.
 start_lstr_proxy() {
   local port=$1 upstream=$2 dir=$3 cmd
-  [ -n "${BENCH_LSTR_PROXY_CMD:-}" ] || return 1
-  cmd=${BENCH_LSTR_PROXY_CMD//\{listen\}/127.0.0.1:$port}
-  cmd=${cmd//\{upstream\}/$upstream}
   mkdir -p "$dir"
-  bash -c "exec $cmd" >"$dir/proxy.log" 2>&1 &
+  if [ -n "${BENCH_LSTR_PROXY_CMD:-}" ]; then
+    cmd=${BENCH_LSTR_PROXY_CMD//\{listen\}/127.0.0.1:$port}
+    cmd=${cmd//\{upstream\}/$upstream}
+    cmd=${cmd//\{pat_file\}/$WORK/pat}
+    "${PROXY_PIN[@]}" bash -c "exec $cmd" >"$dir/proxy.log" 2>&1 &
+  else
+    "${PROXY_PIN[@]}" "$BIN" proxy --url "$upstream" --pat-file "$WORK/pat" --proxy-addr "127.0.0.1:$port" \
+      --admin-addr 127.0.0.1:0 >"$dir/proxy.log" 2>&1 &
+  fi
   LSTR_PROXY_PID=$!
-  local i
-  for i in $(seq 1 200); do
+  for _ in $(seq 1 300); do
     kill -0 "$LSTR_PROXY_PID" 2>/dev/null || { log "lstr proxy exited: $(tail -n 5 "$dir/proxy.log")"; return 1; }
-    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2).close()' "$port" 2>/dev/null && return 0
-    sleep 0.05
+    # 503 until the first token is held.
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "${WRK_HEADER[@]}" "http://127.0.0.1:$port$REQ_PATH")" = 200 ] && return 0
+    sleep 0.1
   done
+  log "lstr proxy did not serve a 200 in 30 s: $(tail -n 5 "$dir/proxy.log")"
   return 1
 }
 LS_PORT_PROXY=$(free_port)
-TARGETS=("upstream|$UPSTREAM_URL/|$UPSTREAM_PID" "nginx-proxy|http://127.0.0.1:$NG_PORT/|$NGINX_PROXY_PID")
-if start_lstr_proxy "$LS_PORT_PROXY" "$UPSTREAM_URL" "$WORK/lstr-proxy"; then
-  TARGETS+=("lstr-proxy|http://127.0.0.1:$LS_PORT_PROXY/|$LSTR_PROXY_PID")
-else
-  log "(c) lstr-proxy: slot not filled (start_lstr_proxy / BENCH_LSTR_PROXY_CMD) — skipped"
-fi
+TARGETS=("upstream|$UPSTREAM_URL$REQ_PATH|$UPSTREAM_PID" "nginx-proxy|http://127.0.0.1:$NG_PORT$REQ_PATH|$NGINX_PROXY_PID")
+start_lstr_proxy "$LS_PORT_PROXY" "$UPSTREAM_URL" "$WORK/lstr-proxy" || exit 1
+TARGETS+=("lstr-proxy|http://127.0.0.1:$LS_PORT_PROXY$REQ_PATH|$LSTR_PROXY_PID")
 
-# Sanity: every target answers 200 with the upstream's body.
+# Sanity: every target answers 200 with the upstream's body (Label Studio's whoami: the same user; the body itself
+# carries a last-activity time).
+same() { if [ "$UPSTREAM" = trivial ]; then cat; else python3 -c 'import json,sys; print(json.load(sys.stdin)["email"])'; fi; }
+want=$(same <<<"$BODY")
 for t in "${TARGETS[@]}"; do
   IFS='|' read -r name url _ <<<"$t"
-  got=$(curl -fsS "${url}api/current-user/whoami")
-  [ "$got" = "$BODY" ] || { log "$name did not return the upstream body: ${got:0:80}"; exit 1; }
+  got=$(curl -fsS "${WRK_HEADER[@]}" "$url" | same)
+  [ "$got" = "$want" ] || { log "$name did not return the upstream's answer: ${got:0:80}"; exit 1; }
 done
 
 wrk_run() { # URL CONNS DURATION -> WRK_JSON line
   local out
-  out=$("$LSTR_WRK" -t "$THREADS" -c "$2" -d "${3}s" --timeout 5s -s "$HERE/report.lua" "$1" 2>&1) || true
+  out=$("${LOAD_PIN[@]}" "$LSTR_WRK" -t "$THREADS" -c "$2" -d "${3}s" --timeout 5s -s "$HERE/report.lua" \
+    "${WRK_HEADER[@]}" "$1" 2>&1) || true
   grep '^WRK_JSON ' <<<"$out" | sed 's/^WRK_JSON //' || { echo "wrk failed: $out" >&2; return 1; }
 }
 
 log "warm-up (2 s each)"
 for t in "${TARGETS[@]}"; do IFS='|' read -r name url _ <<<"$t"; wrk_run "$url" "$CONNS" 2 >/dev/null; done
 
+CLK_TCK=$(getconf CLK_TCK)
 : >"$OUT/runs.jsonl"
 for r in $(seq 1 "$RUNS"); do
   for phase in "throughput:$CONNS" "latency:1"; do
     for t in "${TARGETS[@]}"; do
-      IFS='|' read -r name url _ <<<"$t"
+      IFS='|' read -r name url pid <<<"$t"
+      c0=$(tree_cpu_ticks "$pid")
       j=$(wrk_run "$url" "${phase#*:}" "$DURATION")
-      printf '{"run":%d,"phase":"%s","connections":%d,"target":"%s",%s\n' \
-        "$r" "${phase%%:*}" "${phase#*:}" "$name" "${j#\{}" >>"$OUT/runs.jsonl"
+      c1=$(tree_cpu_ticks "$pid")
+      printf '{"run":%d,"phase":"%s","connections":%d,"target":"%s","cpu_s":%s,%s\n' \
+        "$r" "${phase%%:*}" "${phase#*:}" "$name" "$(awk -v d=$((c1 - c0)) -v h="$CLK_TCK" 'BEGIN{print d/h}')" \
+        "${j#\{}" >>"$OUT/runs.jsonl"
       log "run $r/$RUNS ${phase%%:*} $name: $j"
     done
   done
 done
 
-# ---- RSS under many idle-ish connections --------------------------------------------------------------------
-tree_rss_kib() { # PID -> RSS of PID and its children (nginx master + workers), KiB
-  local p sum=0 v
-  for p in "$1" $(pgrep -P "$1" || true); do
-    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-    sum=$((sum + ${v:-0}))
-  done
-  echo "$sum"
-}
+# ---- RSS under many connections (trivial upstream: Label Studio's dev server cannot hold 1000) ----------------
 : >"$OUT/rss.jsonl"
-for t in "${TARGETS[@]}"; do
-  IFS='|' read -r name url pid <<<"$t"
-  [ "$name" = upstream ] && continue
-  idle=$(tree_rss_kib "$pid")
-  "$LSTR_WRK" -t "$THREADS" -c "$RSS_CONNS" -d "${RSS_DURATION}s" --timeout 5s -s "$HERE/report.lua" "$url" \
-    >"$WORK/rss-wrk-$name.out" 2>&1 &
-  wpid=$!
-  peak=0
-  while kill -0 "$wpid" 2>/dev/null; do
-    v=$(tree_rss_kib "$pid"); [ "$v" -gt "$peak" ] && peak=$v
-    sleep 0.2
+if [ "$UPSTREAM" = trivial ]; then
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name url pid <<<"$t"
+    [ "$name" = upstream ] && continue
+    idle=$(tree_rss_kib "$pid")
+    "${LOAD_PIN[@]}" "$LSTR_WRK" -t "$THREADS" -c "$RSS_CONNS" -d "${RSS_DURATION}s" --timeout 5s \
+      -s "$HERE/report.lua" "$url" >"$WORK/rss-wrk-$name.out" 2>&1 &
+    wpid=$!
+    peak=0
+    while kill -0 "$wpid" 2>/dev/null; do
+      v=$(tree_rss_kib "$pid"); [ "$v" -gt "$peak" ] && peak=$v
+      sleep 0.2
+    done
+    wait "$wpid" || true
+    after=$(tree_rss_kib "$pid")
+    j=$(grep '^WRK_JSON ' "$WORK/rss-wrk-$name.out" | sed 's/^WRK_JSON //' || echo '{}')
+    printf '{"target":"%s","connections":%d,"rss_idle_kib":%d,"rss_peak_kib":%d,"rss_after_kib":%d,"wrk":%s}\n' \
+      "$name" "$RSS_CONNS" "$idle" "$peak" "$after" "$j" >>"$OUT/rss.jsonl"
+    log "RSS $name: idle ${idle} KiB, peak ${peak} KiB under $RSS_CONNS connections, ${after} KiB after"
   done
-  wait "$wpid" || true
-  j=$(grep '^WRK_JSON ' "$WORK/rss-wrk-$name.out" | sed 's/^WRK_JSON //' || echo '{}')
-  printf '{"target":"%s","connections":%d,"rss_idle_kib":%d,"rss_peak_kib":%d,"wrk":%s}\n' \
-    "$name" "$RSS_CONNS" "$idle" "$peak" "$j" >>"$OUT/rss.jsonl"
-  log "RSS $name: idle ${idle} KiB, peak ${peak} KiB under $RSS_CONNS connections"
-done
+fi
 
-python3 - "$OUT" "$RUNS" "$DURATION" "$CONNS" "$THREADS" "$WORKERS" "$LSTR_NGINX_VERSION" "$LSTR_WRK_VERSION" <<'EOF' | tee "$OUT/summary.txt"
-import json, statistics, sys
-out, runs, dur, conns, threads, workers, ngv, wrkv = sys.argv[1:]
-rows = [json.loads(l) for l in open(f'{out}/runs.jsonl')]
-rss = [json.loads(l) for l in open(f'{out}/rss.jsonl')]
-targets = list(dict.fromkeys(r['target'] for r in rows))
-def mmm(xs, w=8):
-    return ' '.join(f'{x:>{w}.0f}' for x in (min(xs), statistics.median(xs), max(xs)))
-print(f'proxy benchmark: {runs} runs x {dur}s per target and phase, wrk -t{threads}; proxy nginx workers={workers}; '
-      f'nginx {ngv}, wrk {wrkv}')
-print('(min median max over runs; latencies in microseconds; "added" = proxy minus upstream in the same run)')
-for phase in ('throughput', 'latency'):
-    ph = [r for r in rows if r['phase'] == phase]
-    if not ph:
-        continue
-    print(f'\n[{phase}: wrk -c {ph[0]["connections"]}]')
-    print(f'{"target":<21} | {"requests/s":^26} | {"p50":^26} | {"p99":^26} | errors')
-    for t in targets:
-        rs = [r for r in ph if r['target'] == t]
-        rps = [r['requests'] / (r['duration_us'] / 1e6) for r in rs]
-        print(f'{t:<21} | {mmm(rps)} | {mmm([r["p50_us"] for r in rs])} | {mmm([r["p99_us"] for r in rs])} | '
-              f'{sum(r["errors"] for r in rs)}')
-    base = {r['run']: r for r in ph if r['target'] == 'upstream'}
-    for t in targets:
-        if t == 'upstream':
-            continue
-        rs = [r for r in ph if r['target'] == t and r['run'] in base]
-        a50 = [r['p50_us'] - base[r['run']]['p50_us'] for r in rs]
-        a99 = [r['p99_us'] - base[r['run']]['p99_us'] for r in rs]
-        print(f'{"added by " + t:<21} | {"":>26} | {mmm(a50)} | {mmm(a99)} |')
-print()
-for r in rss:
-    print(f'RSS {r["target"]:<12} idle {r["rss_idle_kib"]/1024:.1f} MiB, peak {r["rss_peak_kib"]/1024:.1f} MiB '
-          f'under {r["connections"]} connections (process tree)')
-EOF
+# ---- profile (--profile) -------------------------------------------------------------------------------------
+# under_load NAME URL SECONDS CMD...: runs CMD (a perf command) while wrk -c CONNS loads URL (from 1 s after wrk's
+# start); wrk's JSON line goes to $WORK/profile-wrk-NAME.out.
+under_load() {
+  local name=$1 url=$2 secs=$3 wpid
+  shift 3
+  "${LOAD_PIN[@]}" "$LSTR_WRK" -t "$THREADS" -c "$CONNS" -d "$((secs + 2))s" --timeout 5s -s "$HERE/report.lua" \
+    "${WRK_HEADER[@]}" "$url" >"$WORK/profile-wrk-$name.out" 2>&1 &
+  wpid=$!
+  sleep 1
+  "$@" >/dev/null 2>&1 || true
+  wait "$wpid" || true
+}
+if [ "$PROFILE" = 1 ]; then
+  mkdir -p "$OUT/profile"
+  : >"$OUT/profile/per-request.txt"
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name url pid <<<"$t"
+    [ "$name" = upstream ] && continue
+    pids=$(tree_pids "$pid" | paste -sd,)
+    # CPU, context switches and system calls per request; requests = wrk's rate x the stat window.
+    under_load "$name" "$url" "$DURATION" perf stat -x, -e cpu-clock,context-switches,raw_syscalls:sys_enter \
+      -p "$pids" -o "$WORK/stat-$name.csv" -- sleep "$DURATION"
+    # Where that CPU is: kernel vs user space (by object).
+    under_load "$name-dso" "$url" "$DURATION" perf record -q -e cpu-clock -F 999 -p "$pids" \
+      -o "$WORK/perf-$name-dso.data" -- sleep "$DURATION"
+    perf report -i "$WORK/perf-$name-dso.data" --no-children --sort dso --stdio -g none 2>/dev/null \
+      | grep -v '^#' | grep -v '^$' >"$OUT/profile/by-dso-$name.txt" || true
+    python3 "$HERE/summary.py" --per-request "$name" "$WORK/stat-$name.csv" "$WORK/profile-wrk-$name.out" \
+      "$DURATION" "$OUT/profile/by-dso-$name.txt" >>"$OUT/profile/per-request.txt"
+  done
+  if [ -z "${BENCH_LSTR_PROXY_CMD:-}" ]; then
+    # Ours with call graphs (needs the binary with symbols).
+    under_load lstr-record "http://127.0.0.1:$LS_PORT_PROXY$REQ_PATH" "$DURATION" perf record -q -e cpu-clock -F 999 \
+      --call-graph dwarf,16384 -p "$LSTR_PROXY_PID" -o "$WORK/perf.data" -- sleep "$((DURATION / 2 > 2 ? DURATION / 2 : 2))"
+    perf report -i "$WORK/perf.data" --children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' | grep -v '^$' \
+      | cut -c1-220 >"$OUT/profile/inclusive.txt" || true
+    perf report -i "$WORK/perf.data" --no-children --sort sym --stdio -g none 2>/dev/null | grep -v '^#' \
+      | grep -v '^$' | sed -n 1,80p | cut -c1-220 >"$OUT/profile/self.txt" || true
+  fi
+  log "profile: $OUT/profile/"
+fi
+
+{
+  echo "proxy benchmark, upstream: $UPSTREAM ($REQ_PATH); $RUNS runs x ${DURATION}s per target and phase, wrk -t$THREADS;"
+  echo "nginx proxy workers=$WORKERS; pinning: $PIN_DESC;"
+  echo "nginx $LSTR_NGINX_VERSION, wrk $LSTR_WRK_VERSION, $("$BIN" --version 2>/dev/null || echo '?');" \
+    "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) x$(nproc), Linux $(uname -r); $(date -u '+%Y-%m-%d %H:%M UTC')"
+  python3 "$HERE/summary.py" "$OUT"
+  if [ -s "$OUT/profile/per-request.txt" ]; then
+    echo; echo "[profile: wrk -c $CONNS, perf stat / perf record over ${DURATION}s]"; cat "$OUT/profile/per-request.txt"
+  fi
+} | tee "$OUT/summary.txt"
 echo "raw results: $OUT" >&2
