@@ -14,7 +14,7 @@ use std::{
     hash::Hasher,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -71,6 +71,9 @@ struct UpstreamState {
     upload_progress: AtomicU64,
     /// `/download` sends its first part, then waits for this before the rest.
     download_gate: Notify,
+    /// Connections open to the upstream now, and the most at once.
+    open: AtomicUsize,
+    open_peak: AtomicUsize,
 }
 
 struct Upstream {
@@ -90,7 +93,10 @@ impl Upstream {
                     return;
                 };
                 let st = st.clone();
+                let open = st.open.fetch_add(1, Ordering::SeqCst) + 1;
+                st.open_peak.fetch_max(open, Ordering::SeqCst);
                 tokio::spawn(async move {
+                    let counter = st.clone();
                     let service = hyper::service::service_fn(move |req| {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(upstream_answer(st, addr, req).await) }
@@ -98,6 +104,7 @@ impl Upstream {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    counter.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -174,6 +181,10 @@ async fn upstream_answer(
                 format!("http://{me}/prefix/landed?x=1").parse().unwrap(),
             );
             r
+        }
+        "/hold" => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            full(StatusCode::OK, "held")
         }
         "/slow-head" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1006,6 +1017,34 @@ async fn a_401_from_label_studio_reports_the_token_rejected() {
         .await
         .expect("no rejection reported after a 401")
         .unwrap();
+}
+
+#[tokio::test]
+async fn after_a_burst_only_a_bounded_pool_of_upstream_connections_stays_open() {
+    // 100 concurrent slow requests need 100 upstream connections at once; afterwards at most 64
+    // may stay open (the proxy's idle pool), not all 100 for the 90 s idle timeout.
+    const BURST: usize = 100;
+    let h = Harness::start(Options::default()).await;
+    let c = client();
+    let answers = futures::future::join_all((0..BURST).map(|_| c.get(h.url("/hold")).send())).await;
+    for a in answers {
+        assert_eq!(a.unwrap().status(), 200);
+    }
+    let st = &h.upstream.state;
+    assert_eq!(
+        st.open_peak.load(Ordering::SeqCst),
+        BURST,
+        "the burst was concurrent"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while st.open.load(Ordering::SeqCst) > 64 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        st.open.load(Ordering::SeqCst),
+        64,
+        "upstream connections left open after the burst"
+    );
 }
 
 #[tokio::test]

@@ -261,12 +261,7 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let url = format!("{}{path_and_query}", shared.upstream.as_str());
+    let url = upstream_url(&shared.upstream_url, &parts.uri);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     for name in [
@@ -399,8 +394,41 @@ fn is_tls(e: &reqwest::Error) -> bool {
     false
 }
 
+/// The upstream URL of a request: Label Studio's base URL (parsed once) with the request's path
+/// appended to the base's own path (a `--url` may have one, e.g. `https://host/ls`) and its
+/// query. Same result as parsing `base + path_and_query`, without parsing scheme and host again.
+pub(super) fn upstream_url(base: &reqwest::Url, uri: &http::Uri) -> reqwest::Url {
+    let mut url = base.clone();
+    let path = uri.path();
+    match base.path() {
+        "" | "/" => url.set_path(path),
+        prefix => url.set_path(&format!("{prefix}{path}")),
+    }
+    url.set_query(uri.query());
+    url
+}
+
+/// Whether a header is hop-by-hop by definition (RFC 9110 §7.6.1 and the non-standard
+/// `Keep-Alive`/`Proxy-Connection`): compared as `HeaderName`s, so the standard ones are an enum
+/// comparison, not a string hash.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and whatever `Connection` names.
+/// One scan of the map; it is only changed when something is to go (the usual request has none).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -411,17 +439,12 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    ] {
+    let fixed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in fixed {
         headers.remove(name);
     }
 }
@@ -537,6 +560,56 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type", "content-length"]);
+    }
+
+    #[test]
+    fn upstream_urls_are_what_parsing_the_joined_string_gives() {
+        for base in [
+            "http://127.0.0.1:8080",
+            "https://ls.example",
+            "https://ls.example/ls",
+            "http://[::1]:8080/a/b",
+        ] {
+            let parsed = reqwest::Url::parse(base).unwrap();
+            for target in [
+                "/",
+                "/api/projects/",
+                "/api/projects/?page=2&page_size=10",
+                "/api/tasks?ids=1,2&q=%20x",
+                "/data/upload/1/x%20y.png",
+                "/api/projects/../users/",
+                "/a/./b/%2e%2e/c",
+                "/?",
+                "/x?a=%zz&b=%C3%A9",
+            ] {
+                let uri: http::Uri = target.parse().unwrap();
+                assert_eq!(
+                    upstream_url(&parsed, &uri).as_str(),
+                    reqwest::Url::parse(&format!("{base}{target}"))
+                        .unwrap()
+                        .as_str(),
+                    "{base} + {target}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn headers_without_hop_by_hop_ones_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.append(header::ACCEPT, HeaderValue::from_static("a"));
+        h.append(header::ACCEPT, HeaderValue::from_static("b"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        h.insert(
+            HeaderName::from_static("proxy-connection"),
+            HeaderValue::from_static("keep-alive"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -114,9 +114,20 @@ pub enum ProxyError {
     },
 }
 
+/// Most idle connections to Label Studio kept after a burst (reqwest's default keeps all of
+/// them): each concurrent client request opens its own upstream connection, and 1,000 concurrent
+/// clients would otherwise leave 1,000 idle connections held open on Label Studio (and ~35 KiB
+/// each here) for the idle timeout. 64 is nginx's usual `keepalive` pool size and more than the
+/// worker threads of a Label Studio server.
+const POOL_IDLE_MAX: usize = 64;
+
 /// What every request handler shares.
 struct Shared {
     upstream: BaseUrl,
+    /// `upstream`, parsed once: each request's URL is this with its path and query replaced, so
+    /// the scheme and host are not parsed again per request (a tenth of the proxy's CPU was
+    /// `Url::parse` of a formatted string, bench/RESULTS.md section 3).
+    upstream_url: reqwest::Url,
     client: reqwest::Client,
     timeout: Duration,
     upstream_host: bool,
@@ -147,13 +158,17 @@ impl Proxy {
         // judged per request in `forward` and `body`.
         let client = exchange::client_builder(ls.ca_file.as_deref(), ls.connect_timeout.0)?
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(POOL_IDLE_MAX)
             .http1_only()
             .build()
             .map_err(|e| exchange::ClientError::Build(e.to_string()))?;
+        let upstream_url = reqwest::Url::parse(ls.url.as_str())
+            .map_err(|e| exchange::ClientError::Build(format!("--url: {e}")))?;
         metrics.register_proxy();
         Ok(Proxy {
             shared: Arc::new(Shared {
                 upstream: ls.url.clone(),
+                upstream_url,
                 client,
                 timeout: args.proxy_timeout.0,
                 upstream_host: args.proxy_upstream_host,
