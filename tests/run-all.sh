@@ -5,8 +5,9 @@
 # then runs lints (whole workspace), the root crate's fast tests, the tests/e2e crate's tests against the real
 # Label Studio, kube-apiserver, Prometheus (fault injection included) and a real kubelet + containerd node
 # (the chart and deploy/ as pods, our image built without Docker), and the chart checks.
-# Cold machine: ~25-35 min (mostly the one-off builds); warm: ~10-15 min, ~7 of them the pod tests (real token
-# lifetimes and the kubelet's real 60 s Secret sync, overlapping on one node).
+# Measured on 2 cores (2026-11-30): cold (empty cache; apt packages already installed) 23 min 19 s, 4 min 37 s of
+# it provisioning; warm ~17 min, ~7 of them the pod tests (real token lifetimes and the kubelet's real 60 s Secret
+# sync, overlapping on one node).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 export LSTR_CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}"
