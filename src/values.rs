@@ -118,28 +118,41 @@ impl FromStr for FileMode {
 
 /// An `http(s)://` base URL with no query or fragment; a trailing slash is dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseUrl(String);
+pub struct BaseUrl {
+    /// As written, without the trailing slash.
+    text: String,
+    /// The same URL parsed: validated once at start-up (a bad port or host is a usage error, not
+    /// a network failure retried forever), and what the proxy builds request URLs from.
+    parsed: reqwest::Url,
+}
 
 impl BaseUrl {
     /// Joins an absolute API path (starting with `/`).
     pub fn join(&self, path: &str) -> String {
-        format!("{}{}", self.0, path)
+        format!("{}{}", self.text, path)
     }
     /// The URL as given, without trailing slash.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+    /// The URL parsed (its path is `/` when none was given).
+    pub fn parsed(&self) -> &reqwest::Url {
+        &self.parsed
     }
     /// True for `https://`.
     pub fn is_https(&self) -> bool {
-        self.0.starts_with("https://")
+        self.text.starts_with("https://")
+    }
+    /// What follows `http(s)://`, as written.
+    fn after_scheme(&self) -> &str {
+        self.text
+            .strip_prefix("https://")
+            .or_else(|| self.text.strip_prefix("http://"))
+            .unwrap_or(&self.text)
     }
     /// The authority (`host[:port]`), as written.
     pub fn authority(&self) -> &str {
-        let rest = self
-            .0
-            .strip_prefix("https://")
-            .or_else(|| self.0.strip_prefix("http://"))
-            .unwrap_or(&self.0);
+        let rest = self.after_scheme();
         rest.split('/').next().unwrap_or(rest)
     }
     /// The host without port or IPv6 brackets.
@@ -152,11 +165,7 @@ impl BaseUrl {
     }
     /// The path prefix after the authority (`""` or e.g. `/label-studio`).
     pub fn path_prefix(&self) -> &str {
-        let rest = self
-            .0
-            .strip_prefix("https://")
-            .or_else(|| self.0.strip_prefix("http://"))
-            .unwrap_or(&self.0);
+        let rest = self.after_scheme();
         rest.find('/').map(|i| &rest[i..]).unwrap_or("")
     }
     /// True when the host is a loopback address or `localhost` (cleartext never leaves the machine).
@@ -187,13 +196,18 @@ impl FromStr for BaseUrl {
         if t.contains('@') {
             return Err(format!("'{s}': do not put credentials in the URL"));
         }
-        Ok(BaseUrl(t.to_owned()))
+        let parsed =
+            reqwest::Url::parse(t).map_err(|e| format!("'{s}' is not a valid URL: {e}"))?;
+        Ok(BaseUrl {
+            text: t.to_owned(),
+            parsed,
+        })
     }
 }
 
 impl fmt::Display for BaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -329,6 +343,10 @@ mod tests {
             "http://",
             "http://u:p@h",
             "http://h/?q",
+            // Shaped like a URL but not one: refused here, not retried as network errors later.
+            "http://127.0.0.1:99999",
+            "http://h:port",
+            "http://exa<mple",
         ] {
             assert!(bad.parse::<BaseUrl>().is_err(), "{bad}");
         }

@@ -124,10 +124,6 @@ const POOL_IDLE_MAX: usize = 64;
 /// What every request handler shares.
 struct Shared {
     upstream: BaseUrl,
-    /// `upstream`, parsed once: each request's URL is this with its path and query replaced, so
-    /// the scheme and host are not parsed again per request (a tenth of the proxy's CPU was
-    /// `Url::parse` of a formatted string, bench/RESULTS.md section 3).
-    upstream_url: reqwest::Url,
     client: reqwest::Client,
     timeout: Duration,
     upstream_host: bool,
@@ -162,13 +158,10 @@ impl Proxy {
             .http1_only()
             .build()
             .map_err(|e| exchange::ClientError::Build(e.to_string()))?;
-        let upstream_url = reqwest::Url::parse(ls.url.as_str())
-            .map_err(|e| exchange::ClientError::Build(format!("--url: {e}")))?;
         metrics.register_proxy();
         Ok(Proxy {
             shared: Arc::new(Shared {
                 upstream: ls.url.clone(),
-                upstream_url,
                 client,
                 timeout: args.proxy_timeout.0,
                 upstream_host: args.proxy_upstream_host,
