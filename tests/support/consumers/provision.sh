@@ -52,29 +52,15 @@ finish() {
   exit 0
 }
 
-# Fast path, no lock: env.sh is renamed into place last, so its stamp line means everything is there.
-if [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ]; then
-  finish
-fi
+# env.sh is renamed into place last, so its stamp line means everything is there.
+is_ready() { [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ]; }
 
-mkdir -p "$CONS"
-exec 9>"$CONS/.lock"
-if ! flock -n 9; then
-  log "another provision.sh holds $CONS/.lock; waiting"
-  flock 9
-fi
-if [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ]; then
-  finish
-fi
+# shellcheck source=../cache.sh
+source "$HERE/../cache.sh"
+provision_once "$CONS/.lock" is_ready finish
 
 PY=${LSTR_PYTHON:-$(command -v python3)}
 
-new_tmp() {
-  local t
-  t=$(mktemp -d "$CONS/.tmp.$1.XXXXXX")
-  chmod 0755 "$t"
-  printf '%s\n' "$t"
-}
 # Leftovers of a killed run are removed under the lock; nobody else can be using them.
 rm -rf "$CONS"/.tmp.* 2>/dev/null || true
 
@@ -86,7 +72,7 @@ build_venv() {
   dir=$CONS/$name-$hash
   if [ -f "$dir/.complete" ]; then return 0; fi
   log "building $name venv from $(basename "$req")"
-  t=$(new_tmp "$name")
+  t=$(cache_tmp "$CONS" "$name")
   "$PY" -m venv "$t"
   "$t/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$req" >&2
   "$t/bin/python" -c "$check"
@@ -139,7 +125,7 @@ esac
 NGINX_DIR=$CONS/nginx-$NGINX_VER
 if [ ! -f "$NGINX_DIR/.complete" ]; then
   log "fetching nginx-light $NGINX_VER (and the nginx binary package it depends on)"
-  t=$(new_tmp nginx)
+  t=$(cache_tmp "$CONS" nginx)
   # nginx-light in bookworm is a metapackage: Depends: nginx (= same version), libnginx-mod-http-echo.
   apt_download "$t" "nginx-light=$NGINX_VER" "nginx=$NGINX_VER"
   for deb in "$t"/*.deb; do dpkg-deb -x "$deb" "$t/root"; done
@@ -163,7 +149,7 @@ esac
 WRK_DIR=$CONS/wrk-$WRK_VER
 if [ ! -f "$WRK_DIR/.complete" ]; then
   log "fetching wrk $WRK_VER and libluajit-5.1-2"
-  t=$(new_tmp wrk)
+  t=$(cache_tmp "$CONS" wrk)
   apt_download "$t" "wrk=$WRK_VER" libluajit-5.1-2
   for deb in "$t"/*.deb; do dpkg-deb -x "$deb" "$t/root"; done
   rm -f "$t"/*.deb
@@ -177,7 +163,7 @@ if [ ! -f "$WRK_DIR/.complete" ]; then
 fi
 
 # ---- stable entry points + env.sh -------------------------------------------------------------------------
-t=$(new_tmp bin)
+t=$(cache_tmp "$CONS" bin)
 cat >"$t/nginx" <<EOF
 #!/bin/sh
 # Debian's nginx $NGINX_VER, unpacked. Always pass -p PREFIX -c CONF -e ERRLOG: the compiled-in paths are

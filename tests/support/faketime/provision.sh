@@ -19,12 +19,12 @@ log() { printf 'provision: %s\n' "$*" >&2; }
 # shellcheck source=../apt.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
-[ -f "$LIB" ] && { printf '%s\n' "$LIB"; exit 0; }
+is_ready() { [ -f "$LIB" ]; }
+finish() { printf '%s\n' "$LIB"; exit 0; }
 
-mkdir -p "$CACHE"
-exec 9>"$CACHE/faketime.lock"
-flock 9
-[ -f "$LIB" ] && { printf '%s\n' "$LIB"; exit 0; }
+# shellcheck source=../cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
+provision_once "$CACHE/faketime.lock" is_ready finish
 
 t=$(mktemp -d "$CACHE/.tmp.faketime.XXXXXX")
 trap 'rm -rf "$t"' EXIT

@@ -46,22 +46,11 @@ is_ready() {
         command -v openssl >/dev/null 2>&1
 }
 
-# Fast path without taking the lock.
-if is_ready; then
-    echo "$BIN"
-    exit 0
-fi
+finish() { echo "$BIN"; exit 0; }
 
-mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
-if ! flock -n 9; then
-    log "another provisioning run holds $CACHE/.lock; waiting"
-    flock 9
-fi
-if is_ready; then
-    echo "$BIN"
-    exit 0
-fi
+# shellcheck source=../cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
+provision_once "$CACHE/.lock" is_ready finish
 # Leftovers of an interrupted run (we hold the lock, so nobody else is using them).
 rm -rf "$CACHE"/work.*
 if ! recipe_ok; then

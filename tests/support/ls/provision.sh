@@ -37,26 +37,17 @@ print_paths() {
   echo "LS_PASSWORD=$LS_PASSWORD"
 }
 
-# Fast path (no lock needed: READY is written last, after both renames).
-if [[ -f "$READY" && -x "$VENV/bin/label-studio" && -f "$TEMPLATE/label_studio.sqlite3" ]]; then
-  print_paths
-  exit 0
-fi
-
-mkdir -p "$DIR"
-exec 9>"$DIR.lock"
-if ! flock -n 9; then
-  echo "provision: another provision.sh holds $DIR.lock; waiting" >&2
-  flock 9
-fi
-# Re-check: another process may have finished while we waited.
-if [[ -f "$READY" && -x "$VENV/bin/label-studio" && -f "$TEMPLATE/label_studio.sqlite3" ]]; then
-  print_paths
-  exit 0
-fi
-rm -f "$READY"
-
 log() { echo "provision: $*" >&2; }
+
+# READY is written last, after both renames.
+is_ready() { [[ -f "$READY" && -x "$VENV/bin/label-studio" && -f "$TEMPLATE/label_studio.sqlite3" ]]; }
+finish() { print_paths; exit 0; }
+
+# shellcheck source=../cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
+provision_once "$DIR.lock" is_ready finish
+mkdir -p "$DIR"
+rm -f "$READY"
 
 # --- venv -------------------------------------------------------------------------------------------
 # A venv is not relocatable (absolute paths in its scripts), so it is built in a uniquely named directory

