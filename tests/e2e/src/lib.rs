@@ -110,17 +110,87 @@ pub fn init_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// The kernel's ephemeral port range (`net.ipv4.ip_local_port_range`), from which it draws the
+/// local port of every outgoing connection and of every `bind(:0)`; Linux's default when unreadable.
+pub fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Lowest port `free_port` hands out: above the well-known and the usual service ports (Label
+/// Studio's 8080, Prometheus' 9090, etcd's 2379, the apiserver's 6443), which a developer's machine
+/// may be running.
+const FIRST_TEST_PORT: u16 = 10_000;
+
+/// A port that was free a moment ago on 127.0.0.1 and that this process hands out only once.
+///
+/// Not `bind(127.0.0.1:0)`: the kernel may return the same just-released port to two callers in a
+/// row (measured here: 17 repeats in 500 calls), so two tests running in parallel were handed one
+/// port, and it draws from the ephemeral range, where any outgoing connection can take the port
+/// between this check and the bind by the process it is meant for. CI failed on 27a6dfe that way
+/// (`--proxy-addr … Address already in use`). Ports here come from outside the ephemeral range,
+/// through a process-wide cursor that starts at a random place (so concurrent test processes seldom
+/// meet) and never repeats a port until it has gone round all of them.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    static CURSOR: OnceLock<AtomicUsize> = OnceLock::new();
+    let (low, high) = ephemeral_range();
+    // Candidates: [FIRST_TEST_PORT, low) then (high, 65535].
+    let below = usize::from(low.saturating_sub(FIRST_TEST_PORT));
+    let above = usize::from(u16::MAX - high);
+    let count = below + above;
+    assert!(
+        count > 0,
+        "no ports outside the ephemeral range {low}-{high} to test with"
+    );
+    let cursor = CURSOR.get_or_init(|| AtomicUsize::new(fastrand::usize(..count)));
+    for _ in 0..count {
+        let i = cursor.fetch_add(1, Ordering::Relaxed) % count;
+        let port = if i < below {
+            FIRST_TEST_PORT + i as u16
+        } else {
+            high + 1 + (i - below) as u16
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 outside the ephemeral range {low}-{high}");
 }
 
 /// The last `lines` lines of `text`.
 pub fn tail(text: &str, lines: usize) -> String {
     let v: Vec<&str> = text.lines().collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CI failure of 27a6dfe: a port handed to the refresher as `--proxy-addr` was taken, between
+    /// `free_port` releasing it and the refresher binding it, by something else on the machine
+    /// ("Address already in use", exit 2). Ports from the kernel's ephemeral range are what every
+    /// outgoing connection draws its local port from, and `bind(:0)` may hand the same port to two
+    /// callers in a row; so neither may happen here.
+    #[test]
+    fn free_ports_are_unique_in_a_process_and_outside_the_ephemeral_range() {
+        let (low, high) = ephemeral_range();
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        for p in &ports {
+            assert!(
+                !(low..=high).contains(p),
+                "port {p} is in the ephemeral range {low}-{high}"
+            );
+            std::net::TcpListener::bind(("127.0.0.1", *p)).expect("a handed-out port is bindable");
+        }
+    }
 }
