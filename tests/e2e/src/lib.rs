@@ -129,9 +129,8 @@ const FIRST_TEST_PORT: u16 = 10_000;
 
 /// A port that was free a moment ago on 127.0.0.1 and that this process hands out only once.
 ///
-/// Not `bind(127.0.0.1:0)`: the kernel may return the same just-released port to two callers in a
-/// row (measured here: 17 repeats in 500 calls), so two tests running in parallel were handed one
-/// port, and it draws from the ephemeral range, where any outgoing connection can take the port
+/// Not `bind(127.0.0.1:0)`: the kernel hands a released port out again (measured here: 500 calls
+/// gave 483 distinct ports), so two tests running in parallel could be given one port; and it draws from the ephemeral range, where any outgoing connection can take the port
 /// between this check and the bind by the process it is meant for. CI failed on 27a6dfe that way
 /// (`--proxy-addr … Address already in use`). Ports here come from outside the ephemeral range,
 /// through a process-wide cursor that starts at a random place (so concurrent test processes seldom
@@ -176,9 +175,8 @@ mod tests {
 
     /// The CI failure of 27a6dfe: a port handed to the refresher as `--proxy-addr` was taken, between
     /// `free_port` releasing it and the refresher binding it, by something else on the machine
-    /// ("Address already in use", exit 2). Ports from the kernel's ephemeral range are what every
-    /// outgoing connection draws its local port from, and `bind(:0)` may hand the same port to two
-    /// callers in a row; so neither may happen here.
+    /// ("Address already in use", exit 2). Every outgoing connection draws its local port from the
+    /// kernel's ephemeral range, and `bind(:0)` hands released ports out again; neither may happen here.
     #[test]
     fn free_ports_are_unique_in_a_process_and_outside_the_ephemeral_range() {
         let (low, high) = ephemeral_range();
