@@ -226,6 +226,13 @@ impl Node {
             .unwrap_or_else(|| panic!("no running task {id} in containerd:\n{list}"))
     }
 
+    /// Starts recording containerd's `/tasks/exit` events (`ctr events`), returning once the
+    /// subscription is live: what a container's process really exited with, whatever the kubelet
+    /// later reports (see [`TaskExits`]).
+    pub async fn task_exits(&self) -> TaskExits {
+        TaskExits::start(self).await
+    }
+
     /// The kubelet's effective configuration (`/configz` through the apiserver's node proxy).
     pub async fn kubelet_config(&self) -> serde_json::Value {
         let path = format!("/api/v1/nodes/{}/proxy/configz", self.env("NODE_NAME"));
@@ -353,6 +360,142 @@ impl Drop for Node {
     }
 }
 
+/// One container process's exit as containerd recorded it (a `/tasks/exit` event).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskExit {
+    /// The container's ID (the part of a pod status' `containerID` after `containerd://`).
+    pub container_id: String,
+    /// Its exit status (128 + N for a signal N).
+    pub exit_status: u32,
+    /// When it exited, Unix seconds.
+    pub exited_at: f64,
+}
+
+impl TaskExit {
+    /// Parses one line of `ctr events`, `None` for any other event.
+    ///
+    /// The line is `<time> <namespace> /tasks/exit {json}`; containerd's JSON omits `exit_status`
+    /// when it is 0 (protobuf `omitempty`), so a missing one is a clean exit.
+    pub fn parse(line: &str) -> Option<TaskExit> {
+        let json = line.split_once(" /tasks/exit ")?.1;
+        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        let at: jiff::Timestamp = v.get("exited_at")?.as_str()?.parse().ok()?;
+        Some(TaskExit {
+            container_id: v.get("container_id")?.as_str()?.to_string(),
+            exit_status: v
+                .get("exit_status")
+                .map_or(Some(0), |s| s.as_u64().and_then(|n| u32::try_from(n).ok()))?,
+            exited_at: at.as_millisecond() as f64 / 1000.0,
+        })
+    }
+}
+
+/// containerd's exit records, collected in the background by `ctr events` (stopped on drop).
+///
+/// Why not the pod status: on pod deletion, kubelet 1.20 removes a dead container of a deleted pod
+/// as soon as its relist sees it exit, and when that wins the race with the status update (under
+/// load; CI hit it once), the API never shows the real `terminated` state — only `lastState:
+/// ContainerStatusUnknown`, exit 137, "The container could not be located when the pod was
+/// deleted", although the process exited 0. containerd's event is the runtime's own record.
+pub struct TaskExits {
+    child: tokio::process::Child,
+    exits: Arc<Mutex<Vec<TaskExit>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl TaskExits {
+    async fn start(node: &Node) -> TaskExits {
+        use tokio::io::AsyncBufReadExt;
+        let ctr = |args: &[&str]| {
+            let mut c = tokio::process::Command::new(node.env("CTR"));
+            c.args(["--address", node.env("CONTAINERD_SOCKET")])
+                .args(args)
+                .stdin(Stdio::null())
+                .kill_on_drop(true);
+            c
+        };
+        let mut child = ctr(&["events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ctr events");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // The subscription is live once it reports an event of our own making: the creation of a
+        // containerd namespace with a unique name (made again until seen; removed afterwards).
+        let prefix = unique_name("lstr-events-");
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let exits = Arc::new(Mutex::new(Vec::new()));
+        let sink = exits.clone();
+        let marker = format!("/namespaces/create {{\"name\":\"{prefix}");
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(&marker) {
+                    let _ = seen_tx.send(());
+                } else if let Some(exit) = TaskExit::parse(&line) {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).push(exit);
+                }
+            }
+        });
+        let mut made = Vec::new();
+        let mut live = false;
+        for attempt in 0..50 {
+            let name = format!("{prefix}-{attempt}");
+            let out = ctr(&["namespaces", "create", &name])
+                .output()
+                .await
+                .expect("run ctr namespaces create");
+            assert!(out.status.success(), "ctr namespaces create: {out:?}");
+            made.push(name);
+            let wait = std::time::Duration::from_millis(200);
+            if tokio::time::timeout(wait, seen_rx.recv()).await.is_ok() {
+                live = true;
+                break;
+            }
+        }
+        for name in &made {
+            let _ = ctr(&["namespaces", "remove", name]).output().await;
+        }
+        assert!(live, "ctr events never reported our own namespace creation");
+        TaskExits {
+            child,
+            exits,
+            reader,
+        }
+    }
+
+    /// The exit of container `container_id` (a pod status' `containerID`, with or without the
+    /// `containerd://` prefix); panics with what was recorded if none comes within `timeout`.
+    pub async fn wait(&self, container_id: &str, timeout: std::time::Duration) -> TaskExit {
+        let id = container_id
+            .strip_prefix("containerd://")
+            .unwrap_or(container_id);
+        let t0 = std::time::Instant::now();
+        loop {
+            let found = {
+                let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+                exits.iter().find(|e| e.container_id == id).cloned()
+            };
+            if let Some(exit) = found {
+                return exit;
+            }
+            if t0.elapsed() > timeout {
+                let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+                panic!(
+                    "containerd reported no exit of {id} within {timeout:?}; exits seen: {exits:?}"
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for TaskExits {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        self.reader.abort();
+    }
+}
+
 /// A namespace of one test; deleted (without waiting) when dropped, which stops its pods.
 pub struct TestNamespace {
     /// Its name.
@@ -388,4 +531,27 @@ fn parse_env(text: &str) -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_exit_lines_of_ctr_events_parse_and_a_missing_status_is_zero() {
+        // Lines as containerd 1.6's `ctr events` printed them here.
+        let clean = r#"2026-11-30 11:37:37.583273662 +0000 UTC k8s.io /tasks/exit {"container_id":"98e8","id":"98e8","pid":26865,"exited_at":"2026-11-30T11:37:37.583251068Z"}"#;
+        let killed = r#"2026-11-30 11:37:37.616853275 +0000 UTC k8s.io /tasks/exit {"container_id":"cbc5","id":"cbc5","pid":26835,"exit_status":137,"exited_at":"2026-11-30T11:37:37.616799595Z"}"#;
+        let delete = r#"2026-11-30 11:36:29.620654064 +0000 UTC k8s.io /tasks/delete {"container_id":"b637","pid":26707,"exit_status":137,"exited_at":"2026-11-30T11:36:29.60604146Z"}"#;
+        assert_eq!(
+            TaskExit::parse(clean),
+            Some(TaskExit {
+                container_id: "98e8".into(),
+                exit_status: 0,
+                exited_at: 1_796_038_657.583,
+            })
+        );
+        assert_eq!(TaskExit::parse(killed).map(|e| e.exit_status), Some(137));
+        assert_eq!(TaskExit::parse(delete), None);
+    }
 }
