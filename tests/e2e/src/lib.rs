@@ -127,21 +127,27 @@ pub fn ephemeral_range() -> (u16, u16) {
 /// may be running.
 const FIRST_TEST_PORT: u16 = 10_000;
 
+/// First port `free_port` leaves alone: from here up to the ephemeral range, node.sh allocates the
+/// ports of the node's etcd, kubelet and controllers, in its own process, while tests of this one
+/// start Label Studio and refreshers.
+const NODE_SH_PORTS: u16 = 24_000;
+
 /// A port that was free a moment ago on 127.0.0.1 and that this process hands out only once.
 ///
 /// Not `bind(127.0.0.1:0)`: the kernel hands a released port out again (measured here: 500 calls
-/// gave 483 distinct ports), so two tests running in parallel could be given one port; and it draws from the ephemeral range, where any outgoing connection can take the port
-/// between this check and the bind by the process it is meant for. CI failed on 27a6dfe that way
-/// (`--proxy-addr … Address already in use`). Ports here come from outside the ephemeral range,
-/// through a process-wide cursor that starts at a random place (so concurrent test processes seldom
-/// meet) and never repeats a port until it has gone round all of them.
+/// gave 483 distinct ports), so two tests running in parallel could be given one port; and it
+/// draws from the ephemeral range, where any outgoing connection can take the port between this
+/// check and the bind by the process it is meant for. CI failed on 27a6dfe that way (`--proxy-addr
+/// … Address already in use`). Ports here come from below node.sh's share ([`NODE_SH_PORTS`]) or
+/// above the ephemeral range, through a process-wide cursor that starts at a random place (so
+/// concurrent test processes seldom meet) and repeats no port until it has gone round all of them.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
     static CURSOR: OnceLock<AtomicUsize> = OnceLock::new();
     let (low, high) = ephemeral_range();
-    // Candidates: [FIRST_TEST_PORT, low) then (high, 65535].
-    let below = usize::from(low.saturating_sub(FIRST_TEST_PORT));
+    // Candidates: [FIRST_TEST_PORT, min(low, NODE_SH_PORTS)) then (high, 65535].
+    let below = usize::from(low.min(NODE_SH_PORTS).saturating_sub(FIRST_TEST_PORT));
     let above = usize::from(u16::MAX - high);
     let count = below + above;
     assert!(
@@ -181,6 +187,7 @@ mod tests {
     fn free_ports_are_unique_in_a_process_and_outside_the_ephemeral_range() {
         let (low, high) = ephemeral_range();
         let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        let node_sh = NODE_SH_PORTS..low;
         let distinct: std::collections::HashSet<u16> = ports.iter().copied().collect();
         assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
         for p in &ports {
@@ -188,6 +195,7 @@ mod tests {
                 !(low..=high).contains(p),
                 "port {p} is in the ephemeral range {low}-{high}"
             );
+            assert!(!node_sh.contains(p), "port {p} is node.sh's");
             std::net::TcpListener::bind(("127.0.0.1", *p)).expect("a handed-out port is bindable");
         }
     }

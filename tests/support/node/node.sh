@@ -104,7 +104,11 @@ terminate() {
 }
 
 # alloc_net: prints "127.X.Y PORT1 … PORT6": a random 127.X.Y.0/24 whose .1:443 can be bound (not 127.0.x,
-# which hosts use for their own names), and six free 127.0.0.1 ports (one python start-up for all).
+# which hosts use for their own names), and six free 127.0.0.1 ports (one python start-up for all). The ports
+# come from 24000 up to the kernel's ephemeral range: not from the range itself, where any outgoing connection
+# may take a port between this check and etcd's or the kubelet's bind, and not below 24000, where the Rust
+# harnesses' free_port (tests/e2e/src/lib.rs) hands out ports for Label Studio and the refreshers started
+# alongside.
 alloc_net() {
     python3 - <<'EOF'
 import random, socket
@@ -120,11 +124,25 @@ for _ in range(200):
     break
 else:
     raise SystemExit("no free 127.X.Y.1:443")
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+candidates = list(range(24000, low)) if low > 24100 else list(range(low - 1000, low))
+random.shuffle(candidates)
 socks = []
-for _ in range(6):
+for port in candidates:
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        continue
     socks.append(s)
+    if len(socks) == 6:
+        break
+else:
+    raise SystemExit("no six free 127.0.0.1 ports below the ephemeral range")
 print(f"127.{x}.{y}", *[s.getsockname()[1] for s in socks])
 EOF
 }
