@@ -16,7 +16,6 @@
 # repository's cached provisioning scripts). Every wait is bounded; everything it starts is stopped by PID.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT="$PWD"
 export LSTR_CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LSTR_CACHE/target}"
 TTL="${BENCH_TTL:-4}"
@@ -44,16 +43,9 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- tools
-need=()
-command -v jq >/dev/null || need+=(jq)
-command -v curl >/dev/null || need+=(curl)
-[[ -x /usr/bin/time ]] || need+=(time)
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  if [[ $(id -u) != 0 ]]; then log "need root to apt-get install ${need[*]}"; exit 1; fi
-  timeout 600 apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q "${need[@]}" >/dev/null
-fi
+# shellcheck source=../tests/support/apt.sh
+source tests/support/apt.sh
+ensure_pkgs jq curl time
 
 log "provisioning Label Studio 1.23.2 (cached under $LSTR_CACHE)"
 timeout 1200 bash tests/support/ls/provision.sh >"$WORK/provision-ls.log" 2>&1 || {

@@ -144,29 +144,47 @@ const NODE_SH_PORTS: u16 = 24_000;
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
-    static CURSOR: OnceLock<AtomicUsize> = OnceLock::new();
-    let (low, high) = ephemeral_range();
-    // Candidates: [FIRST_TEST_PORT, min(low, NODE_SH_PORTS)) then (high, 65535].
-    let below = usize::from(low.min(NODE_SH_PORTS).saturating_sub(FIRST_TEST_PORT));
-    let above = usize::from(u16::MAX - high);
-    let count = below + above;
-    assert!(
-        count > 0,
-        "no ports outside the ephemeral range {low}-{high} to test with"
-    );
-    let cursor = CURSOR.get_or_init(|| AtomicUsize::new(fastrand::usize(..count)));
-    for _ in 0..count {
-        let i = cursor.fetch_add(1, Ordering::Relaxed) % count;
-        let port = if i < below {
+    /// The candidates, `[FIRST_TEST_PORT, min(low, NODE_SH_PORTS))` then `(high, 65535]` of the
+    /// ephemeral range `low..=high`, numbered `0..count`, and where the walk over them has got to.
+    struct Ports {
+        low: u16,
+        high: u16,
+        below: usize,
+        count: usize,
+        cursor: AtomicUsize,
+    }
+    static PORTS: OnceLock<Ports> = OnceLock::new();
+    let ports = PORTS.get_or_init(|| {
+        let (low, high) = ephemeral_range();
+        let below = usize::from(low.min(NODE_SH_PORTS).saturating_sub(FIRST_TEST_PORT));
+        let count = below + usize::from(u16::MAX - high);
+        assert!(
+            count > 0,
+            "no ports outside the ephemeral range {low}-{high} to test with"
+        );
+        Ports {
+            low,
+            high,
+            below,
+            count,
+            cursor: AtomicUsize::new(fastrand::usize(..count)),
+        }
+    });
+    for _ in 0..ports.count {
+        let i = ports.cursor.fetch_add(1, Ordering::Relaxed) % ports.count;
+        let port = if i < ports.below {
             FIRST_TEST_PORT + i as u16
         } else {
-            high + 1 + (i - below) as u16
+            ports.high + 1 + (i - ports.below) as u16
         };
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port on 127.0.0.1 outside the ephemeral range {low}-{high}");
+    panic!(
+        "no free port on 127.0.0.1 outside the ephemeral range {}-{}",
+        ports.low, ports.high
+    );
 }
 
 /// The last `lines` lines of `text`.

@@ -469,23 +469,16 @@ impl TaskExits {
         let id = container_id
             .strip_prefix("containerd://")
             .unwrap_or(container_id);
-        let t0 = std::time::Instant::now();
-        loop {
-            let found = {
-                let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-                exits.iter().find(|e| e.container_id == id).cloned()
-            };
-            if let Some(exit) = found {
-                return exit;
-            }
-            if t0.elapsed() > timeout {
-                let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
-                panic!(
-                    "containerd reported no exit of {id} within {timeout:?}; exits seen: {exits:?}"
-                );
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        let every = std::time::Duration::from_millis(100);
+        let found = crate::wait::poll(timeout, every, || async {
+            let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+            exits.iter().find(|e| e.container_id == id).cloned()
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            let exits = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+            panic!("containerd reported no exit of {id} within {timeout:?}; exits seen: {exits:?}")
+        })
     }
 }
 

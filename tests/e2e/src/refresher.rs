@@ -45,8 +45,21 @@ pub fn binary() -> &'static Path {
 pub fn metric_value(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+        .and_then(sample_value)
+}
+
+/// The sum of every sample line starting with `prefix` (e.g. a family and its `{`: all its label
+/// sets) in a `/metrics` answer; 0 when there is none.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(sample_value)
+        .sum()
+}
+
+/// The value of one sample line (`name{labels} value`).
+fn sample_value(line: &str) -> Option<f64> {
+    line.rsplit(' ').next()?.parse().ok()
 }
 
 /// The command that runs the binary under `wrapper` (a program and its arguments that end by

@@ -26,7 +26,7 @@ finish() { printf '%s\n' "$LIB"; exit 0; }
 source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
 provision_once "$CACHE/faketime.lock" is_ready finish
 
-t=$(mktemp -d "$CACHE/.tmp.faketime.XXXXXX")
+t=$(cache_tmp "$CACHE" faketime)
 trap 'rm -rf "$t"' EXIT
 log "fetching libfaketime (Debian package libfaketime, upstream $UPSTREAM)"
 apt_download "$t" libfaketime

@@ -46,7 +46,7 @@ use ls_token_refresher_e2e::{
         set_env, set_port, NodeSite, Scope,
     },
     process,
-    refresher::metric_value,
+    refresher::{metric_sum, metric_value},
     stock_clients::{self, PLACEHOLDER},
 };
 use serde_json::{json, Value};
@@ -204,11 +204,7 @@ async fn proxy_sidecar_serves_the_stock_ml_backend_without_a_credential_in_it() 
         let name = format!("ls_token_refresher_proxy_requests_total{{code=\"{code}\"}}");
         series(&after, &name) - series(&before, &name)
     };
-    let upstream_errors: f64 = after
-        .lines()
-        .filter(|l| l.starts_with("ls_token_refresher_proxy_upstream_errors_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let upstream_errors = metric_sum(&after, "ls_token_refresher_proxy_upstream_errors_total{");
     let downloads = window
         .iter()
         .filter(|(m, path, code)| m == "GET" && path.starts_with("/data/upload/") && *code == 200)
