@@ -102,6 +102,17 @@ impl Health {
             .min()
     }
 
+    /// What the sink of `kind` holds, if that token still works now.
+    pub fn held_valid(&self, kind: &str) -> Option<Held> {
+        let now = self.clock.now();
+        self.lock()
+            .slots
+            .iter()
+            .find(|s| s.kind == kind)
+            .and_then(|s| s.held)
+            .filter(|h| h.valid && h.expires.is_none_or(|e| e > now))
+    }
+
     /// True when some sink holds a token that still works (so consumers are served).
     pub fn any_valid(&self) -> bool {
         let now = self.clock.now();

@@ -150,7 +150,9 @@ async fn upstream_answer(
         .unwrap_or_default();
     // Routes answer under a `--url` path prefix too.
     let path = parts.uri.path();
-    let path = path.strip_prefix("/prefix").unwrap_or(path).to_owned();
+    // The test routes live under `/api/t/` (the proxy forwards only the API and file URLs).
+    let path = path.strip_prefix("/prefix").unwrap_or(path);
+    let path = path.strip_prefix("/api/t").unwrap_or(path).to_owned();
     let mut kept = Vec::new();
     let mut hash = DefaultHasher::new();
     let mut len = 0u64;
@@ -347,6 +349,7 @@ impl Harness {
             proxy_addr: None,
             proxy_timeout: opts.timeout.parse().unwrap(),
             proxy_upstream_host: opts.upstream_host,
+            proxy_allow_hosts: Vec::new(),
         };
         let (sink, tokens) = MemorySink::new();
         let health = Health::new(Arc::new(SystemClock::new()), &["proxy"]);
@@ -577,7 +580,7 @@ async fn host_passes_through_and_the_path_prefix_is_kept() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = client().get(h.url("/redirect")).send().await.unwrap();
+    let r = client().get(h.url("/api/t/redirect")).send().await.unwrap();
     assert_eq!(r.status(), 302);
     let seen = h.upstream.seen();
     assert_eq!(seen[0].target, "/prefix/api/projects/?page=2");
@@ -604,7 +607,7 @@ async fn upstream_host_mode_sends_the_upstreams_host_and_maps_location_back() {
         ..Options::default()
     })
     .await;
-    let r = client().get(h.url("/redirect")).send().await.unwrap();
+    let r = client().get(h.url("/api/t/redirect")).send().await.unwrap();
     assert_eq!(r.status(), 302);
     let seen = h.upstream.seen();
     let up = h.upstream.addr.to_string();
@@ -722,8 +725,8 @@ async fn the_sdks_refresh_is_answered_locally_with_a_standin_mirroring_exp() {
         ("GET", "/api/token/"),
         ("POST", "/api/token/rotate/"),
         ("POST", "/api/token/blacklist/"),
-        ("POST", "/api/%74oken/rotate/"),
         ("GET", "/api/current-user/token"),
+        ("POST", "/api/jwt/settings"),
         ("POST", "/api/current-user/reset-token/"),
         ("GET", "/api/token/refresh/"),
     ] {
@@ -735,6 +738,16 @@ async fn the_sdks_refresh_is_answered_locally_with_a_standin_mirroring_exp() {
         assert_eq!(r.status(), 403, "{method} {path}");
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["reason"], "refused");
+    }
+    // Other spellings of them are not canonical: refused before they are classified.
+    for path in ["/api/%74oken/rotate/", "/api/projects/../token/rotate/"] {
+        let (a, _) = raw(
+            h.proxy,
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{path}: {a}");
+        assert_eq!(json_body(&a)["reason"], "non_canonical", "{path}");
     }
     assert!(
         h.upstream.seen().is_empty(),
@@ -809,7 +822,7 @@ async fn local_answers_keep_the_connection_usable() {
     for round in 0..3 {
         s.write_all(
             format!(
-                "POST /api/token/refresh/ HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                "POST /api/token/refresh/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                 body.len()
             )
             .as_bytes(),
@@ -826,7 +839,7 @@ async fn local_answers_keep_the_connection_usable() {
         assert!(!answer.to_ascii_lowercase().contains("connection: close"));
     }
     // The same connection still carries an ordinary request.
-    s.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+    s.write_all(b"GET /api/t/after HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let answer = read_one_answer(&mut s).await;
@@ -835,7 +848,7 @@ async fn local_answers_keep_the_connection_usable() {
 
     // 1 MiB sent to a local answer: not read; the answer says the connection closes.
     let big = format!(
-        "POST /api/token/ HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/token/ HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
         1024 * 1024
     );
     let mut s = TcpStream::connect(h.proxy).await.unwrap();
@@ -927,11 +940,11 @@ async fn transfer_encoding_with_content_length_never_smuggles_a_request() {
     let chunked = "5\r\nhello\r\n0\r\n\r\n";
     let cl = chunked.len() + smuggled.len();
     let te_cl = [
-        format!("POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}"),
-        format!("POST /first HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: {cl}\r\n\r\n{chunked}{smuggled}"),
+        format!("POST /api/t/first HTTP/1.1\r\nHost: localhost\r\nContent-Length: {cl}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}"),
+        format!("POST /api/t/first HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: {cl}\r\n\r\n{chunked}{smuggled}"),
         // TE.CL: a short Content-Length, the smuggled request inside a chunk.
         format!(
-            "POST /first HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+            "POST /api/t/first HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
             smuggled.len()
         ),
     ];
@@ -943,7 +956,7 @@ async fn transfer_encoding_with_content_length_never_smuggles_a_request() {
     let seen = h.upstream.seen();
     assert_eq!(seen.len(), 3, "{seen:?}");
     for s in &seen {
-        assert_eq!(s.target, "/first");
+        assert_eq!(s.target, "/api/t/first");
         assert!(values(&s.headers, "content-length")
             .iter()
             .all(|v| *v != cl.to_string()));
@@ -960,20 +973,20 @@ async fn differing_content_lengths_and_bad_codings_are_400_and_oversized_heads_4
     let h = Harness::start(Options::default()).await;
     let (a, closed) = raw(
         h.proxy,
-        b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 30\r\n\r\nhelloGET /smuggled HTTP/1.1\r\n\r\n",
+        b"POST /api/t/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 30\r\n\r\nhelloGET /smuggled HTTP/1.1\r\n\r\n",
     )
     .await;
     assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{a}");
     assert!(closed);
     let (a, _) = raw(
         h.proxy,
-        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+        b"POST /api/t/x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\nxx",
     )
     .await;
     assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{a}");
     // A head beyond 64 KiB: 431, and the next client is served as usual.
     let big = format!(
-        "GET /x HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "GET /api/t/x HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(70 * 1024)
     );
     let (a, closed) = raw(h.proxy, big.as_bytes()).await;
@@ -986,7 +999,7 @@ async fn differing_content_lengths_and_bad_codings_are_400_and_oversized_heads_4
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     let (a, _) = raw(
         h.proxy,
-        format!("GET /x HTTP/1.1\r\nHost: a\r\n{many}\r\n").as_bytes(),
+        format!("GET /api/t/x HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes(),
     )
     .await;
     assert_eq!(
@@ -995,7 +1008,7 @@ async fn differing_content_lengths_and_bad_codings_are_400_and_oversized_heads_4
         "{a}"
     );
     assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
-    let r = client().get(h.url("/fine")).send().await.unwrap();
+    let r = client().get(h.url("/api/t/fine")).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -1011,7 +1024,7 @@ async fn a_401_from_label_studio_reports_the_token_rejected() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "a 200 reported a rejection");
-    let r = client().get(h.url("/status/401")).send().await.unwrap();
+    let r = client().get(h.url("/api/t/status/401")).send().await.unwrap();
     assert_eq!(r.status(), 401, "the 401 itself is passed on");
     tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
@@ -1026,7 +1039,7 @@ async fn after_a_burst_only_a_bounded_pool_of_upstream_connections_stays_open() 
     const BURST: usize = 100;
     let h = Harness::start(Options::default()).await;
     let c = client();
-    let answers = futures::future::join_all((0..BURST).map(|_| c.get(h.url("/hold")).send())).await;
+    let answers = futures::future::join_all((0..BURST).map(|_| c.get(h.url("/api/t/hold")).send())).await;
     for a in answers {
         assert_eq!(a.unwrap().status(), 200);
     }
@@ -1073,7 +1086,7 @@ async fn refused_upstream_is_502_and_a_silent_one_504_with_reasons() {
     })
     .await;
     let t0 = std::time::Instant::now();
-    let r = client().get(h.url("/slow-head")).send().await.unwrap();
+    let r = client().get(h.url("/api/t/slow-head")).send().await.unwrap();
     assert_eq!(r.status(), 504);
     assert!(
         t0.elapsed() < Duration::from_millis(2900),
@@ -1102,7 +1115,7 @@ async fn bodies_stream_both_ways_without_buffering() {
     let (tx, rx) = futures::channel::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let upload = tokio::spawn(
         client()
-            .post(h.url("/upload"))
+            .post(h.url("/api/t/upload"))
             .header(header::CONTENT_LENGTH, TOTAL)
             .body(reqwest::Body::wrap_stream(rx))
             .send(),
@@ -1142,7 +1155,7 @@ async fn bodies_stream_both_ways_without_buffering() {
     );
 
     let r = client()
-        .get(h.url(&format!("/download?n={TOTAL}")))
+        .get(h.url(&format!("/api/t/download?n={TOTAL}")))
         .send()
         .await
         .unwrap();
@@ -1188,7 +1201,7 @@ async fn the_timeout_bounds_silence_not_the_length_of_a_transfer() {
         ))
     });
     let r = client()
-        .post(h.url("/upload"))
+        .post(h.url("/api/t/upload"))
         .header(header::CONTENT_LENGTH, pieces * 1000)
         .body(reqwest::Body::wrap_stream(stream))
         .send()
@@ -1203,7 +1216,7 @@ async fn the_timeout_bounds_silence_not_the_length_of_a_transfer() {
 
     // A client that stops sending its body: 408, and nothing is counted as an upstream failure.
     let mut s = TcpStream::connect(h.proxy).await.unwrap();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-part")
+    s.write_all(b"POST /api/t/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly-part")
         .await
         .unwrap();
     let (a, _) = read_until_close(&mut s, Duration::from_secs(5)).await;
@@ -1215,12 +1228,12 @@ async fn the_timeout_bounds_silence_not_the_length_of_a_transfer() {
     );
 
     // 3 s of download in 100 ms steps.
-    let r = client().get(h.url("/drip")).send().await.unwrap();
+    let r = client().get(h.url("/api/t/drip")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let body = r.bytes().await.expect("a slow but moving download is cut");
     assert_eq!(body.len(), 30_000);
     // A download that stops: the head and the first pieces arrive, then the body is cut.
-    let r = client().get(h.url("/stall")).send().await.unwrap();
+    let r = client().get(h.url("/api/t/stall")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let t0 = std::time::Instant::now();
     let cut = r.bytes().await;
@@ -1245,7 +1258,7 @@ async fn silent_connections_are_closed() {
     let mut partial = TcpStream::connect(h.proxy).await.unwrap();
     partial.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     let mut idle = TcpStream::connect(h.proxy).await.unwrap();
-    idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    idle.write_all(b"GET /api/t/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 4096];

@@ -3,7 +3,6 @@
 //! Studio and its answer back.
 
 use std::{
-    convert::Infallible,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -19,9 +18,11 @@ use hyper::body::Incoming;
 
 use super::{
     body::{IdleTimeout, Progress, Stall, Watched},
-    standin, Shared,
+    standin,
+    target::{self, Route},
+    Shared,
 };
-use crate::{reason::Reason, token::Authorization};
+use crate::{health::Held, reason::Reason, sink::memory::MemorySink, token::Authorization};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every answer: a local JSON document or Label Studio's streamed body.
@@ -40,14 +41,15 @@ const LOCAL_BODY_WAIT: Duration = Duration::from_secs(5);
 /// Lifetime of a stand-in while the held token is a legacy one (which has no expiry).
 const LEGACY_STANDIN_SECS: i64 = 3600;
 
-/// Handles one request (never fails: every problem is an HTTP answer).
+/// Handles one request: every problem is an HTTP answer.
 pub(super) async fn handle(
     shared: Arc<Shared>,
     peer: IpAddr,
+    local: IpAddr,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Response<ProxyBody> {
     let started = Instant::now();
-    let resp = route(&shared, peer, req, started).await;
+    let resp = route(&shared, peer, local, req, started).await;
     let class = match resp.status().as_u16() / 100 {
         1 => "1xx",
         2 => "2xx",
@@ -60,89 +62,31 @@ pub(super) async fn handle(
         .proxy_requests_total
         .with_label_values(&[class])
         .inc();
-    Ok(resp)
-}
-
-/// What the proxy does with a request, by method and path alone.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Route {
-    /// `POST /api/token/refresh[/]`: answered here with a stand-in.
-    LocalRefresh,
-    /// Token management and the legacy token: refused.
-    Blocked,
-    /// Everything else goes to Label Studio.
-    Forward,
-}
-
-/// Classifies a request path after normalising it the way a server might (percent-decoding,
-/// `//`, `.` and `..` segments), so no spelling of a token endpoint slips through.
-pub(super) fn route_of(method: &Method, path: &str) -> Route {
-    let canonical = canonical_path(path);
-    let is = |p: &str| canonical == p;
-    let under = |p: &str| canonical == p || canonical.starts_with(&format!("{p}/"));
-    if is("api/token/refresh") && method == Method::POST {
-        Route::LocalRefresh
-    } else if under("api/token")
-        || is("api/current-user/token")
-        || is("api/current-user/reset-token")
-    {
-        Route::Blocked
-    } else {
-        Route::Forward
-    }
-}
-
-fn canonical_path(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                decoded.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        decoded.push(bytes[i]);
-        i += 1;
-    }
-    let text = String::from_utf8_lossy(&decoded);
-    let mut segments: Vec<&str> = Vec::new();
-    for s in text.split('/') {
-        match s {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    segments.join("/").to_ascii_lowercase()
+    resp
 }
 
 async fn route(
     shared: &Arc<Shared>,
     peer: IpAddr,
+    local: IpAddr,
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<ProxyBody> {
-    match decide(shared, &req) {
-        Decision::Forward(auth) => forward(shared, peer, req, auth, started).await,
+    match decide(shared, local, &req) {
+        Decision::Forward(auth, url) => forward(shared, peer, req, auth, url, started).await,
         Decision::Answer(answer) => finish_local(req.into_body(), answer).await,
     }
 }
 
 /// Whether a request goes to Label Studio, and with which token.
 enum Decision {
-    /// Forward with this token.
-    Forward(Authorization),
+    /// Forward to this URL with this token.
+    Forward(Authorization, reqwest::Url),
     /// Answer here.
     Answer(Response<ProxyBody>),
 }
 
-fn decide(shared: &Shared, req: &Request<Incoming>) -> Decision {
+fn decide(shared: &Shared, local: IpAddr, req: &Request<Incoming>) -> Decision {
     if req.method() == Method::CONNECT {
         return Decision::Answer(json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -157,19 +101,45 @@ fn decide(shared: &Shared, req: &Request<Incoming>) -> Decision {
             "absolute-form request targets are refused: this is not a forward proxy; send requests as to Label Studio itself",
         ));
     }
-    match route_of(req.method(), req.uri().path()) {
+    if let Err(refusal) = shared.admission.admit(req, local) {
+        return Decision::Answer(json_error(refusal.status(), "refused", refusal.detail()));
+    }
+    let path = req.uri().path();
+    if let Err(why) = target::check(path) {
+        return Decision::Answer(json_error(
+            StatusCode::BAD_REQUEST,
+            "non_canonical",
+            why.detail(),
+        ));
+    }
+    match target::route(req.method(), path) {
         Route::LocalRefresh => return Decision::Answer(local_refresh(shared)),
         Route::Blocked => {
             return Decision::Answer(json_error(
                 StatusCode::FORBIDDEN,
                 "refused",
-                "token management is not available through the proxy (it holds the credential so you do not have to)",
+                "token management and authentication settings are not available through the proxy (it holds the credential so you do not have to)",
+            ))
+        }
+        Route::Outside => {
+            return Decision::Answer(json_error(
+                StatusCode::FORBIDDEN,
+                "refused",
+                "only Label Studio's API and file URLs are forwarded (api/, data/, storage-data/, tasks|projects/<id>/resolve|presign/, health): web pages are not",
             ))
         }
         Route::Forward => {}
     }
+    // What was classified is what is sent: the URL library must not change the path.
+    let Some(url) = target::upstream_url(shared.upstream.parsed(), path, req.uri().query()) else {
+        return Decision::Answer(json_error(
+            StatusCode::BAD_REQUEST,
+            "non_canonical",
+            "the request path cannot be sent to Label Studio unchanged",
+        ));
+    };
     match current(shared) {
-        Some(auth) => Decision::Forward(auth),
+        Some(auth) => Decision::Forward(auth, url),
         None => Decision::Answer(unavailable(shared)),
     }
 }
@@ -202,28 +172,33 @@ async fn finish_local(body: Incoming, mut answer: Response<ProxyBody>) -> Respon
     answer
 }
 
+/// What the proxy's own sink holds, if it is valid now. Judged on the proxy's slot, not on every
+/// sink's: a failing Secret sink must not change what the proxy serves or the stand-ins' expiry.
+fn held(shared: &Shared) -> Option<Held> {
+    shared.health.held_valid(MemorySink::KIND)
+}
+
 /// The current token, if it is valid now.
 fn current(shared: &Shared) -> Option<Authorization> {
-    if !shared.health.any_valid() {
-        return None;
-    }
+    held(shared)?;
     shared.tokens.borrow().as_ref().map(|set| set.auth.clone())
 }
 
 fn local_refresh(shared: &Shared) -> Response<ProxyBody> {
-    if !shared.health.any_valid() {
+    let Some(held) = held(shared) else {
         return unavailable(shared);
-    }
+    };
     let now = crate::clock::unix_now() as i64;
-    // The client reads `exp` on this host's clock: when the held token stops working here, as
+    // The client reads `exp` on this host's clock: when the proxy's token stops working here, as
     // the refresh loop measured it (monotonic, corrected for Label Studio's clock), so the client
     // refreshes when we do even if Label Studio's `exp` claim is skewed. A legacy token never
-    // expires; the stand-in then lasts an hour (the SDK asks again).
-    let exp = match shared.health.earliest_expiry() {
-        Some(at) => now + at.since(shared.health.clock().now()).as_secs() as i64,
-        None => now + LEGACY_STANDIN_SECS,
+    // expires; the stand-in then lasts an hour (the SDK asks again). Saturating: the expiry comes
+    // from Label Studio's claims, and no claim may make this wrap.
+    let left = match held.expires {
+        Some(at) => i64::try_from(at.since(shared.health.clock().now()).as_secs()).unwrap_or(i64::MAX),
+        None => LEGACY_STANDIN_SECS,
     };
-    let body = serde_json::json!({ "access": standin::token(exp, now) });
+    let body = serde_json::json!({ "access": standin::token(now.saturating_add(left), now) });
     json(StatusCode::OK, &body)
 }
 
@@ -252,6 +227,7 @@ async fn forward(
     peer: IpAddr,
     req: Request<Incoming>,
     auth: Authorization,
+    url: reqwest::Url,
     started: Instant,
 ) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
@@ -261,9 +237,6 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    // From the once-parsed base: scheme and host are not parsed again per request (a tenth of
-    // the proxy's CPU was `Url::parse` of a formatted string, bench/RESULTS.md section 3).
-    let url = upstream_url(shared.upstream.parsed(), &parts.uri);
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     for name in [
@@ -396,20 +369,6 @@ fn is_tls(e: &reqwest::Error) -> bool {
     false
 }
 
-/// The upstream URL of a request: Label Studio's base URL (parsed once) with the request's path
-/// appended to the base's own path (a `--url` may have one, e.g. `https://host/ls`) and its
-/// query. Same result as parsing `base + path_and_query`, without parsing scheme and host again.
-pub(super) fn upstream_url(base: &reqwest::Url, uri: &http::Uri) -> reqwest::Url {
-    let mut url = base.clone();
-    let path = uri.path();
-    match base.path() {
-        "" | "/" => url.set_path(path),
-        prefix => url.set_path(&format!("{prefix}{path}")),
-    }
-    url.set_query(uri.query());
-    url
-}
-
 /// Whether a header is hop-by-hop by definition (RFC 9110 §7.6.1 and the non-standard
 /// `Keep-Alive`/`Proxy-Connection`): compared as `HeaderName`s, so the standard ones are an enum
 /// comparison, not a string hash.
@@ -451,7 +410,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// `Location: <upstream>/x` → `http://<client host>/x`.
+/// `Location: <upstream>/x` → `http://<client host>/x`, only when the location is the upstream
+/// itself or under it on a path boundary (`https://ls.example/ls` does not cover
+/// `https://ls.example.org/x` or `https://ls.example/lsx`).
 fn map_location_back(headers: &mut HeaderMap, upstream: &str, client_host: &HeaderValue) {
     let Some(loc) = headers.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
         return;
@@ -459,6 +420,9 @@ fn map_location_back(headers: &mut HeaderMap, upstream: &str, client_host: &Head
     let Some(rest) = loc.strip_prefix(upstream) else {
         return;
     };
+    if !(rest.is_empty() || rest.starts_with(['/', '?', '#'])) {
+        return;
+    }
     let Ok(host) = client_host.to_str() else {
         return;
     };
@@ -512,40 +476,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_endpoints_are_answered_or_refused_in_every_spelling() {
-        let post = Method::POST;
-        for p in [
-            "/api/token/refresh",
-            "/api/token/refresh/",
-            "//api//token/refresh/",
-        ] {
-            assert_eq!(route_of(&post, p), Route::LocalRefresh, "{p}");
-        }
-        for p in [
-            "/api/token/rotate/",
-            "/api/token/",
-            "/api/token",
-            "/api/token/blacklist/",
-            "/api/%74oken/rotate/",
-            "/api/projects/../token/rotate/",
-            "/API/TOKEN/ROTATE/",
-            "/api/current-user/token",
-            "/api/current-user/reset-token/",
-        ] {
-            assert_eq!(route_of(&post, p), Route::Blocked, "{p}");
-        }
-        assert_eq!(route_of(&Method::GET, "/api/token/refresh"), Route::Blocked);
-        for p in [
-            "/api/projects/",
-            "/api/tokenizer",
-            "/data/upload/1/x.png",
-            "/",
-        ] {
-            assert_eq!(route_of(&Method::GET, p), Route::Forward, "{p}");
-        }
-    }
-
-    #[test]
     fn hop_by_hop_headers_go_named_ones_too() {
         let mut h = HeaderMap::new();
         for (k, v) in [
@@ -562,38 +492,6 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type", "content-length"]);
-    }
-
-    #[test]
-    fn upstream_urls_are_what_parsing_the_joined_string_gives() {
-        for base in [
-            "http://127.0.0.1:8080",
-            "https://ls.example",
-            "https://ls.example/ls",
-            "http://[::1]:8080/a/b",
-        ] {
-            let parsed = reqwest::Url::parse(base).unwrap();
-            for target in [
-                "/",
-                "/api/projects/",
-                "/api/projects/?page=2&page_size=10",
-                "/api/tasks?ids=1,2&q=%20x",
-                "/data/upload/1/x%20y.png",
-                "/api/projects/../users/",
-                "/a/./b/%2e%2e/c",
-                "/?",
-                "/x?a=%zz&b=%C3%A9",
-            ] {
-                let uri: http::Uri = target.parse().unwrap();
-                assert_eq!(
-                    upstream_url(&parsed, &uri).as_str(),
-                    reqwest::Url::parse(&format!("{base}{target}"))
-                        .unwrap()
-                        .as_str(),
-                    "{base} + {target}"
-                );
-            }
-        }
     }
 
     #[test]
@@ -627,5 +525,37 @@ mod tests {
             &HeaderValue::from_static("127.0.0.1:9418"),
         );
         assert_eq!(h[header::LOCATION], "http://127.0.0.1:9418/projects/1/");
+        // Only on a boundary: another host or a longer path segment is left alone.
+        for other in [
+            "https://ls.example/lsx/projects/",
+            "https://ls.example.org/x",
+            "https://ls.example:8443/ls/x",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::LOCATION, HeaderValue::from_str(other).unwrap());
+            map_location_back(
+                &mut h,
+                "https://ls.example",
+                &HeaderValue::from_static("127.0.0.1:9418"),
+            );
+            let want = if other.starts_with("https://ls.example/") {
+                // `/lsx/…` is under `https://ls.example` (no prefix): mapped.
+                other.replacen("https://ls.example", "http://127.0.0.1:9418", 1)
+            } else {
+                other.to_owned()
+            };
+            assert_eq!(h[header::LOCATION], want.as_str(), "{other}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LOCATION,
+            HeaderValue::from_static("https://ls.example/lsx/projects/"),
+        );
+        map_location_back(
+            &mut h,
+            "https://ls.example/ls",
+            &HeaderValue::from_static("127.0.0.1:9418"),
+        );
+        assert_eq!(h[header::LOCATION], "https://ls.example/lsx/projects/");
     }
 }

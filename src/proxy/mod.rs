@@ -39,8 +39,11 @@
 //!   `--proxy-upstream-host`: the upstream's `Host` is sent and `Location` headers are mapped back.
 
 mod body;
+mod conn;
 mod forward;
+pub mod origin;
 pub mod standin;
+mod target;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -50,7 +53,7 @@ use std::{
 
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -96,6 +99,15 @@ pub struct ProxyArgs {
     /// Send the upstream's Host (for a --url behind an ingress that routes by Host) and map Location headers back.
     #[arg(long, env = "LS_PROXY_UPSTREAM_HOST")]
     pub proxy_upstream_host: bool,
+
+    /// Also answer requests addressed to this host name (e.g. a Service name); loopback, localhost and the listening address always are. Repeatable or comma-separated.
+    #[arg(
+        long = "proxy-allow-host",
+        env = "LS_PROXY_ALLOW_HOSTS",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
+    pub proxy_allow_hosts: Vec<origin::HostName>,
 }
 
 /// Could not start the proxy.
@@ -127,6 +139,7 @@ struct Shared {
     client: reqwest::Client,
     timeout: Duration,
     upstream_host: bool,
+    admission: origin::Admission,
     tokens: watch::Receiver<Option<TokenSet>>,
     health: Health,
     rejections: RejectionReport,
@@ -165,6 +178,7 @@ impl Proxy {
                 client,
                 timeout: args.proxy_timeout.0,
                 upstream_host: args.proxy_upstream_host,
+                admission: origin::Admission::new(&args.proxy_allow_hosts),
                 tokens,
                 health,
                 rejections,
@@ -215,7 +229,6 @@ async fn serve(
         .max_buf_size(MAX_HEAD_BYTES);
     builder.http2().max_concurrent_streams(256);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
@@ -234,14 +247,19 @@ async fn serve(
             tracing::warn!(peer = %peer, "proxy connection limit ({MAX_CONNECTIONS}) reached; closing a new connection");
             continue;
         };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let metrics = shared.metrics.clone();
         let for_requests = shared.clone();
+        let (activity, idle) = conn::Activity::new();
         let service = hyper::service::service_fn(move |req| {
-            forward::handle(for_requests.clone(), peer.ip(), req)
+            let busy = activity.start();
+            let handled = forward::handle(for_requests.clone(), peer.ip(), local.ip(), req);
+            async move { Ok::<_, std::convert::Infallible>(busy.hold_until_sent(handled.await)) }
         });
         let builder = builder.clone();
-        let watcher = graceful.watcher();
         let shutdown = shutdown.clone();
         metrics.proxy_connections.inc();
         tokio::spawn(async move {
@@ -255,17 +273,30 @@ async fn serve(
                 let conn = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .into_owned();
-                let _ = watcher.watch(conn).await;
+                tokio::pin!(conn);
+                let mut idle = idle;
+                let ended = tokio::select! {
+                    _ = conn.as_mut() => true,
+                    _ = idle.elapsed(HEADER_READ_TIMEOUT) => false,
+                    _ = shutdown.cancelled() => false,
+                };
+                if !ended {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(DRAIN, conn).await;
+                }
             }
             metrics.proxy_connections.dec();
             drop(slot);
         });
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(DRAIN) => {}
-    }
+    // Every connection task holds a slot until it ends: all slots back means all drained (each
+    // task bounds its own drain by DRAIN).
+    let _ = tokio::time::timeout(
+        DRAIN + Duration::from_secs(1),
+        slots.acquire_many(MAX_CONNECTIONS as u32),
+    )
+    .await;
     Ok(())
 }
 

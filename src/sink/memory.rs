@@ -12,6 +12,9 @@ pub struct MemorySink {
 }
 
 impl MemorySink {
+    /// Its kind: the name of its slot in [`crate::health::Health`].
+    pub const KIND: &'static str = "proxy";
+
     /// A sink and the receiver its readers clone.
     pub fn new() -> (Self, watch::Receiver<Option<TokenSet>>) {
         let (tx, rx) = watch::channel(None);
@@ -21,7 +24,7 @@ impl MemorySink {
 
 impl Sink for MemorySink {
     fn kind(&self) -> &'static str {
-        "proxy"
+        Self::KIND
     }
 
     fn describe(&self) -> String {
