@@ -296,6 +296,8 @@ struct Options {
     with_token: bool,
     /// Point the proxy at this URL instead of the recording upstream.
     url: Option<String>,
+    /// `--proxy-allow-host` values.
+    allow_hosts: &'static [&'static str],
 }
 
 impl Default for Options {
@@ -306,6 +308,7 @@ impl Default for Options {
             upstream_host: false,
             with_token: true,
             url: None,
+            allow_hosts: &[],
         }
     }
 }
@@ -349,10 +352,11 @@ impl Harness {
             proxy_addr: None,
             proxy_timeout: opts.timeout.parse().unwrap(),
             proxy_upstream_host: opts.upstream_host,
-            proxy_allow_hosts: Vec::new(),
+            proxy_allow_hosts: opts.allow_hosts.iter().map(|h| h.parse().unwrap()).collect(),
         };
         let (sink, tokens) = MemorySink::new();
-        let health = Health::new(Arc::new(SystemClock::new()), &["proxy"]);
+        // The proxy's slot first, as `run --proxy-addr --target-secret` has a second one.
+        let health = Health::new(Arc::new(SystemClock::new()), &["proxy", "secret"]);
         let rejections = RejectionReport::default();
         let metrics = Arc::new(Metrics::new());
         let proxy = Proxy::new(
@@ -1277,4 +1281,428 @@ async fn silent_connections_are_closed() {
             "{name} connection still open"
         );
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Request targets, hosts and browsers (security review, issue 14)
+
+/// `path` percent-decoded once (bytes, lossily as text).
+fn decode_once(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What the most lenient server or ingress behind the proxy could make of a path: percent-decoded
+/// until nothing changes, `\` read as `/`, `;parameters` dropped, case folded, `.`/`..` resolved and
+/// empty segments collapsed. Written independently of the proxy's own classification.
+fn leniently_normalised(path: &str) -> String {
+    let mut p = path.to_owned();
+    for _ in 0..4 {
+        let next = decode_once(&p);
+        if next == p {
+            break;
+        }
+        p = next;
+    }
+    let p = p.replace('\\', "/").to_ascii_lowercase();
+    let mut segments: Vec<&str> = Vec::new();
+    for s in p.split('/') {
+        let s = s.split(';').next().unwrap_or("");
+        match s {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/"))
+}
+
+/// Whether a server has nothing left to normalise in `path` but one percent-decoding that adds
+/// no structure: no `\`, `;`, `%` (so no second decoding), `/`, `.` or `..` segment appears.
+fn is_canonical(path: &str) -> bool {
+    let once = decode_once(path);
+    let segments: Vec<&str> = once.split('/').collect();
+    let last = segments.len() - 1;
+    path.starts_with('/')
+        && !path.contains(['\\', ';'])
+        && !once.contains(['\\', ';', '%'])
+        && once.matches('/').count() == path.matches('/').count()
+        && segments
+            .iter()
+            .enumerate()
+            .all(|(n, s)| !matches!(*s, "." | "..") && (n == 0 || n == last || !s.is_empty()))
+}
+
+/// Label Studio 1.23.2's routes that hand out or change credentials or the organization's auth
+/// settings, and its web pages that show them (`/user/account/` renders the legacy token): no
+/// request may reach any of these, in any spelling.
+const CREDENTIAL_PATHS: &[&str] = &[
+    "/api/token",
+    "/api/jwt",
+    "/api/current-user/token",
+    "/api/current-user/reset-token",
+    "/api/invite",
+    "/api/session-policy",
+    "/user",
+    "/logout",
+    "/api-auth",
+    "/admin",
+    "/people",
+];
+
+/// Asserts that everything the upstream saw stayed under `prefix` and, however leniently read,
+/// reached no credential endpoint.
+fn assert_nothing_escaped(seen: &[Seen], prefix: &str) {
+    for s in seen {
+        let path = s.target.split('?').next().unwrap_or("");
+        let normal = leniently_normalised(path);
+        let rest = normal
+            .strip_prefix(prefix)
+            .filter(|r| r.starts_with('/'))
+            .unwrap_or_else(|| panic!("{:?} left the prefix {prefix} (read as {normal})", s.target));
+        assert!(
+            !CREDENTIAL_PATHS
+                .iter()
+                .any(|c| rest == *c || rest.starts_with(&format!("{c}/"))),
+            "{} {:?} reached a credential endpoint (read as {normal})",
+            s.method,
+            s.target
+        );
+        // And it arrived exactly as classified: already canonical, nothing left to normalise.
+        assert!(is_canonical(path), "{:?} was not canonical", s.target);
+    }
+}
+
+/// Spellings of credential endpoints a reviewer would try first: `\`, percent-encoding of every
+/// character of `/api/token`, `;` parameters, `//`, `/./`, `/../` before and after the prefix,
+/// mixed case, absolute-form.
+fn hand_spellings() -> Vec<String> {
+    let mut v: Vec<String> = [
+        "/api\\current-user\\token",
+        "/api\\token\\rotate\\",
+        "/api/token\\rotate/",
+        "/../x",
+        "/../prefix/api/token/rotate/",
+        "/api/../../prefix/api/token/",
+        "/api/projects/../token/rotate/",
+        "/api/projects/%2e%2e/token/rotate/",
+        "/api/projects/%2E%2E/token/",
+        "/api/projects/.%2e/token/",
+        "/api%2ftoken%2frotate/",
+        "/api%2Ftoken/",
+        "/api%5ctoken%5crotate/",
+        "/api/%74oken/",
+        "/api/t%6fken/rotate/",
+        "/api/token;x=1/rotate/",
+        "/api;/token/rotate/",
+        "/api/token%3B/rotate/",
+        "//api//token//rotate/",
+        "/./api/./token/./rotate/",
+        "/API/TOKEN/ROTATE/",
+        "/Api/Jwt/Settings",
+        "/api/jwt/settings",
+        "/api/current-user/token",
+        "/api/current-user/reset-token/",
+        "/api/invite/reset-token",
+        "/user/account/",
+        "/api/%252e%252e/token/",
+        "/api/token%00/rotate/",
+        "/%61pi/token/",
+        "/api/token/refresh/../rotate/",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    // Every character of `/api/token/rotate/` percent-encoded, one at a time and all at once.
+    let plain = "/api/token/rotate/";
+    let enc = |b: u8| format!("%{b:02X}");
+    for i in 0..plain.len() {
+        v.push(format!("{}{}{}", &plain[..i], enc(plain.as_bytes()[i]), &plain[i + 1..]));
+    }
+    v.push(plain.bytes().map(enc).collect());
+    v
+}
+
+/// A generated corpus: paths assembled from pieces that servers and URL libraries normalise.
+fn generated_spellings(seed: u64, n: usize) -> Vec<String> {
+    const PIECES: &[&str] = &[
+        "/", "/", "/", "\\", "%2F", "%2f", "%5C", "%5c", ".", "..", "%2E", "%2e", "%252F", ";",
+        ";x", "%3B", "%00", "%", "%zz", "api", "API", "Api", "token", "TOKEN", "%74oken",
+        "t%6Fken", "tok%65n", "refresh", "rotate", "blacklist", "jwt", "settings", "current-user",
+        "reset-token", "invite", "user", "account", "prefix", "projects", "data", "upload", "x",
+        "1", "é", "%C3%A9", "?", "#", "*", "@", ":", "+", "~",
+    ];
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..n)
+        .map(|_| {
+            // Rooted where the proxy forwards half of the time, so the property is tested on
+            // forwarded requests too, not only on refusals.
+            const STARTS: &[&str] = &["", "/", "/api/", "/api", "/data/upload/", "/prefix/api/"];
+            let mut p = String::from(STARTS[rng.usize(..STARTS.len())]);
+            for _ in 0..rng.usize(1..12) {
+                p.push_str(PIECES[rng.usize(..PIECES.len())]);
+            }
+            p
+        })
+        .collect()
+}
+
+/// Issue 14, findings 1, 2 and 7: whatever the spelling, the upstream sees nothing or a canonical
+/// path under `--url`'s prefix that is not token management. Raw requests, so nothing on the
+/// client side normalises them; targets `http` cannot even parse are sent too (the proxy must
+/// refuse them itself).
+#[tokio::test]
+async fn no_spelling_reaches_token_management_or_leaves_the_prefix() {
+    let h = Harness::start(Options {
+        url_suffix: "/prefix",
+        ..Options::default()
+    })
+    .await;
+    let seed = std::env::var("LSTR_CORPUS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("corpus seed {seed} (LSTR_CORPUS_SEED={seed} replays it)");
+    let mut targets = hand_spellings();
+    targets.extend(generated_spellings(seed, 1500));
+    let mut answered = 0;
+    for target in &targets {
+        for method in ["GET", "POST"] {
+            let (a, _) = raw(
+                h.proxy,
+                format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await;
+            if !status_lines(&a).is_empty() {
+                answered += 1;
+            }
+        }
+    }
+    assert!(answered > targets.len(), "the proxy answered {answered} of {} requests", 2 * targets.len());
+    // The absolute form names another host or the upstream itself: refused either way.
+    for target in [
+        format!("http://{}/prefix/api/token/", h.upstream.addr),
+        "http://evil.example/x".to_owned(),
+    ] {
+        let (a, _) = raw(
+            h.proxy,
+            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{target}");
+    }
+    let seen = h.upstream.seen();
+    assert_nothing_escaped(&seen, "/prefix");
+    assert!(
+        seen.len() >= 100,
+        "only {} of {} generated requests were forwarded: the corpus tests refusals only",
+        seen.len(),
+        2 * targets.len()
+    );
+    // The corpus did forward something (the property is not vacuous): the plain API paths in it.
+    let (a, _) = raw(
+        h.proxy,
+        b"GET /api/projects/%C3%A9 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 200 OK"], "{a}");
+    assert_eq!(h.upstream.seen().last().unwrap().target, "/prefix/api/projects/%C3%A9");
+}
+
+/// One request with the given head lines; the status line that came back.
+async fn status_of(addr: SocketAddr, request_line: &str, headers: &[&str]) -> String {
+    let mut head = format!("{request_line}\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let (a, _) = raw(addr, head.as_bytes()).await;
+    status_lines(&a).first().map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// Issue 14, finding 3: what a browser sends for a page of another site (a form POST, a no-cors
+/// fetch, an image) and for a DNS-rebound name is refused before anything is forwarded; API
+/// clients (which send neither `Origin` nor `Sec-Fetch-*`) and names given with
+/// `--proxy-allow-host` pass. The header sets are Chromium's for each case.
+#[tokio::test]
+async fn browser_requests_for_other_sites_and_rebound_names_are_refused() {
+    let h = Harness::start(Options {
+        allow_hosts: &["ls-proxy.team.svc"],
+        ..Options::default()
+    })
+    .await;
+    let port = h.proxy.port();
+    let us = format!("Host: 127.0.0.1:{port}");
+    let refused: Vec<(&str, Vec<String>)> = vec![
+        (
+            "cross-site form POST",
+            vec![
+                us.clone(),
+                "Origin: https://evil.example".into(),
+                "Content-Type: application/x-www-form-urlencoded".into(),
+                "Sec-Fetch-Site: cross-site".into(),
+                "Sec-Fetch-Mode: navigate".into(),
+                "Sec-Fetch-Dest: document".into(),
+            ],
+        ),
+        (
+            "no-cors fetch",
+            vec![
+                us.clone(),
+                "Origin: https://evil.example".into(),
+                "Sec-Fetch-Site: cross-site".into(),
+                "Sec-Fetch-Mode: no-cors".into(),
+                "Sec-Fetch-Dest: empty".into(),
+            ],
+        ),
+        (
+            "image GET (no Origin)",
+            vec![
+                us.clone(),
+                "Sec-Fetch-Site: cross-site".into(),
+                "Sec-Fetch-Mode: no-cors".into(),
+                "Sec-Fetch-Dest: image".into(),
+            ],
+        ),
+        (
+            "sandboxed page (Origin: null)",
+            vec![us.clone(), "Origin: null".into()],
+        ),
+        (
+            "older browser, Origin only",
+            vec![us.clone(), "Origin: http://evil.example:8080".into()],
+        ),
+        (
+            "DNS rebinding (same-origin to the attacker's name)",
+            vec![
+                format!("Host: rebind.evil.example:{port}"),
+                format!("Origin: http://rebind.evil.example:{port}"),
+                "Sec-Fetch-Site: same-origin".into(),
+                "Sec-Fetch-Mode: cors".into(),
+            ],
+        ),
+        (
+            "rebound name, no Origin",
+            vec![format!("Host: rebind.evil.example:{port}")],
+        ),
+        ("no Host", vec![]),
+        (
+            "two Hosts",
+            vec![us.clone(), "Host: evil.example".into()],
+        ),
+    ];
+    for (what, headers) in &refused {
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let status = status_of(h.proxy, "POST /api/projects/ HTTP/1.1", &headers).await;
+        assert!(
+            ["HTTP/1.1 403 Forbidden", "HTTP/1.1 421 Misdirected Request", "HTTP/1.1 400 Bad Request"]
+                .contains(&status.as_str()),
+            "{what}: {status}"
+        );
+    }
+    assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
+    for (what, headers) in [
+        ("python-requests", vec![us.clone(), "User-Agent: python-requests/2.32".into()]),
+        ("localhost with a port-forward's port", vec!["Host: localhost:18418".to_owned()]),
+        ("a Service name", vec!["Host: ls-proxy.team.svc:9418".to_owned()]),
+        (
+            "a page served by the proxy's own origin",
+            vec![us.clone(), format!("Origin: http://127.0.0.1:{port}"), "Sec-Fetch-Site: same-origin".into()],
+        ),
+        ("typed into the address bar", vec![us.clone(), "Sec-Fetch-Site: none".into()]),
+    ] {
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let status = status_of(h.proxy, "GET /api/projects/ HTTP/1.1", &headers).await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{what}");
+    }
+    assert_eq!(h.upstream.seen().len(), 5);
+}
+
+/// Issue 14, finding 9: the stand-in's `exp` is the proxy's own token's, not the earliest of all
+/// sinks: a Secret sink still holding an older token (its write failing) must not make every
+/// stand-in expire with it (the SDK would then refresh before every call).
+#[tokio::test]
+async fn the_standin_follows_the_proxys_token_not_another_sinks() {
+    let h = Harness::start(Options::default()).await;
+    let now = h.health.clock().now();
+    h.health.set_held(
+        1,
+        Held {
+            expires: Some(now.after(Duration::from_secs(5))),
+            valid: true,
+        },
+    );
+    let r = client()
+        .post(h.url("/api/token/refresh/"))
+        .json(&serde_json::json!({"refresh": "placeholder"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let exp = claims(body["access"].as_str().unwrap())["exp"].as_i64().unwrap();
+    let want = unix_now() + TOKEN_TTL;
+    assert!((exp - want).abs() <= 2, "stand-in exp {exp}, the proxy's token expires at {want}");
+}
+
+/// Issue 14, finding 6: an HTTP/2 connection that is idle (after its preface and settings, or
+/// after its requests) is closed after the header timeout, like an HTTP/1 keep-alive one, so idle
+/// HTTP/2 clients cannot hold every connection slot.
+#[tokio::test(start_paused = true)]
+async fn idle_http2_connections_are_closed() {
+    let h = Harness::start(Options::default()).await;
+    // Preface + an empty SETTINGS frame, then nothing.
+    let mut idle = TcpStream::connect(h.proxy).await.unwrap();
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // A real HTTP/2 client that made a request and keeps its connection.
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .pool_idle_timeout(None)
+        .build()
+        .unwrap();
+    let r = c.get(h.url("/api/projects/")).send().await.unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    assert_eq!(h.metric("ls_token_refresher_proxy_connections"), 2.0);
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(3600), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle HTTP/2 connection is still open");
+    // The client's connection is closed by the proxy too (virtual time runs on while waiting).
+    let mut waited = 0;
+    while h.metric("ls_token_refresher_proxy_connections") > 0.0 && waited < 3600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += 1;
+    }
+    assert_eq!(h.metric("ls_token_refresher_proxy_connections"), 0.0);
+    drop(c);
 }
