@@ -2,14 +2,21 @@
 //! to every request, so any HTTP client works unchanged and holds no usable credential (the way
 //! Vault Agent's API proxy injects its auto-auth token).
 //!
-//! - Forwards only to `--url` (its path prefix kept). Absolute-form targets, `CONNECT` and
-//!   upgrades are refused: it is never an open proxy.
+//! - Forwards only to `--url` (its path prefix kept), and only Label Studio's API and file URLs;
+//!   one canonical request target decides and is sent byte for byte, everything else is refused
+//!   (see `target.rs`). Absolute-form targets and `CONNECT` are refused: it is never an open proxy.
+//!   `Upgrade` is a hop-by-hop header and is dropped (RFC 9110 §7.8 lets a server ignore it): the
+//!   request goes on as plain HTTP/1.1, so no protocol switch ever happens through the proxy.
+//! - Browsers are refused: `Host` must name the proxy, and `Origin`/`Sec-Fetch-Site` must not
+//!   say another site (see [`origin`]): otherwise any web page could use the proxy as a login
+//!   cookie for Label Studio's API, and DNS rebinding could read the answers.
 //! - Every forwarded request carries exactly our `Authorization`; whatever the client sent
 //!   (`Authorization`, `X-Api-Key`, `Proxy-Authorization`) is dropped.
-//! - `POST /api/token/refresh[/]` is answered here with a stand-in token (see [`standin`]), so
-//!   the SDK's own refresh logic works and N clients cause no exchanges. The other token
-//!   management endpoints (`/api/token/…`, the legacy token) are refused: through the proxy, a
-//!   client could otherwise rotate the PAT away or read a long-lived credential.
+//! - `POST /api/token/refresh[/]` is answered here with a stand-in token (see [`standin`]) whose
+//!   `exp` is the proxy's own token's, so the SDK's own refresh logic works and N clients cause
+//!   no exchanges. The endpoints that handle credentials or the organization's auth settings are
+//!   refused: through the proxy, a client could otherwise rotate the PAT away, read a
+//!   long-lived credential or switch PATs off.
 //! - Whatever is answered here has its request body read first (up to 64 KiB), so the
 //!   client's keep-alive connection stays usable; a larger body gets `Connection: close`.
 //! - No valid token: 503 with a JSON reason and `Retry-After`, never an unauthenticated forward.
@@ -30,9 +37,10 @@
 //!   observed with 1.23.2, such a request runs with an empty body. Clients behind the proxy must
 //!   send a length, as label-studio-sdk, requests and httpx do for bytes, JSON and files.
 //! - Connections: at most `MAX_CONNECTIONS`; a client must send a complete request head within
-//!   `HEADER_READ_TIMEOUT` of connecting or of its previous answer (so idle keep-alive connections
-//!   close after it too), and the first bytes, which tell HTTP/1 from HTTP/2 and which hyper itself
-//!   would wait for forever, within the same time.
+//!   `HEADER_READ_TIMEOUT` of connecting or of its previous answer, and the first bytes, which
+//!   tell HTTP/1 from HTTP/2 and which hyper itself would wait for forever, within the same time;
+//!   a connection of either protocol with no request in flight for that long is closed (see
+//!   `conn.rs`).
 //! - Hop-by-hop headers are handled per RFC 9110 §7.6.1; the client's `Host` is passed through,
 //!   because Label Studio builds its absolute URLs (pagination `next`) from it and they must lead
 //!   back through the proxy (docs/consumers.md has the experiment). Behind an ingress that routes by `Host`, set

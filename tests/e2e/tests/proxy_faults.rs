@@ -416,11 +416,11 @@ async fn refused_targets_and_smuggled_requests_reach_nothing() {
     let json = r#"{"title":"te-cl"}"#;
     let chunked = format!("{:x}\r\n{json}\r\n0\r\n\r\n", json.len());
     let cl_te = format!(
-        "POST /api/projects/ HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}",
+        "POST /api/projects/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}",
         chunked.len() + smuggled.len()
     );
     let te_cl = format!(
-        "POST /api/projects/ HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+        "POST /api/projects/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
         smuggled.len()
     );
     let a = raw(proxy.addr, cl_te.as_bytes(), wait).await;
@@ -437,7 +437,7 @@ async fn refused_targets_and_smuggled_requests_reach_nothing() {
     // Differing Content-Lengths: 400 before anything is forwarded.
     let a = raw(
         proxy.addr,
-        format!("POST /api/projects/ HTTP/1.1\r\nHost: h\r\nContent-Length: 17\r\nContent-Length: 60\r\n\r\n{json}{smuggled}").as_bytes(),
+        format!("POST /api/projects/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 17\r\nContent-Length: 60\r\n\r\n{json}{smuggled}").as_bytes(),
         wait,
     )
     .await;
@@ -461,7 +461,7 @@ async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
     let proxy = &s.proxy;
     // A head over 64 KiB: 431 and closed.
     let big = format!(
-        "GET {WHOAMI} HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "GET {WHOAMI} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {}\r\n\r\n",
         "a".repeat(80 * 1024)
     );
     let a = raw(proxy.addr, big.as_bytes(), Duration::from_secs(5)).await;
@@ -477,7 +477,7 @@ async fn oversized_heads_and_slow_clients_do_not_hold_up_others() {
     let mut loris = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(b"GET /api/projects/ HTTP/1.1\r\nHost: h\r\n")
+        s.write_all(b"GET /api/projects/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .await
             .unwrap();
         loris.push(s);
@@ -564,7 +564,7 @@ async fn a_thousand_idle_connections_cost_little_and_are_closed() {
     }
     for _ in 0..KEPT_ALIVE {
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        s.write_all(b"GET /api/token/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        s.write_all(b"GET /api/token/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
         conns.push(s);
