@@ -45,6 +45,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/hostile_targets.rs"]
+mod hostile;
+
 /// The token the proxy holds in these tests (not a JWT: the proxy never looks inside).
 const TOKEN: &str = "test-access-token-8f3a1c";
 /// Lifetime of [`TOKEN`] from the test's start.
@@ -352,7 +355,11 @@ impl Harness {
             proxy_addr: None,
             proxy_timeout: opts.timeout.parse().unwrap(),
             proxy_upstream_host: opts.upstream_host,
-            proxy_allow_hosts: opts.allow_hosts.iter().map(|h| h.parse().unwrap()).collect(),
+            proxy_allow_hosts: opts
+                .allow_hosts
+                .iter()
+                .map(|h| h.parse().unwrap())
+                .collect(),
         };
         let (sink, tokens) = MemorySink::new();
         // The proxy's slot first, as `run --proxy-addr --target-secret` has a second one.
@@ -747,10 +754,15 @@ async fn the_sdks_refresh_is_answered_locally_with_a_standin_mirroring_exp() {
     for path in ["/api/%74oken/rotate/", "/api/projects/../token/rotate/"] {
         let (a, _) = raw(
             h.proxy,
-            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await;
-        assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{path}: {a}");
+        assert_eq!(
+            status_lines(&a),
+            ["HTTP/1.1 400 Bad Request"],
+            "{path}: {a}"
+        );
         assert_eq!(json_body(&a)["reason"], "non_canonical", "{path}");
     }
     assert!(
@@ -1028,7 +1040,11 @@ async fn a_401_from_label_studio_reports_the_token_rejected() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished(), "a 200 reported a rejection");
-    let r = client().get(h.url("/api/t/status/401")).send().await.unwrap();
+    let r = client()
+        .get(h.url("/api/t/status/401"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401, "the 401 itself is passed on");
     tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
@@ -1043,7 +1059,8 @@ async fn after_a_burst_only_a_bounded_pool_of_upstream_connections_stays_open() 
     const BURST: usize = 100;
     let h = Harness::start(Options::default()).await;
     let c = client();
-    let answers = futures::future::join_all((0..BURST).map(|_| c.get(h.url("/api/t/hold")).send())).await;
+    let answers =
+        futures::future::join_all((0..BURST).map(|_| c.get(h.url("/api/t/hold")).send())).await;
     for a in answers {
         assert_eq!(a.unwrap().status(), 200);
     }
@@ -1090,7 +1107,11 @@ async fn refused_upstream_is_502_and_a_silent_one_504_with_reasons() {
     })
     .await;
     let t0 = std::time::Instant::now();
-    let r = client().get(h.url("/api/t/slow-head")).send().await.unwrap();
+    let r = client()
+        .get(h.url("/api/t/slow-head"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 504);
     assert!(
         t0.elapsed() < Duration::from_millis(2900),
@@ -1220,9 +1241,11 @@ async fn the_timeout_bounds_silence_not_the_length_of_a_transfer() {
 
     // A client that stops sending its body: 408, and nothing is counted as an upstream failure.
     let mut s = TcpStream::connect(h.proxy).await.unwrap();
-    s.write_all(b"POST /api/t/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly-part")
-        .await
-        .unwrap();
+    s.write_all(
+        b"POST /api/t/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nonly-part",
+    )
+    .await
+    .unwrap();
     let (a, _) = read_until_close(&mut s, Duration::from_secs(5)).await;
     assert_eq!(status_lines(&a), ["HTTP/1.1 408 Request Timeout"], "{a}");
     assert_eq!(json_body(&a)["reason"], "client_timeout");
@@ -1286,183 +1309,6 @@ async fn silent_connections_are_closed() {
 // ------------------------------------------------------------------------------------------------
 // Request targets, hosts and browsers (security review, issue 14)
 
-/// `path` percent-decoded once (bytes, lossily as text).
-fn decode_once(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// What the most lenient server or ingress behind the proxy could make of a path: percent-decoded
-/// until nothing changes, `\` read as `/`, `;parameters` dropped, case folded, `.`/`..` resolved and
-/// empty segments collapsed. Written independently of the proxy's own classification.
-fn leniently_normalised(path: &str) -> String {
-    let mut p = path.to_owned();
-    for _ in 0..4 {
-        let next = decode_once(&p);
-        if next == p {
-            break;
-        }
-        p = next;
-    }
-    let p = p.replace('\\', "/").to_ascii_lowercase();
-    let mut segments: Vec<&str> = Vec::new();
-    for s in p.split('/') {
-        let s = s.split(';').next().unwrap_or("");
-        match s {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    format!("/{}", segments.join("/"))
-}
-
-/// Whether a server has nothing left to normalise in `path` but one percent-decoding that adds
-/// no structure: no `\`, `;`, `%` (so no second decoding), `/`, `.` or `..` segment appears.
-fn is_canonical(path: &str) -> bool {
-    let once = decode_once(path);
-    let segments: Vec<&str> = once.split('/').collect();
-    let last = segments.len() - 1;
-    path.starts_with('/')
-        && !path.contains(['\\', ';'])
-        && !once.contains(['\\', ';', '%'])
-        && once.matches('/').count() == path.matches('/').count()
-        && segments
-            .iter()
-            .enumerate()
-            .all(|(n, s)| !matches!(*s, "." | "..") && (n == 0 || n == last || !s.is_empty()))
-}
-
-/// Label Studio 1.23.2's routes that hand out or change credentials or the organization's auth
-/// settings, and its web pages that show them (`/user/account/` renders the legacy token): no
-/// request may reach any of these, in any spelling.
-const CREDENTIAL_PATHS: &[&str] = &[
-    "/api/token",
-    "/api/jwt",
-    "/api/current-user/token",
-    "/api/current-user/reset-token",
-    "/api/invite",
-    "/api/session-policy",
-    "/user",
-    "/logout",
-    "/api-auth",
-    "/admin",
-    "/people",
-];
-
-/// Asserts that everything the upstream saw stayed under `prefix` and, however leniently read,
-/// reached no credential endpoint.
-fn assert_nothing_escaped(seen: &[Seen], prefix: &str) {
-    for s in seen {
-        let path = s.target.split('?').next().unwrap_or("");
-        let normal = leniently_normalised(path);
-        let rest = normal
-            .strip_prefix(prefix)
-            .filter(|r| r.starts_with('/'))
-            .unwrap_or_else(|| panic!("{:?} left the prefix {prefix} (read as {normal})", s.target));
-        assert!(
-            !CREDENTIAL_PATHS
-                .iter()
-                .any(|c| rest == *c || rest.starts_with(&format!("{c}/"))),
-            "{} {:?} reached a credential endpoint (read as {normal})",
-            s.method,
-            s.target
-        );
-        // And it arrived exactly as classified: already canonical, nothing left to normalise.
-        assert!(is_canonical(path), "{:?} was not canonical", s.target);
-    }
-}
-
-/// Spellings of credential endpoints a reviewer would try first: `\`, percent-encoding of every
-/// character of `/api/token`, `;` parameters, `//`, `/./`, `/../` before and after the prefix,
-/// mixed case, absolute-form.
-fn hand_spellings() -> Vec<String> {
-    let mut v: Vec<String> = [
-        "/api\\current-user\\token",
-        "/api\\token\\rotate\\",
-        "/api/token\\rotate/",
-        "/../x",
-        "/../prefix/api/token/rotate/",
-        "/api/../../prefix/api/token/",
-        "/api/projects/../token/rotate/",
-        "/api/projects/%2e%2e/token/rotate/",
-        "/api/projects/%2E%2E/token/",
-        "/api/projects/.%2e/token/",
-        "/api%2ftoken%2frotate/",
-        "/api%2Ftoken/",
-        "/api%5ctoken%5crotate/",
-        "/api/%74oken/",
-        "/api/t%6fken/rotate/",
-        "/api/token;x=1/rotate/",
-        "/api;/token/rotate/",
-        "/api/token%3B/rotate/",
-        "//api//token//rotate/",
-        "/./api/./token/./rotate/",
-        "/API/TOKEN/ROTATE/",
-        "/Api/Jwt/Settings",
-        "/api/jwt/settings",
-        "/api/current-user/token",
-        "/api/current-user/reset-token/",
-        "/api/invite/reset-token",
-        "/user/account/",
-        "/api/%252e%252e/token/",
-        "/api/token%00/rotate/",
-        "/%61pi/token/",
-        "/api/token/refresh/../rotate/",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    // Every character of `/api/token/rotate/` percent-encoded, one at a time and all at once.
-    let plain = "/api/token/rotate/";
-    let enc = |b: u8| format!("%{b:02X}");
-    for i in 0..plain.len() {
-        v.push(format!("{}{}{}", &plain[..i], enc(plain.as_bytes()[i]), &plain[i + 1..]));
-    }
-    v.push(plain.bytes().map(enc).collect());
-    v
-}
-
-/// A generated corpus: paths assembled from pieces that servers and URL libraries normalise.
-fn generated_spellings(seed: u64, n: usize) -> Vec<String> {
-    const PIECES: &[&str] = &[
-        "/", "/", "/", "\\", "%2F", "%2f", "%5C", "%5c", ".", "..", "%2E", "%2e", "%252F", ";",
-        ";x", "%3B", "%00", "%", "%zz", "api", "API", "Api", "token", "TOKEN", "%74oken",
-        "t%6Fken", "tok%65n", "refresh", "rotate", "blacklist", "jwt", "settings", "current-user",
-        "reset-token", "invite", "user", "account", "prefix", "projects", "data", "upload", "x",
-        "1", "é", "%C3%A9", "?", "#", "*", "@", ":", "+", "~",
-    ];
-    let mut rng = fastrand::Rng::with_seed(seed);
-    (0..n)
-        .map(|_| {
-            // Rooted where the proxy forwards half of the time, so the property is tested on
-            // forwarded requests too, not only on refusals.
-            const STARTS: &[&str] = &["", "/", "/api/", "/api", "/data/upload/", "/prefix/api/"];
-            let mut p = String::from(STARTS[rng.usize(..STARTS.len())]);
-            for _ in 0..rng.usize(1..12) {
-                p.push_str(PIECES[rng.usize(..PIECES.len())]);
-            }
-            p
-        })
-        .collect()
-}
-
 /// Issue 14, findings 1, 2 and 7: whatever the spelling, the upstream sees nothing or a canonical
 /// path under `--url`'s prefix that is not token management. Raw requests, so nothing on the
 /// client side normalises them; targets `http` cannot even parse are sent too (the proxy must
@@ -1474,13 +1320,9 @@ async fn no_spelling_reaches_token_management_or_leaves_the_prefix() {
         ..Options::default()
     })
     .await;
-    let seed = std::env::var("LSTR_CORPUS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    eprintln!("corpus seed {seed} (LSTR_CORPUS_SEED={seed} replays it)");
-    let mut targets = hand_spellings();
-    targets.extend(generated_spellings(seed, 1500));
+    let seed = hostile::corpus_seed();
+    let mut targets = hostile::hand_spellings();
+    targets.extend(hostile::generated_spellings(seed, 1500));
     let mut answered = 0;
     for target in &targets {
         for method in ["GET", "POST"] {
@@ -1495,7 +1337,11 @@ async fn no_spelling_reaches_token_management_or_leaves_the_prefix() {
             }
         }
     }
-    assert!(answered > targets.len(), "the proxy answered {answered} of {} requests", 2 * targets.len());
+    assert!(
+        answered > targets.len(),
+        "the proxy answered {answered} of {} requests",
+        2 * targets.len()
+    );
     // The absolute form names another host or the upstream itself: refused either way.
     for target in [
         format!("http://{}/prefix/api/token/", h.upstream.addr),
@@ -1503,13 +1349,18 @@ async fn no_spelling_reaches_token_management_or_leaves_the_prefix() {
     ] {
         let (a, _) = raw(
             h.proxy,
-            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         )
         .await;
         assert_eq!(status_lines(&a), ["HTTP/1.1 400 Bad Request"], "{target}");
     }
     let seen = h.upstream.seen();
-    assert_nothing_escaped(&seen, "/prefix");
+    for s in &seen {
+        if let Some(why) = hostile::escaped(&s.target, "/prefix") {
+            panic!("{} {why}", s.method);
+        }
+    }
     assert!(
         seen.len() >= 100,
         "only {} of {} generated requests were forwarded: the corpus tests refusals only",
@@ -1523,7 +1374,10 @@ async fn no_spelling_reaches_token_management_or_leaves_the_prefix() {
     )
     .await;
     assert_eq!(status_lines(&a), ["HTTP/1.1 200 OK"], "{a}");
-    assert_eq!(h.upstream.seen().last().unwrap().target, "/prefix/api/projects/%C3%A9");
+    assert_eq!(
+        h.upstream.seen().last().unwrap().target,
+        "/prefix/api/projects/%C3%A9"
+    );
 }
 
 /// One request with the given head lines; the status line that came back.
@@ -1535,7 +1389,10 @@ async fn status_of(addr: SocketAddr, request_line: &str, headers: &[&str]) -> St
     }
     head.push_str("Content-Length: 0\r\nConnection: close\r\n\r\n");
     let (a, _) = raw(addr, head.as_bytes()).await;
-    status_lines(&a).first().map(|s| s.to_string()).unwrap_or_default()
+    status_lines(&a)
+        .first()
+        .map(|s| s.to_string())
+        .unwrap_or_default()
 }
 
 /// Issue 14, finding 3: what a browser sends for a page of another site (a form POST, a no-cors
@@ -1604,30 +1461,47 @@ async fn browser_requests_for_other_sites_and_rebound_names_are_refused() {
             vec![format!("Host: rebind.evil.example:{port}")],
         ),
         ("no Host", vec![]),
-        (
-            "two Hosts",
-            vec![us.clone(), "Host: evil.example".into()],
-        ),
+        ("two Hosts", vec![us.clone(), "Host: evil.example".into()]),
     ];
     for (what, headers) in &refused {
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
         let status = status_of(h.proxy, "POST /api/projects/ HTTP/1.1", &headers).await;
         assert!(
-            ["HTTP/1.1 403 Forbidden", "HTTP/1.1 421 Misdirected Request", "HTTP/1.1 400 Bad Request"]
-                .contains(&status.as_str()),
+            [
+                "HTTP/1.1 403 Forbidden",
+                "HTTP/1.1 421 Misdirected Request",
+                "HTTP/1.1 400 Bad Request"
+            ]
+            .contains(&status.as_str()),
             "{what}: {status}"
         );
     }
     assert!(h.upstream.seen().is_empty(), "{:?}", h.upstream.seen());
     for (what, headers) in [
-        ("python-requests", vec![us.clone(), "User-Agent: python-requests/2.32".into()]),
-        ("localhost with a port-forward's port", vec!["Host: localhost:18418".to_owned()]),
-        ("a Service name", vec!["Host: ls-proxy.team.svc:9418".to_owned()]),
+        (
+            "python-requests",
+            vec![us.clone(), "User-Agent: python-requests/2.32".into()],
+        ),
+        (
+            "localhost with a port-forward's port",
+            vec!["Host: localhost:18418".to_owned()],
+        ),
+        (
+            "a Service name",
+            vec!["Host: ls-proxy.team.svc:9418".to_owned()],
+        ),
         (
             "a page served by the proxy's own origin",
-            vec![us.clone(), format!("Origin: http://127.0.0.1:{port}"), "Sec-Fetch-Site: same-origin".into()],
+            vec![
+                us.clone(),
+                format!("Origin: http://127.0.0.1:{port}"),
+                "Sec-Fetch-Site: same-origin".into(),
+            ],
         ),
-        ("typed into the address bar", vec![us.clone(), "Sec-Fetch-Site: none".into()]),
+        (
+            "typed into the address bar",
+            vec![us.clone(), "Sec-Fetch-Site: none".into()],
+        ),
     ] {
         let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
         let status = status_of(h.proxy, "GET /api/projects/ HTTP/1.1", &headers).await;
@@ -1658,9 +1532,14 @@ async fn the_standin_follows_the_proxys_token_not_another_sinks() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
-    let exp = claims(body["access"].as_str().unwrap())["exp"].as_i64().unwrap();
+    let exp = claims(body["access"].as_str().unwrap())["exp"]
+        .as_i64()
+        .unwrap();
     let want = unix_now() + TOKEN_TTL;
-    assert!((exp - want).abs() <= 2, "stand-in exp {exp}, the proxy's token expires at {want}");
+    assert!(
+        (exp - want).abs() <= 2,
+        "stand-in exp {exp}, the proxy's token expires at {want}"
+    );
 }
 
 /// Issue 14, finding 6: an HTTP/2 connection that is idle (after its preface and settings, or

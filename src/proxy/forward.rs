@@ -195,7 +195,9 @@ fn local_refresh(shared: &Shared) -> Response<ProxyBody> {
     // expires; the stand-in then lasts an hour (the SDK asks again). Saturating: the expiry comes
     // from Label Studio's claims, and no claim may make this wrap.
     let left = match held.expires {
-        Some(at) => i64::try_from(at.since(shared.health.clock().now()).as_secs()).unwrap_or(i64::MAX),
+        Some(at) => {
+            i64::try_from(at.since(shared.health.clock().now()).as_secs()).unwrap_or(i64::MAX)
+        }
         None => LEGACY_STANDIN_SECS,
     };
     let body = serde_json::json!({ "access": standin::token(now.saturating_add(left), now) });

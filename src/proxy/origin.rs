@@ -149,7 +149,9 @@ impl Admission {
             (Some(h), None) => self.authority_ok(h.as_bytes(), local)?,
             (None, _) => {
                 if req.version() == Version::HTTP_11 {
-                    return Err(Refusal::Malformed("HTTP/1.1 requests must carry a Host header"));
+                    return Err(Refusal::Malformed(
+                        "HTTP/1.1 requests must carry a Host header",
+                    ));
                 }
             }
         }
@@ -238,22 +240,40 @@ mod tests {
             "ls-proxy.team.svc:80",
             "ls-proxy.team.svc.",
         ] {
-            assert_eq!(a.admit(&req(Version::HTTP_11, &[("host", host)]), LO), Ok(()), "{host}");
+            assert_eq!(
+                a.admit(&req(Version::HTTP_11, &[("host", host)]), LO),
+                Ok(()),
+                "{host}"
+            );
         }
         assert_eq!(
             a.admit(&req(Version::HTTP_11, &[("host", "10.1.2.3:9418")]), pod_ip),
             Ok(())
         );
         // DNS rebinding: a name of the attacker's pointing at us.
-        for host in ["evil.example:9418", "10.1.2.3", "localhost.evil.example", "u@127.0.0.1"] {
-            assert_ne!(a.admit(&req(Version::HTTP_11, &[("host", host)]), LO), Ok(()), "{host}");
+        for host in [
+            "evil.example:9418",
+            "10.1.2.3",
+            "localhost.evil.example",
+            "u@127.0.0.1",
+        ] {
+            assert_ne!(
+                a.admit(&req(Version::HTTP_11, &[("host", host)]), LO),
+                Ok(()),
+                "{host}"
+            );
         }
         assert_eq!(
             a.admit(&req(Version::HTTP_11, &[]), LO),
-            Err(Refusal::Malformed("HTTP/1.1 requests must carry a Host header"))
+            Err(Refusal::Malformed(
+                "HTTP/1.1 requests must carry a Host header"
+            ))
         );
         assert_eq!(a.admit(&req(Version::HTTP_10, &[]), LO), Ok(()));
-        let two = req(Version::HTTP_11, &[("host", "localhost"), ("host", "localhost")]);
+        let two = req(
+            Version::HTTP_11,
+            &[("host", "localhost"), ("host", "localhost")],
+        );
         assert!(matches!(a.admit(&two, LO), Err(Refusal::Malformed(_))));
         // What a browser sends for a page of another site, and for one of ours.
         let h = ("host", "127.0.0.1:9418");
@@ -262,8 +282,16 @@ mod tests {
             vec![h, ("origin", "null")],
             vec![h, ("origin", "http://127.0.0.1.evil.example")],
             vec![h, ("sec-fetch-site", "cross-site")],
-            vec![h, ("sec-fetch-site", "Cross-Site"), ("origin", "http://localhost:3000")],
-            vec![h, ("sec-fetch-mode", "no-cors"), ("sec-fetch-site", "cross-site")],
+            vec![
+                h,
+                ("sec-fetch-site", "Cross-Site"),
+                ("origin", "http://localhost:3000"),
+            ],
+            vec![
+                h,
+                ("sec-fetch-mode", "no-cors"),
+                ("sec-fetch-site", "cross-site"),
+            ],
         ] {
             assert_eq!(
                 a.admit(&req(Version::HTTP_11, &headers), LO),
@@ -272,11 +300,23 @@ mod tests {
             );
         }
         for headers in [
-            vec![h, ("origin", "http://localhost:3000"), ("sec-fetch-site", "same-site")],
-            vec![h, ("origin", "http://127.0.0.1:9418"), ("sec-fetch-site", "same-origin")],
+            vec![
+                h,
+                ("origin", "http://localhost:3000"),
+                ("sec-fetch-site", "same-site"),
+            ],
+            vec![
+                h,
+                ("origin", "http://127.0.0.1:9418"),
+                ("sec-fetch-site", "same-origin"),
+            ],
             vec![h, ("sec-fetch-site", "none")],
         ] {
-            assert_eq!(a.admit(&req(Version::HTTP_11, &headers), LO), Ok(()), "{headers:?}");
+            assert_eq!(
+                a.admit(&req(Version::HTTP_11, &headers), LO),
+                Ok(()),
+                "{headers:?}"
+            );
         }
     }
 }

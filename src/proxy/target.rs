@@ -207,7 +207,9 @@ fn decoded_lower(path: &str) -> String {
         i += 1;
     }
     let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
-    text.trim_start_matches('/').trim_end_matches('/').to_owned()
+    text.trim_start_matches('/')
+        .trim_end_matches('/')
+        .to_owned()
 }
 
 /// Classifies a canonical path (callers [`check`] it first). Case-insensitive, although Django's

@@ -8,6 +8,7 @@
 //! - `label_studio_refused_or_black_holed_answers_502_or_504_and_the_proxy_recovers`
 //! - `foreign_credentials_are_replaced_by_ours`
 //! - `refused_targets_and_smuggled_requests_reach_nothing`
+//! - `no_spelling_and_no_browser_reaches_a_credential`
 //! - `oversized_heads_and_slow_clients_do_not_hold_up_others`
 //! - `a_thousand_idle_connections_cost_little_and_are_closed`
 //! - `a_401_from_label_studio_triggers_one_revalidation_not_a_storm`
@@ -33,6 +34,9 @@ use reqwest::{header, Method, StatusCode};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 /// What a consumer configured with a placeholder sends.
+#[path = "../../support/hostile_targets.rs"]
+mod hostile;
+
 const PLACEHOLDER_AUTH: &str = "Token placeholder-not-a-token";
 const WHOAMI: &str = "/api/current-user/whoami";
 
@@ -781,4 +785,109 @@ fn pattern(offset: usize, len: usize) -> Vec<u8> {
     (offset..offset + len)
         .map(|i| (i.wrapping_mul(31) % 251) as u8)
         .collect()
+}
+
+/// Issue 14, findings 1, 2, 3 and 7, through the real binary to the real Label Studio: every
+/// spelling of a credential endpoint (the reviewer's list and a generated corpus, raw requests)
+/// either gets a local answer or arrives at Label Studio canonical and harmless; no answer carries
+/// the user's legacy token or the PAT; what a browser sends for another site, and a DNS-rebound
+/// name, change nothing (no project is created).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_spelling_and_no_browser_reaches_a_credential() {
+    let s = setup(300, true, false, &[]).await;
+    let (ls, proxy, fault) = (&s.ls, &s.proxy, s.fault.as_ref().unwrap());
+    let legacy = ls.api().legacy_token().await;
+    let wait = Duration::from_secs(10);
+    let own = |p: &str| p.starts_with("/api/token/refresh") || p == WHOAMI;
+    let before = fault.requests().len();
+    let mut targets = hostile::hand_spellings();
+    targets.extend(hostile::generated_spellings(hostile::corpus_seed(), 300));
+    let mut local = 0;
+    for target in &targets {
+        for method in ["GET", "POST"] {
+            let a = raw(
+                proxy.addr,
+                format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+                wait,
+            )
+            .await;
+            assert!(
+                !a.text.contains(&legacy),
+                "{method} {target:?}: the legacy token came back"
+            );
+            assert!(
+                !a.text.contains(&s.pat),
+                "{method} {target:?}: the PAT came back"
+            );
+            if a.statuses()
+                .first()
+                .is_some_and(|l| l.starts_with("HTTP/1.1 4"))
+                && a.text.contains("ls-token-refresher-proxy")
+            {
+                local += 1;
+            }
+        }
+    }
+    let reached: Vec<String> = fault.requests()[before..]
+        .iter()
+        .map(|r| r.path.clone())
+        .filter(|p| !own(p))
+        .collect();
+    for path in &reached {
+        if let Some(why) = hostile::escaped(path, "") {
+            panic!("{why}");
+        }
+    }
+    assert!(
+        local > 0 && !reached.is_empty(),
+        "refused {local}, forwarded {}",
+        reached.len()
+    );
+    eprintln!(
+        "PROXY-FIGURES spellings targets={} refused_locally={local} forwarded={}",
+        2 * targets.len(),
+        reached.len()
+    );
+
+    // Browsers: a cross-site form POST and a DNS-rebound fetch that would each create a project.
+    let projects = || async {
+        let (status, body) = ls
+            .api()
+            .session_request(Method::GET, "/api/projects/", None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["count"].as_u64().expect("a project count")
+    };
+    let count = projects().await;
+    let port = proxy.addr.port();
+    let body = r#"{"title":"csrf"}"#;
+    for (what, headers) in [
+        ("cross-site form POST", "Host: 127.0.0.1\r\nOrigin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate".to_owned()),
+        ("no-cors fetch", "Host: 127.0.0.1\r\nOrigin: https://evil.example\r\nSec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors".to_owned()),
+        ("DNS rebinding", format!("Host: rebind.evil.example:{port}\r\nOrigin: http://rebind.evil.example:{port}\r\nSec-Fetch-Site: same-origin")),
+    ] {
+        let a = raw(
+            proxy.addr,
+            format!("POST /api/projects/ HTTP/1.1\r\n{headers}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+            wait,
+        )
+        .await;
+        let status = a.statuses().first().map(|l| l.to_string()).unwrap_or_default();
+        assert!(status == "HTTP/1.1 403 Forbidden" || status == "HTTP/1.1 421 Misdirected Request", "{what}: {}", a.text);
+    }
+    assert_eq!(
+        projects().await,
+        count,
+        "a browser request created a project"
+    );
+    // The same request as an API client sends it goes through.
+    let a = raw(
+        proxy.addr,
+        format!("POST /api/projects/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+        wait,
+    )
+    .await;
+    assert_eq!(a.statuses(), ["HTTP/1.1 201 Created"], "{}", a.text);
+    assert_no_secrets(&proxy.proc.log_text(), &[&s.pat]);
 }
