@@ -593,7 +593,7 @@ def _():
 def _():
     cms = {d["metadata"]["name"]: d for d in kind(rendered("full"), "ConfigMap")}
     assert cms["ls-refresher-extra"]["data"] == {"release": "ls-token-refresher"}, cms.get("ls-refresher-extra")
-    assert cms["ls-refresher-extra"]["metadata"]["namespace"] == "ml-platform"
+    assert cms["ls-refresher-extra"]["metadata"]["namespace"] == "label-studio"
     assert cms["ls-refresher-extra-string"]["data"] == {"from": "a string"}
 
 
@@ -614,7 +614,6 @@ def _():
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["labels"]["team"] == "ml-platform"
     assert cm["metadata"]["annotations"]["grafana_folder"] == "Platform"
-    assert cm["metadata"]["namespace"] == "monitoring"
     (body,) = cm["data"].values()
     import json
     shipped = json.loads((deploy_dir / "monitoring" / "grafana-dashboard.json").read_text())
