@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use ls_token_refresher_e2e::{
-    auth_proxy::AuthProxy, label_studio::LabelStudio, prometheus::Prometheus,
-    refresher::workdir, repo_root, wait::poll,
+    auth_proxy::AuthProxy, label_studio::LabelStudio, prometheus::Prometheus, refresher::workdir,
+    repo_root, wait::poll,
 };
 use serde_json::Value;
 
@@ -30,7 +30,10 @@ fn panel_queries(dashboard: &Value) -> Vec<(String, String)> {
         for p in panels {
             for t in p["targets"].as_array().into_iter().flatten() {
                 let expr = t["expr"].as_str().expect("every target has a PromQL expr");
-                out.push((p["title"].as_str().unwrap_or("?").to_string(), expr.to_string()));
+                out.push((
+                    p["title"].as_str().unwrap_or("?").to_string(),
+                    expr.to_string(),
+                ));
             }
             if let Some(inner) = p["panels"].as_array() {
                 walk(inner, out);
@@ -50,7 +53,10 @@ fn variable_queries(dashboard: &Value) -> Vec<(String, String, String)> {
         .iter()
         .filter(|v| v["type"] == "query")
         .map(|v| {
-            let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap();
+            let q = v["query"]["query"]
+                .as_str()
+                .or(v["query"].as_str())
+                .unwrap();
             let inner = q
                 .strip_prefix("label_values(")
                 .and_then(|r| r.strip_suffix(')'))
@@ -143,12 +149,16 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // Template variables: label_values(selector, label) has values when `count by (label) (selector)`
     // returns series; the job variable must offer this job, the instance variable this target.
     for (name, selector, label) in &variables {
-        let q = format!("count by ({label}) ({})", substitute(selector, job, &target));
-        let v = prom.get_json(&format!(
-            "/api/v1/query?query={}",
-            ls_token_refresher_e2e::http1::percent_encode(&q)
-        ))
-        .await;
+        let q = format!(
+            "count by ({label}) ({})",
+            substitute(selector, job, &target)
+        );
+        let v = prom
+            .get_json(&format!(
+                "/api/v1/query?query={}",
+                ls_token_refresher_e2e::http1::percent_encode(&q)
+            ))
+            .await;
         let values: Vec<&str> = v["data"]["result"]
             .as_array()
             .into_iter()
@@ -209,7 +219,10 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         1.0
     );
     let left = one("max by (job, instance) (ls_token_refresher_token_expiration_timestamp_seconds{job=~\"$job\", instance=~\"$instance\"} > 0) - time()").await;
-    assert!(left > 0.0 && left <= TTL as f64 + 1.0, "time to expiry {left}");
+    assert!(
+        left > 0.0 && left <= TTL as f64 + 1.0,
+        "time to expiry {left}"
+    );
     let pat_left = one("min by (job, instance) (ls_token_refresher_pat_expiration_timestamp_seconds{job=~\"$job\", instance=~\"$instance\"} > 0) - time()").await;
     assert!(pat_left > left, "PAT expiry {pat_left} s, token {left} s");
     drop(ls);

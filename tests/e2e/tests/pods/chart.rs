@@ -400,7 +400,14 @@ const TEST_POD: &str = "ls-token-refresher-test-check";
 /// report), read from the API so it is there whatever helm prints on failure.
 async fn helm_test(scope: &Scope) -> (bool, String) {
     let out = helm(
-        &["test", RELEASE, "--namespace", scope.ns(), "--timeout", "120s"],
+        &[
+            "test",
+            RELEASE,
+            "--namespace",
+            scope.ns(),
+            "--timeout",
+            "120s",
+        ],
         Some(&scope.node.kubeconfig()),
     )
     .await;
