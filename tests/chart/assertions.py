@@ -53,8 +53,23 @@ def check(name):
     return wrap
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; Kubernetes clients (and the e2e crate's parser) reject them."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {sorted(dup)}", node.start_mark)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def load(path):
-    return [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    return [d for d in yaml.load_all(Path(path).read_text(), Loader=_StrictLoader) if d]
 
 
 def kind(docs, k):

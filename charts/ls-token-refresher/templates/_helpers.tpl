@@ -38,6 +38,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The common labels plus extra ones, each key once (the extra value wins): (list $ extraDict). A user may set
+the same label in commonLabels and an object's own labels; YAML forbids the duplicate key. */}}
+{{- define "ls-token-refresher.labelsWith" -}}
+{{- $root := index . 0 }}
+{{- $all := include "ls-token-refresher.labels" $root | fromYaml }}
+{{- toYaml (merge (deepCopy (index . 1 | default dict)) $all) }}
+{{- end }}
+
 {{/* "  annotations:" block for metadata (already indented, with a leading newline) when there is anything to
 write. Pass (list $ extraDict); call as {{- include "ls-token-refresher.annotations" (list . dict) }}. */}}
 {{- define "ls-token-refresher.annotations" -}}
