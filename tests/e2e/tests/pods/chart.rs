@@ -399,6 +399,7 @@ const TEST_POD: &str = "ls-token-refresher-test-check";
 /// `helm test` of the release: whether helm reports success, and the test pod's log (the check's
 /// report), read from the API so it is there whatever helm prints on failure.
 async fn helm_test(scope: &Scope) -> (bool, String) {
+    let t0 = std::time::Instant::now();
     let out = helm(
         &[
             "test",
@@ -433,7 +434,10 @@ async fn helm_test(scope: &Scope) -> (bool, String) {
         .status
         .and_then(|s| s.phase)
         .unwrap_or_default();
-    eprintln!("helm test: {phase}\n{log}");
+    eprintln!(
+        "helm test: {phase} in {:.1} s (pod start + check)\n{log}",
+        t0.elapsed().as_secs_f64()
+    );
     // helm's verdict and the pod's must agree.
     assert_eq!(
         out.status.success(),
