@@ -493,10 +493,10 @@ def _():
         assert pull_secrets(ps) == ["shared-regcred", "regcred"], (name, ps.get("imagePullSecrets"))
 
 
-@check("imagePullSecrets as plain strings (the earlier form) still renders {name} items")
+@check("imagePullSecrets as plain strings (the earlier form, and Bitnami's global one) still render {name} items")
 def _():
     for name, ps in pods_of(rendered("legacy-pull-secrets")):
-        assert pull_secrets(ps) == ["regcred"], (name, ps.get("imagePullSecrets"))
+        assert pull_secrets(ps) == ["shared-regcred", "regcred"], (name, ps.get("imagePullSecrets"))
     for name, ps in pods_of(rendered("minimal")):
         assert "imagePullSecrets" not in ps, f"{name}: pull secrets without any configured"
 

@@ -119,7 +119,7 @@ done
 url=--set=labelStudio.url=http://label-studio.label-studio.svc:8080
 conventions=(
   "set-pull-secrets|$url --set=imagePullSecrets[0].name=regcred --set=global.imagePullSecrets[0].name=shared-regcred"
-  "legacy-pull-secrets|$url --set=imagePullSecrets[0]=regcred"
+  "legacy-pull-secrets|$url --set=imagePullSecrets[0]=regcred --set=global.imagePullSecrets[0]=shared-regcred"
   "global-registry|$url --set=global.imageRegistry=mirror.example.com"
   "openshift-auto|$url --api-versions=security.openshift.io/v1"
   "openshift-force|$url --set=global.compatibility.openshift.adaptSecurityContext=force"
