@@ -13,7 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 chart=$root/charts/ls-token-refresher
-mode=write
+mode="write"
 case "${1:-}" in
   --check) mode=check ;;
   "") ;;

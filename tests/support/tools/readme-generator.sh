@@ -24,6 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 # shellcheck source=../cache.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
 
+# shellcheck disable=SC2317  # both are called by provision_once
 is_ready() { [ -f "$DIR/.complete" ]; }
 finish() { printf '%s\n' "$BIN"; exit 0; }
 provision_once "$TOOLS/.readme-generator.lock" is_ready finish
