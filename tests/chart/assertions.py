@@ -1,6 +1,6 @@
 """Semantic assertions on the rendered chart and on deploy/: what schema validation and checkov cannot see.
 
-Usage: python assertions.py RENDER_DIR DEPLOY_DIR CHART_DIR
+Usage: python assertions.py RENDER_DIR DEPLOY_DIR CHART_DIR [WORK_DIR]
 RENDER_DIR holds one <value-set>.yaml per chart value set (helm template output).
 Prints one line per assertion, "ok   <name>" or "FAIL <name>: <why>", and exits 1 if any failed.
 """
@@ -53,8 +53,23 @@ def check(name):
     return wrap
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; Kubernetes clients (and the e2e crate's parser) reject them."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {sorted(dup)}", node.start_mark)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def load(path):
-    return [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    return [d for d in yaml.load_all(Path(path).read_text(), Loader=_StrictLoader) if d]
 
 
 def kind(docs, k):
@@ -96,6 +111,8 @@ def http_path(probe):
 
 
 render_dir, deploy_dir, chart_dir = (Path(a) for a in sys.argv[1:4])
+# check.sh's work directory (the parent-chart and sidecar-context renders); optional.
+work_dir = Path(sys.argv[4]) if len(sys.argv) > 4 else None
 renders = {p.stem: load(p) for p in sorted(render_dir.glob("*.yaml"))}
 chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
 values = yaml.safe_load((chart_dir / "values.yaml").read_text())
@@ -114,11 +131,17 @@ for name, docs in renders.items():
         hardened(c, c["name"])
         psc = ps["securityContext"]
         assert psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
-        assert http_path(c.get("livenessProbe")) == "/livez"
+        # probes-off switches two probes off on purpose (its own check is below).
+        off = {"startupProbe", "livenessProbe"} if name == "probes-off" else set()
+        on = [p for p in ("livenessProbe", "readinessProbe", "startupProbe") if p not in off]
+        assert not off & set(c), f"{sorted(off & set(c))} rendered although switched off"
+        if "livenessProbe" in on:
+            assert http_path(c.get("livenessProbe")) == "/livez"
         assert http_path(c.get("readinessProbe")) == "/readyz"
-        assert c.get("startupProbe"), "no startupProbe"
+        if "startupProbe" in on:
+            assert c.get("startupProbe"), "no startupProbe"
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        for p in ("livenessProbe", "readinessProbe", "startupProbe"):
+        for p in on:
             assert c[p]["httpGet"]["port"] == "admin", p
         env = env_of(c)
         assert env["LS_ADMIN_ADDR"] == f"0.0.0.0:{ports['admin']}", (env["LS_ADMIN_ADDR"], ports)
@@ -414,24 +437,272 @@ def _():
     assert m.group(1) == want, (m.group(1), want)
 
 
-@check("values.yaml: every top-level and second-level key has a comment right above it")
+@check("values.yaml: every value has a `## @param` comment (the generated reference documents every key)")
 def _():
-    # Children of these keys are plain Kubernetes fields (or the probe triplet) and need no comment each.
-    exempt_children = {"podSecurityContext", "securityContext", "resources", "probes"}
-    undocumented, parent = [], None
-    lines = (chart_dir / "values.yaml").read_text().splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"^( *)([A-Za-z][\w.-]*):", line)
-        if not m or len(m.group(1)) > 2:
-            continue
-        if not m.group(1):
-            parent = m.group(2)
-        elif parent in exempt_children:
-            continue
-        if not (i and lines[i - 1].lstrip().startswith("#")):
-            undocumented.append(line.strip())
-    assert not undocumented, f"undocumented keys: {undocumented}"
+    # The same rule the readme generator enforces, checked here independently of it: each leaf (a scalar, a list, or
+    # an empty map) is named by a @param, or lies under one marked [object] / [array].
+    text = (chart_dir / "values.yaml").read_text()
+    params = re.findall(r"^\s*## @param (\S+)(?: \[(object|array)\])?", text, re.M)
+    exact = {p for p, _ in params}
+    whole = {p for p, mod in params if mod}
 
+    def leaves(node, path):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                yield from leaves(v, f"{path}.{k}" if path else k)
+        else:
+            yield path
+
+    missing = [
+        leaf for leaf in leaves(values, "")
+        if leaf not in exact and not any(leaf.startswith(w + ".") for w in whole)
+    ]
+    assert not missing, f"values without a ## @param: {missing}"
+    stray = [p for p in exact if p not in set(leaves(values, "")) and p not in whole]
+    assert not stray, f"@param for keys values.yaml does not have: {stray}"
+
+
+# --- chart conventions (issue 18), on the renders check.sh makes with the values a user would pass ------------------
+def rendered(name):
+    assert name in renders, f"no render named {name} (check.sh makes it)"
+    return renders[name]
+
+
+def pods_of(docs):
+    """(kind/name, pod spec) of every workload and the helm test pod."""
+    return [(f"{d['kind']}/{d['metadata']['name']}", pod_spec(d)) for d in docs
+            if d["kind"] in ("Deployment", "Pod", "Job")]
+
+
+def pull_secrets(ps):
+    return [s["name"] for s in ps.get("imagePullSecrets", [])]
+
+
+def pinned_ids(ps):
+    found = [f"pod.{k}" for k in ("runAsUser", "runAsGroup", "fsGroup") if k in ps.get("securityContext", {})]
+    for c in all_containers(ps):
+        found += [f"{c['name']}.{k}" for k in ("runAsUser", "runAsGroup") if k in c.get("securityContext", {})]
+    return found
+
+
+@check("imagePullSecrets[0].name=regcred plus global.imagePullSecrets: both, global first, on every pod")
+def _():
+    pods = pods_of(rendered("set-pull-secrets"))
+    assert len(pods) == 2, [n for n, _ in pods]  # the Deployment and the helm test pod
+    for name, ps in pods:
+        assert pull_secrets(ps) == ["shared-regcred", "regcred"], (name, ps.get("imagePullSecrets"))
+
+
+@check("imagePullSecrets as plain strings (the earlier form, and Bitnami's global one) still render {name} items")
+def _():
+    for name, ps in pods_of(rendered("legacy-pull-secrets")):
+        assert pull_secrets(ps) == ["shared-regcred", "regcred"], (name, ps.get("imagePullSecrets"))
+    for name, ps in pods_of(rendered("minimal")):
+        assert "imagePullSecrets" not in ps, f"{name}: pull secrets without any configured"
+
+
+@check("global.imageRegistry replaces image.registry on every container")
+def _():
+    for name, ps in pods_of(rendered("global-registry")):
+        for c in all_containers(ps):
+            assert c["image"] == f"mirror.example.com/{values['image']['repository']}:{chart['appVersion']}", \
+                (name, c["image"])
+
+
+@check("OpenShift: auto on a cluster with security.openshift.io/v1, and force, drop every pinned UID/GID/fsGroup")
+def _():
+    for case in ("openshift-auto", "openshift-force"):
+        pods = pods_of(rendered(case))
+        assert pods
+        for name, ps in pods:
+            assert not pinned_ids(ps), (case, name, pinned_ids(ps))
+            # Everything restricted-v2 allows stays.
+            assert ps["securityContext"].get("runAsNonRoot") is True, (case, name)
+            for c in all_containers(ps):
+                hardened(c, f"{case} {name} {c['name']}")
+
+
+@check("OpenShift: IDs stay pinned without OpenShift (minimal) and with adaptSecurityContext=disabled")
+def _():
+    for case in ("minimal", "openshift-disabled"):
+        for name, ps in pods_of(rendered(case)):
+            assert ps["securityContext"]["runAsUser"] == 65532 and ps["securityContext"]["fsGroup"] == 65532, \
+                (case, name)
+            for c in all_containers(ps):
+                assert c["securityContext"]["runAsUser"] == 65532, (case, name, c["name"])
+
+
+@check("namespaceOverride: every namespaced object, the RoleBinding subject and the ServiceMonitor selector use it")
+def _():
+    docs = rendered("namespace-override")
+    kinds = {d["kind"] for d in docs}
+    for k in ("Deployment", "ServiceAccount", "Role", "RoleBinding", "Service", "Secret", "NetworkPolicy",
+              "ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "Pod"):
+        assert k in kinds, f"no {k} rendered"
+    for d in docs:
+        assert d["metadata"]["namespace"] == "tokens", f"{d['kind']}/{d['metadata']['name']}"
+    rb = one(docs, "RoleBinding")
+    assert [s["namespace"] for s in rb["subjects"]] == ["tokens"], rb["subjects"]
+    assert one(docs, "ServiceMonitor")["spec"]["namespaceSelector"]["matchNames"] == ["tokens"]
+
+
+@check("PodMonitor for sidecars: renders without the Deployment, scrapes the ls-admin port of any pod")
+def _():
+    docs = rendered("podmonitor-sidecars-only")
+    assert [d["kind"] for d in docs] == ["PodMonitor"], [d["kind"] for d in docs]
+    pm = docs[0]
+    (ep,) = pm["spec"]["podMetricsEndpoints"]
+    assert (ep["port"], ep["path"], ep["honorLabels"]) == ("ls-admin", "/metrics", False), ep
+    assert pm["spec"]["selector"] == {}, pm["spec"]
+    # The port the sidecar templates give the refresher container.
+    sidecar = load(deploy_dir / "native-sidecar.yaml")
+    ports = [p["name"] for d in kind(sidecar, "Deployment") for c in pod_spec(d)["initContainers"]
+             for p in c.get("ports", [])]
+    assert ep["port"] in ports, ports
+
+
+@check("full: ServiceMonitor and PodMonitor carry honorLabels, labels, annotations and selectors")
+def _():
+    docs = rendered("full")
+    sm, pm = one(docs, "ServiceMonitor"), one(docs, "PodMonitor")
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True
+    assert sm["metadata"]["annotations"]["example.com/scraped-by"] == "platform-prometheus"
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    ep = pm["spec"]["podMetricsEndpoints"][0]
+    assert (ep["honorLabels"], ep["interval"]) == (True, "20s"), ep
+    assert pm["spec"]["selector"] == {"matchLabels": {"example.com/ls-token-sidecar": "true"}}
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["ml-backends", "label-studio"]}
+    assert pm["metadata"]["annotations"]["example.com/scraped-by"] == "platform-prometheus"
+
+
+@check("probes: each can be switched off, and its timings are the values'")
+def _():
+    (c,) = pod_spec(one(rendered("probes-off"), "Deployment"))["containers"]
+    assert "startupProbe" not in c and "livenessProbe" not in c, sorted(c)
+    r = c["readinessProbe"]
+    assert (r["timeoutSeconds"], r["initialDelaySeconds"], r["periodSeconds"]) == (7, 3, 5), r
+    (c,) = pod_spec(one(rendered("full"), "Deployment"))["containers"]
+    lp = c["livenessProbe"]
+    assert (lp["initialDelaySeconds"], lp["periodSeconds"], lp["failureThreshold"], lp["timeoutSeconds"]) == \
+        (5, 20, 4, 3), lp
+
+
+@check("deployment.strategy: RollingUpdate surge-first by default, Recreate without rollingUpdate")
+def _():
+    st = one(rendered("minimal"), "Deployment")["spec"]["strategy"]
+    assert st == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, st
+    for case in ("strategy-recreate", "full"):
+        st = one(rendered(case), "Deployment")["spec"]["strategy"]
+        assert st == {"type": "Recreate"}, (case, st)
+
+
+@check("serviceAccount.labels and automountServiceAccountToken reach the ServiceAccount")
+def _():
+    sa = one(rendered("full"), "ServiceAccount")
+    assert sa["metadata"]["labels"]["example.com/identity"] == "token-refresh"
+    assert sa["automountServiceAccountToken"] is False
+    assert one(rendered("minimal"), "ServiceAccount")["automountServiceAccountToken"] is False
+
+
+@check("extraObjects: maps and strings both rendered through tpl")
+def _():
+    cms = {d["metadata"]["name"]: d for d in kind(rendered("full"), "ConfigMap")}
+    assert cms["ls-refresher-extra"]["data"] == {"release": "ls-token-refresher"}, cms.get("ls-refresher-extra")
+    assert cms["ls-refresher-extra"]["metadata"]["namespace"] == "label-studio"
+    assert cms["ls-refresher-extra-string"]["data"] == {"from": "a string"}
+
+
+@check("envFrom reaches the refresher and the helm test pod; nodeSelector defaults to linux")
+def _():
+    docs = rendered("full")
+    for name, ps in pods_of(docs):
+        (c,) = ps["containers"]
+        assert c["envFrom"] == [{"configMapRef": {"name": "egress-proxy"}}], (name, c.get("envFrom"))
+    for name, ps in pods_of(rendered("minimal")):
+        assert ps["nodeSelector"] == {"kubernetes.io/os": "linux"}, (name, ps.get("nodeSelector"))
+
+
+@check("Grafana dashboard ConfigMap: off by default, sidecar label, the JSON of deploy/monitoring, as configured")
+def _():
+    assert not [d for d in rendered("minimal") if d["kind"] == "ConfigMap"], "a ConfigMap by default"
+    (cm,) = [d for d in kind(rendered("full"), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["labels"]["team"] == "ml-platform"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == "Platform"
+    (body,) = cm["data"].values()
+    import json
+    shipped = json.loads((deploy_dir / "monitoring" / "grafana-dashboard.json").read_text())
+    assert json.loads(body) == shipped, "the ConfigMap's dashboard differs from deploy/monitoring"
+    panels = [p for p in shipped["panels"] if p["type"] != "row"]
+    assert len(panels) >= 10, len(panels)
+    for p in panels:
+        assert p["datasource"]["uid"] == "${datasource}", p["title"]
+        assert p["targets"] and all("ls_token_refresher_" in t["expr"] for t in p["targets"]), p["title"]
+
+
+@check("helm test pod: a `test` hook running `check` with the Deployment's configuration and ServiceAccount")
+def _():
+    for case in ("minimal", "full", "https-ca-secret"):
+        docs = rendered(case)
+        dep, pod = one(docs, "Deployment"), one(docs, "Pod")
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test", case
+        dps, tps = pod_spec(dep), pod["spec"]
+        (run,), (chk,) = dps["containers"], tps["containers"]
+        assert chk["args"] == ["check"] and tps["restartPolicy"] == "Never", case
+        assert chk["image"] == run["image"], case
+        assert tps["serviceAccountName"] == dps["serviceAccountName"], case
+        assert tps["automountServiceAccountToken"] is True, case
+        for k in ("hostNetwork", "nodeSelector", "tolerations", "affinity", "imagePullSecrets", "volumes"):
+            assert tps.get(k) == dps.get(k), (case, k)
+        assert chk.get("volumeMounts") == run.get("volumeMounts"), case
+        # Every setting check reads is the refresher's (admin, logging and pod identity are run's own).
+        run_env, chk_env = env_of(run), env_of(chk)
+        own = {"LS_ADMIN_ADDR", "LS_LOG_FORMAT", "LS_LOG_LEVEL", "LS_POD_NAME", "LS_POD_NAMESPACE"}
+        shared = {k: v for k, v in run_env.items() if k not in own}
+        assert {k: chk_env.get(k) for k in shared} == shared, case
+        assert chk_env["LS_LOG_FORMAT"] == "plain", case
+    assert not kind(rendered("no-helm-test"), "Pod"), "tests.enabled=false still renders the test pod"
+
+
+@check("Chart.yaml: icon, home is this project, sources, maintainers, Artifact Hub annotations")
+def _():
+    assert chart.get("icon", "").startswith("https://"), chart.get("icon")
+    assert "labelstud.io" not in chart["home"] and "ls-token-refresher" in chart["home"], chart["home"]
+    assert chart.get("sources") and chart.get("maintainers"), chart
+    ann = chart["annotations"]
+    for k in ("artifacthub.io/license", "artifacthub.io/category", "artifacthub.io/images", "artifacthub.io/links"):
+        assert k in ann, k
+    images = yaml.safe_load(ann["artifacthub.io/images"])
+    want = f"{values['image']['registry']}/{values['image']['repository']}:{chart['appVersion']}"
+    assert [i["image"] for i in images] == [want], (images, want)
+    assert (chart_dir / "icon.svg").is_file()
+
+
+if work_dir:
+    @check("parent chart with condition: ls-token-refresher.enabled: true renders the chart, false nothing of it")
+    def _():
+        on = load(work_dir / "parent-enabled-true.yaml")
+        off = load(work_dir / "parent-enabled-false.yaml")
+        assert one(on, "Deployment")["metadata"]["name"] == "umbrella-ls-token-refresher"
+        assert [d["metadata"]["name"] for d in off] == ["umbrella"], [d["metadata"]["name"] for d in off]
+
+    @check("sidecar templates with `context`: image, pull policy and OpenShift switch from the parent's values")
+    def _():
+        def sidecars(name):
+            docs = load(work_dir / f"examples-{name}.yaml")
+            found = [c for d in docs if d["kind"] in ("Deployment", "Job") for c in all_containers(pod_spec(d))
+                     if c["name"].startswith("ls-token-refresher")]
+            assert len(found) >= 5, (name, len(found))
+            return found
+        digest = "sha256:" + "0123456789abcdef" * 4
+        for c in sidecars("mirror"):
+            assert c["image"] == f"mirror.example.com/{values['image']['repository']}@{digest}", c["image"]
+            assert c["imagePullPolicy"] == "Always"
+        for c in sidecars("global-registry"):
+            assert c["image"].startswith("registry.internal/"), c["image"]
+        for c in sidecars("openshift"):
+            sc = c["securityContext"]
+            assert "runAsUser" not in sc and "runAsGroup" not in sc and sc["runAsNonRoot"] is True, sc
 
 for name, why in results:
     print(f"ok   {name}" if why is None else f"FAIL {name}: {why}")

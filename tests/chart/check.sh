@@ -113,6 +113,71 @@ for values in "$here"/values/*.yaml; do
   fi
 done
 
+# ---- the conventions, rendered with the values a user would pass on the command line ----------------------------------
+# Each case: its name | helm template arguments (split on spaces). The renders join the value sets above, so they also
+# go through kubernetes-validate, checkov and assertions.py (which checks each convention by its case name).
+url=--set=labelStudio.url=http://label-studio.label-studio.svc:8080
+conventions=(
+  "set-pull-secrets|$url --set=imagePullSecrets[0].name=regcred --set=global.imagePullSecrets[0].name=shared-regcred"
+  "legacy-pull-secrets|$url --set=imagePullSecrets[0]=regcred --set=global.imagePullSecrets[0]=shared-regcred"
+  "global-registry|$url --set=global.imageRegistry=mirror.example.com"
+  "openshift-auto|$url --api-versions=security.openshift.io/v1"
+  "openshift-force|$url --set=global.compatibility.openshift.adaptSecurityContext=force"
+  "openshift-disabled|$url --api-versions=security.openshift.io/v1 --set=global.compatibility.openshift.adaptSecurityContext=disabled"
+  "namespace-override|$url --set=namespaceOverride=tokens --set=serviceMonitor.enabled=true --set=podMonitor.enabled=true --set=prometheusRule.enabled=true --set=grafanaDashboard.enabled=true --set=networkPolicy.enabled=true"
+  "podmonitor-sidecars-only|--set=deployment.enabled=false --set=podMonitor.enabled=true"
+  "probes-off|$url --set=probes.startup.enabled=false --set=probes.liveness.enabled=false --set=probes.readiness.timeoutSeconds=7 --set=probes.readiness.initialDelaySeconds=3"
+  "strategy-recreate|$url --set=deployment.strategy.type=Recreate"
+  "no-helm-test|$url --set=tests.enabled=false"
+)
+for case in "${conventions[@]}"; do
+  IFS='|' read -r set_name args <<<"$case"
+  # shellcheck disable=SC2086  # the arguments are split on purpose
+  if out=$("$HELM" template ls-token-refresher "$chart" --namespace label-studio $args 2>&1); then
+    printf '%s\n' "$out" >"$work/rendered/$set_name.yaml"
+    ok "helm template ($set_name: $args)"
+  else
+    bad "helm template ($set_name: $args)" "$out"
+  fi
+done
+# The OpenShift case through helm lint too (lint sees no cluster: force is what it can check).
+check "helm lint --strict (openshift-force)" "$HELM" lint --strict "$chart" --namespace label-studio \
+  --set labelStudio.url=http://label-studio.label-studio.svc:8080 \
+  --set global.compatibility.openshift.adaptSecurityContext=force
+
+# A parent (umbrella) chart with `condition: ls-token-refresher.enabled`, the usual way to make a dependency optional:
+# the strict schema must accept the key, false must drop every object of this chart, true must render them.
+parent=$work/parent
+mkdir -p "$parent/charts" "$parent/templates"
+cp -r "$chart" "$parent/charts/ls-token-refresher"
+cat >"$parent/Chart.yaml" <<'YAML'
+apiVersion: v2
+name: umbrella
+version: 1.0.0
+dependencies:
+  - name: ls-token-refresher
+    version: ">=0.0.0-0"
+    repository: file://charts/ls-token-refresher
+    condition: ls-token-refresher.enabled
+YAML
+printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: umbrella\n' >"$parent/templates/configmap.yaml"
+parent_url=--set=ls-token-refresher.labelStudio.url=http://label-studio.label-studio.svc:8080
+for enabled in true false; do
+  if out=$("$HELM" template umbrella "$parent" --namespace label-studio "$parent_url" \
+    --set "ls-token-refresher.enabled=$enabled" 2>&1); then
+    printf '%s\n' "$out" >"$work/parent-enabled-$enabled.yaml"
+    ok "parent chart with condition: ls-token-refresher.enabled=$enabled renders"
+  else
+    bad "parent chart with condition: ls-token-refresher.enabled=$enabled renders" "$out"
+  fi
+done
+check "helm lint --strict (parent chart with condition: ls-token-refresher.enabled)" \
+  "$HELM" lint --strict "$parent" --namespace label-studio "$parent_url" --set ls-token-refresher.enabled=true
+
+# ---- the chart README's values reference: generated from values.yaml, no drift ------------------------------------
+check "chart README Parameters match values.yaml's @param comments (tests/chart/generate-readme.sh --check)" \
+  bash "$here/generate-readme.sh" --check
+
 # ---- values the chart must reject ------------------------------------------------------------------------------------
 for values in "$here"/invalid/*.yaml; do
   set_name=$(basename "$values" .yaml)
@@ -142,8 +207,16 @@ else
 fi
 
 # checkov is the slow part (10-20 s a run): start it now and collect it at the end.
+# Renders that switch a hardening default off on purpose are scanned on their own, with that check skipped:
+#   probes-off      CKV_K8S_8 "Liveness Probe": the user turned it off (probes.liveness.enabled=false).
+#   openshift-*     CKV_K8S_40 "high UID": no UID is pinned; OpenShift's SCC assigns one from the namespace's
+#                   range (1000000000 and up), which is what the switch is for.
 run_checkov "$work/checkov/chart" "$(join "${skips[@]}" "${chart_skips[@]}")" \
-  -d "$work/rendered" --framework kubernetes
+  -d "$work/rendered" --framework kubernetes --skip-path 'probes-off|openshift-(auto|force)'
+run_checkov "$work/checkov/chart-probes-off" "$(join "${skips[@]}" "${chart_skips[@]}" CKV_K8S_8)" \
+  -f "$work/rendered/probes-off.yaml" --framework kubernetes
+run_checkov "$work/checkov/chart-openshift" "$(join "${skips[@]}" "${chart_skips[@]}" CKV_K8S_40)" \
+  -f "$work/rendered/openshift-auto.yaml" "$work/rendered/openshift-force.yaml" --framework kubernetes
 run_checkov "$work/checkov/deploy" "$(join "${skips[@]}")" -d "$deploy" --framework kubernetes
 run_checkov "$work/checkov/docker" "$(join "${skips[@]}")" -f "$root/Dockerfile" --framework dockerfile
 
@@ -206,11 +279,29 @@ for case in "${sidecar_invalid[@]}"; do
 $out"
   fi
 done
+# With `context`, the sidecar defaults come from this chart's values as the parent sets them: image.* and the global
+# registry, and the OpenShift switch (assertions.py checks the renders).
+digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+sidecar_cases=(
+  "mirror|--set=ls-token-refresher.image.registry=mirror.example.com --set=ls-token-refresher.image.digest=$digest --set=ls-token-refresher.image.pullPolicy=Always"
+  "global-registry|--set=global.imageRegistry=registry.internal"
+  "openshift|--set=global.compatibility.openshift.adaptSecurityContext=force"
+)
+for case in "${sidecar_cases[@]}"; do
+  IFS='|' read -r what args <<<"$case"
+  # shellcheck disable=SC2086  # the arguments are split on purpose
+  if out=$("$HELM" template x "$work/examples" --namespace label-studio $args 2>&1); then
+    printf '%s\n' "$out" >"$work/examples-$what.yaml"
+    ok "sidecar templates render with the parent's values ($what: $args)"
+  else
+    bad "sidecar templates render with the parent's values ($what: $args)" "$out"
+  fi
+done
 check "helm lint --strict (tests/chart/deploy-examples, the sidecar templates as a dependency)" \
   "$HELM" lint --strict "$work/examples" --namespace label-studio
 
 # ---- semantic assertions ---------------------------------------------------------------------------------------------
-if out=$("$PY" "$here/assertions.py" "$work/rendered" "$deploy" "$chart" 2>&1); then :; fi
+if out=$("$PY" "$here/assertions.py" "$work/rendered" "$deploy" "$chart" "$work" 2>&1); then :; fi
 while IFS= read -r line; do
   case $line in
     "ok   "*) ok "${line#ok   }" ;;
@@ -258,6 +349,9 @@ EOF
 
 # ---- checkov results ------------------------------------------------------------------------------------------------
 collect_checkov "checkov kubernetes (rendered chart, all value sets)" "$work/checkov/chart"
+collect_checkov "checkov kubernetes (rendered chart: probes-off, liveness check skipped)" \
+  "$work/checkov/chart-probes-off"
+collect_checkov "checkov kubernetes (rendered chart: OpenShift, high-UID check skipped)" "$work/checkov/chart-openshift"
 collect_checkov "checkov kubernetes (deploy/)" "$work/checkov/deploy"
 collect_checkov "checkov dockerfile (Dockerfile)" "$work/checkov/docker"
 

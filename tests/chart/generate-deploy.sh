@@ -2,7 +2,8 @@
 # Regenerates the plain manifests in deploy/ from the Helm chart.
 #
 #   tests/chart/generate-deploy.sh            rewrite deploy/ (all files but deploy/README.md and deploy/image/, the
-#                                             offline image recipe, are generated)
+#                                             offline image recipe, are generated; monitoring/grafana-dashboard.json
+#                                             is a copy of the chart's dashboards/ls-token-refresher.json)
 #   tests/chart/generate-deploy.sh --check    fail (exit 1, with a diff) if deploy/ differs from a fresh render
 #   tests/chart/generate-deploy.sh --out DIR  render into DIR instead (used by tests/chart/check.sh)
 #
@@ -70,7 +71,8 @@ example proxy-sidecar
 
 secret_values=$here/deploy-values/secret-mode.yaml
 { header "charts/ls-token-refresher with tests/chart/deploy-values/secret-mode.yaml"
-  "$HELM" template ls-token-refresher "$chart" --namespace "$NS" -f "$secret_values" | tidy
+  # --skip-tests: the `helm test` pod is no part of an install.
+  "$HELM" template ls-token-refresher "$chart" --namespace "$NS" -f "$secret_values" --skip-tests | tidy
 } >"$render/secret-mode.yaml"
 
 # Monitoring (Prometheus Operator CRs, plus the same alerts as a plain rules file for other Prometheus setups).
@@ -89,8 +91,13 @@ mon=(-f "$secret_values" --set serviceMonitor.enabled=true --set prometheusRule.
   sed -n '/^spec:$/,$p' "$render/monitoring/prometheusrule.yaml" | tail -n +2 | sed 's/^  //'
 } >"$render/monitoring/alerts.rules.yml"
 
+# The Grafana dashboard: the chart's file itself (its ConfigMap reads it with .Files.Get). JSON has no comments, so
+# the drift check is what says it is generated.
+cp "$chart/dashboards/ls-token-refresher.json" "$render/monitoring/grafana-dashboard.json"
+
 generated=(native-sidecar.yaml classic-sidecar.yaml job-once.yaml proxy-sidecar.yaml secret-mode.yaml
-  monitoring/servicemonitor.yaml monitoring/prometheusrule.yaml monitoring/alerts.rules.yml)
+  monitoring/servicemonitor.yaml monitoring/prometheusrule.yaml monitoring/alerts.rules.yml
+  monitoring/grafana-dashboard.json)
 
 case $mode in
   write|out)

@@ -38,6 +38,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* The common labels plus extra ones, each key once (the extra value wins): (list $ extraDict). A user may set
+the same label in commonLabels and an object's own labels; YAML forbids the duplicate key. */}}
+{{- define "ls-token-refresher.labelsWith" -}}
+{{- $root := index . 0 }}
+{{- $all := include "ls-token-refresher.labels" $root | fromYaml }}
+{{- toYaml (merge (deepCopy (index . 1 | default dict)) $all) }}
+{{- end }}
+
 {{/* "  annotations:" block for metadata (already indented, with a leading newline) when there is anything to
 write. Pass (list $ extraDict); call as {{- include "ls-token-refresher.annotations" (list . dict) }}. */}}
 {{- define "ls-token-refresher.annotations" -}}
@@ -68,10 +76,21 @@ write. Pass (list $ extraDict); call as {{- include "ls-token-refresher.annotati
 {{- default (printf "%s-token" (include "ls-token-refresher.fullname" . | trunc 57 | trimSuffix "-")) .Values.targetSecret.name }}
 {{- end }}
 
+{{/* The namespace of every namespaced object: namespaceOverride (external-secrets' and Bitnami's key), else the
+release's. */}}
+{{- define "ls-token-refresher.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The image: global.imageRegistry (cert-manager's and Bitnami's global registry) before image.registry. */}}
 {{- define "ls-token-refresher.image" -}}
+{{- $registry := .Values.image.registry }}
+{{- with (.Values.global | default dict).imageRegistry }}
+{{- $registry = . }}
+{{- end }}
 {{- $repo := .Values.image.repository }}
-{{- if .Values.image.registry }}
-{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository }}
+{{- if $registry }}
+{{- $repo = printf "%s/%s" $registry .Values.image.repository }}
 {{- end }}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" $repo .Values.image.digest }}
@@ -110,4 +129,139 @@ Seconds in a duration such as 90s, 5m, 1h30m, 14d or 2w (PromQL arithmetic needs
 {{- $total = add $total (mul $n (get $units (substr (sub (len .) 1 | int) (len .) .))) }}
 {{- end }}
 {{- $total }}
+{{- end }}
+
+{{/*
+The pod's imagePullSecrets list items: global.imagePullSecrets, then imagePullSecrets, each once. Items are
+{name: ...} objects (cert-manager's and external-secrets' form); plain strings, this chart's form before 0.2.0, are
+still accepted. Empty when there are none.
+*/}}
+{{- define "ls-token-refresher.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range concat ((.Values.global | default dict).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) }}
+{{- $n := "" }}
+{{- if kindIs "string" . }}{{ $n = . }}{{ else if kindIs "map" . }}{{ $n = .name | default "" }}{{ end }}
+{{- if and $n (not (has $n $names)) }}
+{{- $names = append $names $n }}
+{{- end }}
+{{- end }}
+{{- range $names }}
+- name: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the pinned UID/GID/fsGroup must go: global.compatibility.openshift.adaptSecurityContext is force, or auto
+on a cluster that serves security.openshift.io/v1 (OpenShift). Its default restricted-v2 SCC assigns each namespace
+a UID range and rejects pods that pin an ID outside it (external-secrets' switch, from Bitnami's common chart).
+*/}}
+{{- define "ls-token-refresher.openshift" -}}
+{{- $mode := (((.Values.global | default dict).compatibility | default dict).openshift | default dict).adaptSecurityContext | default "auto" }}
+{{- if or (eq $mode "force") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "security.openshift.io/v1")) }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* A securityContext (dict "context" $ "sc" <map>) as YAML, without the pinned IDs when adapting to OpenShift. */}}
+{{- define "ls-token-refresher.securityContext" -}}
+{{- $sc := deepCopy (.sc | default dict) }}
+{{- if include "ls-token-refresher.openshift" .context }}
+{{- $sc = omit $sc "runAsUser" "runAsGroup" "fsGroup" "seLinuxOptions" }}
+{{- end }}
+{{- toYaml $sc }}
+{{- end }}
+
+{{/* A probe of the admin port (dict "probe" <probes.X>); the caller skips it when probe.enabled is false. */}}
+{{- define "ls-token-refresher.probe" -}}
+httpGet:
+  path: {{ .probe.path }}
+  port: admin
+initialDelaySeconds: {{ .probe.initialDelaySeconds }}
+periodSeconds: {{ .probe.periodSeconds }}
+failureThreshold: {{ .probe.failureThreshold }}
+timeoutSeconds: {{ .probe.timeoutSeconds }}
+{{- end }}
+
+{{/*
+The environment `run` and `check` share (env list items): Label Studio, the PAT Secret, the target Secret, timing,
+the CA bundle. The Deployment and the `helm test` pod both use it, so the test checks what the refresher runs with.
+*/}}
+{{- define "ls-token-refresher.sharedEnv" -}}
+- name: LS_URL
+  value: {{ .Values.labelStudio.url | quote }}
+- name: LS_PAT_SECRET
+  value: {{ include "ls-token-refresher.patSecretName" . | quote }}
+- name: LS_PAT_SECRET_KEY
+  value: {{ .Values.pat.key | quote }}
+- name: LS_TARGET_SECRET
+  value: {{ include "ls-token-refresher.targetSecretName" . | quote }}
+{{- if .Values.targetSecret.force }}
+- name: LS_TARGET_SECRET_FORCE
+  value: "true"
+{{- end }}
+- name: LS_PROPAGATION_MARGIN
+  value: {{ .Values.targetSecret.propagationMargin | quote }}
+- name: LS_REFRESH_FRACTION
+  value: {{ .Values.timing.refreshFraction | toString | quote }}
+- name: LS_MIN_LEAD
+  value: {{ .Values.timing.minLead | quote }}
+- name: LS_JITTER
+  value: {{ .Values.timing.jitter | quote }}
+- name: LS_BACKOFF_INITIAL
+  value: {{ .Values.timing.backoffInitial | quote }}
+- name: LS_BACKOFF_MAX
+  value: {{ .Values.timing.backoffMax | quote }}
+- name: LS_REQUEST_TIMEOUT
+  value: {{ .Values.timing.requestTimeout | quote }}
+- name: LS_CONNECT_TIMEOUT
+  value: {{ .Values.timing.connectTimeout | quote }}
+- name: LS_LEGACY_RECHECK
+  value: {{ .Values.timing.legacyRecheck | quote }}
+{{- if .Values.labelStudio.noValidate }}
+- name: LS_NO_VALIDATE
+  value: "true"
+{{- else }}
+- name: LS_VALIDATE_PATH
+  value: {{ .Values.labelStudio.validatePath | quote }}
+{{- end }}
+{{- if or .Values.labelStudio.caBundle.configMap .Values.labelStudio.caBundle.secret }}
+- name: LS_CA_FILE
+  value: {{ printf "/etc/ls-token-refresher/ca/%s" .Values.labelStudio.caBundle.key | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The CA bundle volume (list item), when one is configured. */}}
+{{- define "ls-token-refresher.caVolume" -}}
+{{- if .Values.labelStudio.caBundle.configMap }}
+- name: ca-bundle
+  configMap:
+    name: {{ .Values.labelStudio.caBundle.configMap }}
+    items:
+      - key: {{ .Values.labelStudio.caBundle.key }}
+        path: {{ .Values.labelStudio.caBundle.key }}
+{{- else if .Values.labelStudio.caBundle.secret }}
+- name: ca-bundle
+  secret:
+    secretName: {{ .Values.labelStudio.caBundle.secret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.labelStudio.caBundle.key }}
+        path: {{ .Values.labelStudio.caBundle.key }}
+{{- end }}
+{{- end }}
+
+{{/* Scheduling of the chart's pods (pod spec keys): node selector, tolerations, affinity, spread. */}}
+{{- define "ls-token-refresher.scheduling" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}

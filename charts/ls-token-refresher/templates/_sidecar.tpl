@@ -10,7 +10,13 @@ false` if you do not also want its Deployment) and include:
   ls-token-refresher.sidecar.proxyEnv     the app's LABEL_STUDIO_URL (the proxy) and placeholder
                                           LABEL_STUDIO_API_KEY, env list items (mode proxy, or run with proxy: true)
 
-each with (dict "config" <dict>). The sidecar needs no Kubernetes API access (the PAT Secret is a volume): keep
+each with (dict "config" <dict> "context" $): `context`, the including chart's root context, is optional but
+recommended: with it the container's defaults come from this chart's values as the parent sees them
+(`ls-token-refresher.image.*` and `global.imageRegistry` for the image, `image.pullPolicy`, and the OpenShift switch
+`global.compatibility.openshift.adaptSecurityContext` for the securityContext), so a mirror registry or a pinned
+digest set once applies to the Deployment and every sidecar alike. Under an alias, pass the subchart's context:
+(index $.Subcharts "<alias>"). Without `context` the image is the fixed default below. The sidecar needs no
+Kubernetes API access (the PAT Secret is a volume): keep
 automountServiceAccountToken false on the pod; the refresher then posts no Events and reports through its logs,
 /readyz and /metrics.
 
@@ -42,8 +48,9 @@ The config dict has these keys (all but url and patSecret.name optional); unknow
                       drops whatever Authorization the app sends). label-studio-sdk also takes a JWT-shaped one,
                       see the chart README.
   name                container name (default "ls-token-refresher", "ls-token-refresher-init" for mode once)
-  image               image reference (default the chart's appVersion image)
-  imagePullPolicy     default IfNotPresent
+  image               image reference (default: from `image.*`/`global.imageRegistry` with `context`, else the
+                      chart's appVersion image on ghcr.io)
+  imagePullPolicy     default `image.pullPolicy` with `context`, else IfNotPresent
   tokenDir            modes run, once: where the token files appear (default /var/run/secrets/label-studio): token,
                       authorization, expires_at, swapped atomically through a ..data symlink. Mount the directory,
                       never a subPath.
@@ -63,7 +70,8 @@ The config dict has these keys (all but url and patSecret.name optional); unknow
   env                 map of extra environment variables, e.g. {LS_REFRESH_FRACTION: "0.5"}
   resources           container resources (default 10m/32Mi requests, 200m/64Mi limits)
   securityContext     container securityContext (default: non-root 65532, read-only root FS, no capabilities,
-                      no privilege escalation, seccomp RuntimeDefault)
+                      no privilege escalation, seccomp RuntimeDefault; on OpenShift, with `context`, without the
+                      pinned UID/GID)
 */}}
 
 {{- define "ls-token-refresher.sidecar.defaultImage" -}}
@@ -143,6 +151,26 @@ limits:
 {{- if and $proxyTimeout (not (regexMatch "^([0-9]+(ms|s|m|h))+$" $proxyTimeout)) }}
 {{- fail (printf "ls-token-refresher sidecar: proxyTimeout must be a duration such as 120s or 2m, not %q" $proxyTimeout) }}
 {{- end }}
+{{- /* This chart's own context as the including chart sees it (see the top of this file). */}}
+{{- $sub := dict }}
+{{- with .context }}
+{{- if eq .Chart.Name "ls-token-refresher" }}
+{{- $sub = . }}
+{{- else }}
+{{- $sub = index (.Subcharts | default dict) "ls-token-refresher" | default dict }}
+{{- if not $sub }}
+{{- fail "ls-token-refresher sidecar: context has no subchart named ls-token-refresher; under an alias pass (index $.Subcharts \"<alias>\")" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $image := include "ls-token-refresher.sidecar.defaultImage" . }}
+{{- $pullPolicy := "IfNotPresent" }}
+{{- $sc := include "ls-token-refresher.sidecar.defaultSecurityContext" . | fromYaml }}
+{{- if $sub }}
+{{- $image = include "ls-token-refresher.image" $sub }}
+{{- $pullPolicy = $sub.Values.image.pullPolicy | default $pullPolicy }}
+{{- $sc = include "ls-token-refresher.securityContext" (dict "context" $sub "sc" $sc) | fromYaml }}
+{{- end }}
 {{- $pat := $c.patSecret | default dict }}
 {{- $ca := $c.caBundle | default dict }}
 url: {{ required "ls-token-refresher sidecar: config.url (Label Studio base URL) is required" $c.url | quote }}
@@ -157,8 +185,8 @@ proxyTimeout: {{ $proxyTimeout | quote }}
 proxyUpstreamHost: {{ $bools.proxyUpstreamHost }}
 apiKeyPlaceholder: {{ $c.apiKeyPlaceholder | default "placeholder-not-a-token" | quote }}
 name: {{ $c.name | default (ternary "ls-token-refresher-init" "ls-token-refresher" (eq $mode "once")) | quote }}
-image: {{ $c.image | default (include "ls-token-refresher.sidecar.defaultImage" .) | quote }}
-imagePullPolicy: {{ $c.imagePullPolicy | default "IfNotPresent" }}
+image: {{ $c.image | default $image | quote }}
+imagePullPolicy: {{ $c.imagePullPolicy | default $pullPolicy }}
 tokenDir: {{ $c.tokenDir | default "/var/run/secrets/label-studio" | quote }}
 volumeName: {{ $c.volumeName | default "ls-token" | quote }}
 fileMode: {{ $c.fileMode | default "0640" | toString | quote }}
@@ -174,7 +202,7 @@ env:
 resources:
   {{- $c.resources | default (include "ls-token-refresher.sidecar.defaultResources" . | fromYaml) | toYaml | nindent 2 }}
 securityContext:
-  {{- $c.securityContext | default (include "ls-token-refresher.sidecar.defaultSecurityContext" . | fromYaml) | toYaml | nindent 2 }}
+  {{- $c.securityContext | default $sc | toYaml | nindent 2 }}
 {{- end }}
 
 {{- define "ls-token-refresher.sidecar.container" -}}

@@ -34,7 +34,7 @@ use ls_token_refresher_e2e::{
     repo_root,
 };
 
-const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
+const CRD_KINDS: &[&str] = &["ServiceMonitor", "PodMonitor", "PrometheusRule"];
 
 /// Renders the chart with a value set from tests/chart/values into `namespace`.
 async fn render_chart(values: &str, namespace: &str) -> String {
@@ -129,8 +129,8 @@ async fn chart_and_deploy_manifests_pass_server_side_dry_run_on_1_20() {
             dropped.sort();
             assert_eq!(
                 dropped,
-                ["PrometheusRule", "ServiceMonitor"],
-                "full renders both CRs"
+                ["PodMonitor", "PrometheusRule", "ServiceMonitor"],
+                "full renders the three CRs"
             );
         }
         let out = dry_run(&server, &format!("chart-{values}"), &yaml, &[]).await;

@@ -58,7 +58,7 @@ seccompProfile:
     {{- include "examples.containerSecurityContext" . | nindent 4 }}
   volumeMounts:
     # The whole directory, read-only (a subPath mount would never see a new token).
-    {{- include "ls-token-refresher.sidecar.volumeMount" (dict "config" .Values.tokenRefresher) | nindent 4 }}
+    {{- include "ls-token-refresher.sidecar.volumeMount" (dict "config" .Values.tokenRefresher "context" $) | nindent 4 }}
     - name: tmp
       mountPath: /tmp
 {{- end }}

@@ -1,6 +1,8 @@
 //! The Helm chart in Secret mode on a real kubelet, installed with nothing but the image, the Label
 //! Studio URL, `hostNetwork` and a free admin port set (plus the admin server on the node's loopback,
 //! see [`install`]); token lifetimes come from Label Studio, the refresher's timing is the chart's.
+//! The readiness test ends with `helm test` on its install: the check pod passes with the good PAT and
+//! fails, naming the reason, after Label Studio revoked it.
 
 use std::time::Duration;
 
@@ -368,6 +370,81 @@ async fn chart_readiness_follows_the_token_through_a_label_studio_outage() {
     assert_eq!(restarts(&ready), Some(0));
     let new_exp = assert_target_current(&scope, &ls).await;
     assert!(new_exp > exp, "the Secret holds a new token");
+
+    // `helm test` on the same install (no second install: the pod tests' wall time): the release's check
+    // pod passes with the good PAT, having tried every step against the real Label Studio and Secret...
+    let (passed, log) = helm_test(&scope).await;
+    assert!(passed, "helm test failed with a good PAT:\n{log}");
+    for step in ["PAT", "reachable", "exchange", "api", "target secret"] {
+        assert!(
+            log.contains(&format!("[ok]   {step}:")),
+            "no passing step {step:?} in the check's report:\n{log}"
+        );
+    }
+    assert!(!log.contains("[FAIL]"), "{log}");
+    // ... and fails, naming the reason, once Label Studio has revoked that PAT.
+    ls.api().blacklist(&pat).await;
+    let (passed, log) = helm_test(&scope).await;
+    assert!(!passed, "helm test passed with a revoked PAT:\n{log}");
+    assert!(
+        log.contains("[FAIL] exchange:") && log.to_lowercase().contains("blacklisted"),
+        "the failed step and Label Studio's reason are not in the report:\n{log}"
+    );
+    assert!(!log.contains(&pat), "the report shows the PAT");
+}
+
+/// The `helm test` pod of the chart (templates/tests/check-pod.yaml).
+const TEST_POD: &str = "ls-token-refresher-test-check";
+
+/// `helm test` of the release: whether helm reports success, and the test pod's log (the check's
+/// report), read from the API so it is there whatever helm prints on failure.
+async fn helm_test(scope: &Scope) -> (bool, String) {
+    let t0 = std::time::Instant::now();
+    let out = helm(
+        &[
+            "test",
+            RELEASE,
+            "--namespace",
+            scope.ns(),
+            "--timeout",
+            "120s",
+        ],
+        Some(&scope.node.kubeconfig()),
+    )
+    .await;
+    let helm_says = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = scope
+        .pods()
+        .logs(
+            TEST_POD,
+            &kube::api::LogParams {
+                container: Some("check".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("no log of {TEST_POD}: {e}\nhelm: {helm_says}"));
+    let phase = scope
+        .pod(TEST_POD)
+        .await
+        .status
+        .and_then(|s| s.phase)
+        .unwrap_or_default();
+    eprintln!(
+        "helm test: {phase} in {:.1} s (pod start + check)\n{log}",
+        t0.elapsed().as_secs_f64()
+    );
+    // helm's verdict and the pod's must agree.
+    assert_eq!(
+        out.status.success(),
+        phase == "Succeeded",
+        "helm says {helm_says}, the pod is {phase}"
+    );
+    (out.status.success(), log)
 }
 
 /// `lastTransitionTime` of the pod's Ready condition (Unix seconds, 1 s resolution).

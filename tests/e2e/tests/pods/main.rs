@@ -13,7 +13,8 @@
 //!
 //! - [`chart`]: `helm install` → Ready pod with the chart's securityContext as the kernel applied it →
 //!   target Secret current and accepted; the kubelet's Secret propagation delay measured against
-//!   `--propagation-margin`; readiness through a Label Studio outage.
+//!   `--propagation-margin`; readiness through a Label Studio outage; then `helm test` on that install
+//!   (passes with the good PAT, fails naming the reason once Label Studio revoked it).
 //! - [`classic_sidecar`]: a consumer under another uid reads the token per request across three
 //!   lifetimes; pod deletion stops the sidecar with exit 0, files intact until then.
 //! - [`job_once`]: the Job completes and its task used the token.
