@@ -515,49 +515,51 @@ mod tests {
     }
 
     #[test]
-    fn locations_map_back_to_the_proxy() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::LOCATION,
-            HeaderValue::from_static("https://ls.example/ls/projects/1/"),
-        );
-        map_location_back(
-            &mut h,
-            "https://ls.example/ls",
-            &HeaderValue::from_static("127.0.0.1:9418"),
-        );
-        assert_eq!(h[header::LOCATION], "http://127.0.0.1:9418/projects/1/");
-        // Only on a boundary: another host or a longer path segment is left alone.
-        for other in [
-            "https://ls.example/lsx/projects/",
-            "https://ls.example.org/x",
-            "https://ls.example:8443/ls/x",
+    fn locations_map_back_to_the_proxy_on_a_boundary_only() {
+        let proxy = "http://127.0.0.1:9418";
+        for (upstream, location, mapped) in [
+            (
+                "https://ls.example/ls",
+                "https://ls.example/ls/projects/1/",
+                true,
+            ),
+            ("https://ls.example/ls", "https://ls.example/ls", true),
+            (
+                "https://ls.example/ls",
+                "https://ls.example/ls?next=1",
+                true,
+            ),
+            (
+                "https://ls.example",
+                "https://ls.example/lsx/projects/",
+                true,
+            ),
+            // Another path segment, another host, another port: left alone.
+            (
+                "https://ls.example/ls",
+                "https://ls.example/lsx/projects/",
+                false,
+            ),
+            ("https://ls.example", "https://ls.example.org/x", false),
+            ("https://ls.example", "https://ls.example:8443/ls/x", false),
         ] {
             let mut h = HeaderMap::new();
-            h.insert(header::LOCATION, HeaderValue::from_str(other).unwrap());
+            h.insert(header::LOCATION, HeaderValue::from_str(location).unwrap());
             map_location_back(
                 &mut h,
-                "https://ls.example",
+                upstream,
                 &HeaderValue::from_static("127.0.0.1:9418"),
             );
-            let want = if other.starts_with("https://ls.example/") {
-                // `/lsx/…` is under `https://ls.example` (no prefix): mapped.
-                other.replacen("https://ls.example", "http://127.0.0.1:9418", 1)
+            let want = if mapped {
+                location.replacen(upstream, proxy, 1)
             } else {
-                other.to_owned()
+                location.to_owned()
             };
-            assert_eq!(h[header::LOCATION], want.as_str(), "{other}");
+            assert_eq!(
+                h[header::LOCATION],
+                want.as_str(),
+                "{upstream} + {location}"
+            );
         }
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::LOCATION,
-            HeaderValue::from_static("https://ls.example/lsx/projects/"),
-        );
-        map_location_back(
-            &mut h,
-            "https://ls.example/ls",
-            &HeaderValue::from_static("127.0.0.1:9418"),
-        );
-        assert_eq!(h[header::LOCATION], "https://ls.example/lsx/projects/");
     }
 }
