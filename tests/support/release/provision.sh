@@ -63,7 +63,8 @@ cargo_tool() {
   t=$(cache_tmp "$RT" "$crate")
   CARGO_TARGET_DIR=$t/target cargo install --quiet --locked --root "$t" "$crate@$version" >&2
   rm -rf "$t/target" "$t/.crates.toml" "$t/.crates2.json"
-  "$t/bin/$bin" --version >&2
+  # A cargo plugin run directly takes its subcommand name first, as cargo passes it.
+  "$t/bin/$bin" "${bin#cargo-}" --version >&2
   rm -rf "$dir"
   mv "$t" "$dir"
 }
