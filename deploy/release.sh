@@ -135,8 +135,8 @@ awk -v v="$VERSION" '
     on' "$REPO/CHANGELOG.md" >"$OUT/RELEASE-NOTES.md"
 [[ -s "$OUT/RELEASE-NOTES.md" ]] || { log "no section for $VERSION in CHANGELOG.md"; exit 1; }
 
-(cd "$OUT" && find . -maxdepth 1 -type f ! -name SHA256SUMS -printf '%f\n' | LC_ALL=C sort \
-    | xargs sha256sum >SHA256SUMS)
+sums=$(cd "$OUT" && find . -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort | xargs sha256sum)
+printf '%s\n' "$sums" >"$OUT/SHA256SUMS"
 log "dist: $OUT"
 cat "$OUT/SHA256SUMS" >&2
 echo "$OUT"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The release, the forge workflows and the dependency policy:
-#   - actionlint on .github/workflows (and a broken workflow it must reject);
+#   - shellcheck on the release scripts; actionlint (with shellcheck on `run:` scripts) on .github/workflows, and a
+#     broken workflow it must reject;
 #   - cargo-deny, offline: licenses, bans, duplicate crates, sources (deny.toml; and a policy it must reject);
 #   - deploy/release.sh refuses to run when a version disagrees (Cargo.toml, Chart.yaml version/appVersion, the
 #     chart's default image tag, deploy/*.yaml, CHANGELOG.md, the VERSION argument) or the tree is dirty;
@@ -69,6 +70,10 @@ trap 'rm -rf "$work"' EXIT
 VERSION=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["package"]["version"])' \
   "$root/Cargo.toml")
 
+# ---- the release scripts ---------------------------------------------------------------------------------------
+check "shellcheck the release scripts" "$SHELLCHECK" -x -P SCRIPTDIR "$root/deploy/release.sh" \
+  "$root/deploy/package-chart.sh" "$root/tests/release/check.sh" "$root/tests/support/release/provision.sh"
+
 # ---- forge workflows -----------------------------------------------------------------------------------------
 check "actionlint .github/workflows" "$ACTIONLINT" -no-color "$root"/.github/workflows/*.yml
 mkdir -p "$work/wf"
@@ -87,6 +92,10 @@ refuses "actionlint rejects a broken workflow (control)" 'timeout-minute|nonexis
 
 # ---- dependency policy ---------------------------------------------------------------------------------------
 # --offline: no advisory database and no index fetch here; advisories run in .github/workflows/ci.yml.
+# The crates of every platform in Cargo.lock (cargo metadata, which cargo-deny reads, wants them all; a fresh
+# machine's builds fetched only Linux ones). From crates.io; a no-op when present.
+(cd "$root" && cargo fetch --locked --quiet) || bad "cargo fetch --locked"
+# shellcheck disable=SC2317  # called through check/refuses
 deny() { (cd "$root" && cargo deny --offline --log-level error "$@"); }
 check "cargo deny --offline check licenses bans sources" deny check licenses bans sources
 # The policy must be able to fail: the same deny.toml without the licence most of the tree uses.
@@ -114,7 +123,7 @@ mutation() {
   fi
   refuses "release refuses: $name" "$pattern" \
     env CARGO_TARGET_DIR="$d/target" bash "$d/deploy/release.sh" "$VERSION" --out "$d/dist"
-  [ ! -e "$d/dist" ] && [ ! -e "$d/target" ] || bad "refuses: $name — but it built something"
+  if [ -e "$d/dist" ] || [ -e "$d/target" ]; then bad "refuses: $name — but it built something"; fi
   rm -rf "$d"
 }
 mutation "Cargo.toml version" Cargo.toml '0,/^version = ".*"/s//version = "9.9.9"/' 'Cargo.toml: \[package\] version'
@@ -184,7 +193,7 @@ done
 check "sha256sum -c SHA256SUMS" bash -c "cd '$A' && sha256sum --strict -c SHA256SUMS"
 expected_files=$(printf '%s\n' RELEASE-NOTES.md SHA256SUMS "ls-token-refresher-$VERSION-$(rustc -vV | sed -n 's/^host: //p')" \
   "ls-token-refresher-$VERSION.cdx.json" "ls-token-refresher-$VERSION.tgz" "ls-token-refresher-image-$VERSION.tar" | LC_ALL=C sort)
-check "dist/ holds exactly the six artifacts" diff <(printf '%s\n' "$expected_files") <(ls "$A" | LC_ALL=C sort)
+check "dist/ holds exactly the six artifacts" diff <(printf '%s\n' "$expected_files") <(find "$A" -mindepth 1 -printf '%f\n' | LC_ALL=C sort)
 
 bin=$(ls "$A"/ls-token-refresher-"$VERSION"-*)
 check "the binary says $VERSION" bash -c "'$bin' --version | grep -qx 'ls-token-refresher $VERSION'"

