@@ -100,8 +100,12 @@ deny() { (cd "$root" && cargo deny --offline --log-level error "$@"); }
 check "cargo deny --offline check licenses bans sources" deny check licenses bans sources
 # The policy must be able to fail: the same deny.toml without the licence most of the tree uses.
 sed '/^ *"Apache-2.0",/d' "$root/deny.toml" >"$work/deny-no-apache.toml"
-refuses "cargo deny rejects a licence outside the allow list (control)" 'rejected|not explicitly allowed' \
-  deny check --config "$work/deny-no-apache.toml" licenses
+refuses "cargo deny rejects a licence outside the allow list (control)" 'license is not explicitly allowed' \
+  deny --config "$work/deny-no-apache.toml" check licenses
+# ... and a duplicate crate that deny.toml does not list (all listed ones removed).
+sed '/^skip = \[/,/^\]/d' "$root/deny.toml" >"$work/deny-no-skips.toml"
+refuses "cargo deny rejects an unlisted duplicate crate (control)" 'found 2 duplicate entries for crate' \
+  deny --config "$work/deny-no-skips.toml" check bans
 
 # ---- version agreement -------------------------------------------------------------------------------------
 check "deploy/release.sh --check $VERSION (the tree agrees)" bash "$root/deploy/release.sh" --check "$VERSION"
@@ -186,16 +190,22 @@ if [ ! -s "$A/SHA256SUMS" ] || [ ! -s "$B/SHA256SUMS" ]; then
 fi
 
 check "SHA256SUMS identical from two clones at different paths" diff "$A/SHA256SUMS" "$B/SHA256SUMS"
-for f in "ls-token-refresher-$VERSION-"* "ls-token-refresher-image-$VERSION.tar" "ls-token-refresher-$VERSION.tgz" \
+host=$(rustc -vV | sed -n 's/^host: //p')
+for f in "ls-token-refresher-$VERSION-$host" "ls-token-refresher-image-$VERSION.tar" "ls-token-refresher-$VERSION.tgz" \
   "ls-token-refresher-$VERSION.cdx.json" RELEASE-NOTES.md; do
   check "identical: $f" cmp "$A/$f" "$B/$f"
 done
+# The image digest (what a registry and `ctr images ls` show), read from each archive's OCI index.
+digest_of() { tar -xOf "$1" index.json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["digest"])'; }
+da=$(digest_of "$A/ls-token-refresher-image-$VERSION.tar")
+db=$(digest_of "$B/ls-token-refresher-image-$VERSION.tar")
+if [[ "$da" == sha256:* && "$da" == "$db" ]]; then ok "image digest identical: $da"; else bad "image digests: '$da' vs '$db'"; fi
 check "sha256sum -c SHA256SUMS" bash -c "cd '$A' && sha256sum --strict -c SHA256SUMS"
-expected_files=$(printf '%s\n' RELEASE-NOTES.md SHA256SUMS "ls-token-refresher-$VERSION-$(rustc -vV | sed -n 's/^host: //p')" \
+expected_files=$(printf '%s\n' RELEASE-NOTES.md SHA256SUMS "ls-token-refresher-$VERSION-$host" \
   "ls-token-refresher-$VERSION.cdx.json" "ls-token-refresher-$VERSION.tgz" "ls-token-refresher-image-$VERSION.tar" | LC_ALL=C sort)
 check "dist/ holds exactly the six artifacts" diff <(printf '%s\n' "$expected_files") <(find "$A" -mindepth 1 -printf '%f\n' | LC_ALL=C sort)
 
-bin=$(ls "$A"/ls-token-refresher-"$VERSION"-*)
+bin=$A/ls-token-refresher-$VERSION-$host
 check "the binary says $VERSION" bash -c "'$bin' --version | grep -qx 'ls-token-refresher $VERSION'"
 # The remapping at work: no path of either clone, CARGO_HOME or the toolchain is left in the binary.
 for p in "$clone_a" "$clone_b" "${CARGO_HOME:-$HOME/.cargo}" "$(rustc --print sysroot)" "$LSTR_CACHE/target-release-a"; do
@@ -226,7 +236,6 @@ check "chart package renders the $VERSION image by default" bash -c \
      | grep -Eq 'image: \"?ghcr.io/ls-token-refresher/ls-token-refresher:$VERSION\"?\$'"
 
 # What the binary links, by cargo's own resolution: the SBOM must list all of it.
-host=$(rustc -vV | sed -n 's/^host: //p')
 (cd "$clone_a" && cargo tree --offline --locked -e normal --target "$host" -p ls-token-refresher --prefix none \
   --format '{p}') >"$work/tree.txt" 2>"$work/tree.err" || bad "cargo tree of the release" "$(cat "$work/tree.err")"
 check "SBOM: CycloneDX 1.5 of every crate in the binary, versions from Cargo.lock, no dev-only crates, no build path" \
