@@ -101,8 +101,15 @@ unset RUSTFLAGS
 export CFLAGS="${cflags[*]}"
 export CARGO_TARGET_DIR="$TARGET_DIR"
 
+# dist/ is emptied first, so that SHA256SUMS covers exactly this release; a directory holding anything else is not
+# ours to empty (a mistyped --out must not delete a work tree).
+if [[ -d "$OUT" && -n "$(ls -A "$OUT")" && ! -f "$OUT/SHA256SUMS" ]]; then
+    log "refusing to empty $OUT: it is not empty and holds no SHA256SUMS of an earlier release"
+    exit 1
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
 log "commit $COMMIT (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH), target dir $TARGET_DIR"
 log "cargo build --release --locked --bin ls-token-refresher (~3 min cold on 2 cores: opt-level z, fat LTO)"
 (cd "$REPO" && cargo build --release --locked --bin ls-token-refresher >&2)
