@@ -13,7 +13,8 @@
 #
 # The two release builds dominate (opt-level z + fat LTO: ~163 s each cold on an idle 2-core machine). Measured here
 # on 2 cores shared with three other engineers' builds (load average 7-10): cold 581 s + 730 s; warm (cached target
-# dirs, a new commit) 104 s + 116 s, the whole script ~4.5 min. The clones live at fixed
+# dirs, a new commit) 104 s + 116 s, the whole script ~4.5 min; at load 2.5, 91 s + 94 s, the whole script 190 s.
+# The clones live at fixed
 # paths under $LSTR_CACHE and each has its own cached target dir there, so a warm run rebuilds only what changed
 # (the remapped paths are part of RUSTFLAGS, which cargo fingerprints: fixed paths keep the dependencies fresh).
 # Ends with "release-checks: N passed, M failed" and exits non-zero if anything failed.
