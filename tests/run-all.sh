@@ -4,7 +4,8 @@
 # scheduler built from Debian's sources, etcd, containerd/runc, helm/kubectl/promtool/kubernetes-validate/checkov, libfaketime),
 # then runs lints (whole workspace), the root crate's fast tests, the tests/e2e crate's tests against the real
 # Label Studio, kube-apiserver, Prometheus (fault injection included) and a real kubelet + containerd node
-# (the chart and deploy/ as pods, our image built without Docker), and the chart checks.
+# (the chart and deploy/ as pods, our image built without Docker), the chart checks, and the release checks (two
+# reproducible release builds from two clones, version agreement, actionlint, cargo-deny).
 # Measured on 2 cores (2026-11-30): cold (empty cache; apt packages already installed) 23 min 19 s, 4 min 37 s of
 # it provisioning; warm ~17 min, ~7 of them the pod tests (real token lifetimes and the kubelet's real 60 s Secret
 # sync, overlapping on one node).
@@ -19,7 +20,7 @@ trap 'rm -rf "$LOGS"' EXIT
 failures=()
 step() { echo; echo "==> $*"; }
 
-step "provisioning (cached): Label Studio, kube-apiserver + etcd, chart tools, libfaketime"
+step "provisioning (cached): Label Studio, kube-apiserver + etcd, chart tools, libfaketime, release tools"
 t0=$SECONDS
 pids=()
 bash tests/support/ls/provision.sh >"$LOGS/ls.log" 2>&1 & pids+=("$!:ls")
@@ -27,6 +28,7 @@ bash tests/support/kube/provision.sh >"$LOGS/kube.log" 2>&1 & pids+=("$!:kube")
 bash tests/support/tools/provision.sh >"$LOGS/tools.log" 2>&1 & pids+=("$!:tools")
 bash tests/support/node/provision.sh >"$LOGS/node.log" 2>&1 & pids+=("$!:node")
 bash tests/support/faketime/provision.sh >"$LOGS/faketime.log" 2>&1 & pids+=("$!:faketime")
+bash tests/support/release/provision.sh >"$LOGS/release.log" 2>&1 & pids+=("$!:release")
 for entry in "${pids[@]}"; do
   pid="${entry%%:*}"; name="${entry##*:}"
   if ! wait "$pid"; then
@@ -68,16 +70,24 @@ bash tests/chart/check.sh 2>&1 | tee "$LOGS/chart.log"
 cpassed=$(grep -Eo '^chart-checks: [0-9]+ passed' "$LOGS/chart.log" | grep -Eo '[0-9]+' | head -1)
 cfailed=$(grep -Eo '^chart-checks: [0-9]+ passed, [0-9]+ failed' "$LOGS/chart.log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+')
 
+step "release: reproducible artifacts from two clones, version agreement, workflows (actionlint), cargo-deny"
+bash tests/release/check.sh 2>&1 | tee "$LOGS/release-checks.log"
+[[ "${PIPESTATUS[0]}" == 0 ]] || failures+=("release checks")
+rpassed=$(grep -Eo '^release-checks: [0-9]+ passed' "$LOGS/release-checks.log" | grep -Eo '[0-9]+' | head -1)
+rfailed=$(grep -Eo '^release-checks: [0-9]+ passed, [0-9]+ failed' "$LOGS/release-checks.log" | grep -Eo '[0-9]+ failed' | grep -Eo '[0-9]+')
+[[ -n "$rpassed" ]] || rfailed=1 # it died before its closing line
+
 echo
 echo "==> summary"
 grep -E '^test result:' "$LOGS/cargo-test.log" || true
 grep -E '^chart-checks:' "$LOGS/chart.log" || true
+grep -E '^release-checks:' "$LOGS/release-checks.log" || true
 lint_failed=0
 for f in "${failures[@]:-}"; do
   [[ "$f" == fmt || "$f" == clippy || "$f" == "cargo build" ]] && lint_failed=$((lint_failed + 1))
 done
-total_passed=$((passed + ${cpassed:-0}))
-total_failed=$((failed + ${cfailed:-0} + lint_failed))
+total_passed=$((passed + ${cpassed:-0} + ${rpassed:-0}))
+total_failed=$((failed + ${cfailed:-0} + ${rfailed:-0} + lint_failed))
 if ((${#failures[@]})); then echo "failed steps: ${failures[*]}"; fi
 echo "run-all: ${total_passed} passed, ${total_failed} failed"
 ((${#failures[@]} == 0))

@@ -8,7 +8,11 @@
 //! `system:serviceaccounts:<ns>` and `system:authenticated`, so RBAC decides the same for both. A pod's
 //! token is also bound to the pod object, which only ends its validity when the pod goes away.
 
-use std::{path::PathBuf, process::Output};
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+};
 
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
@@ -28,6 +32,40 @@ pub const CHART: &str = "charts/ls-token-refresher";
 pub const FULLNAME: &str = "ls-token-refresher";
 /// Token lifetime asked of the TokenRequest API (its minimum is 10 minutes; tests are shorter).
 const TOKEN_SECONDS: i64 = 3600;
+
+/// The chart as the release ships it: `deploy/package-chart.sh`, the code path `deploy/release.sh`
+/// packages it with (a reproducible `helm package`), run once per test process into a temporary
+/// directory that lives as long as the process. Returns the `.tgz`; `helm install NAME <it>`.
+pub fn packaged() -> &'static Path {
+    static PACKAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_dir, tgz) = PACKAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir for the chart package");
+        let env = crate::tools::tools_env();
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(r#"source "$0" && exec bash deploy/package-chart.sh "$1""#)
+            .arg(env)
+            .arg(dir.path())
+            .current_dir(crate::repo_root())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run deploy/package-chart.sh");
+        assert!(
+            out.status.success(),
+            "deploy/package-chart.sh failed ({}):\n{}",
+            out.status,
+            text(&out.stderr)
+        );
+        let tgz = PathBuf::from(text(&out.stdout).trim());
+        assert!(
+            tgz.starts_with(dir.path()) && tgz.extension().is_some_and(|e| e == "tgz"),
+            "deploy/package-chart.sh printed {}",
+            tgz.display()
+        );
+        (dir, tgz)
+    });
+    tgz
+}
 
 /// `helm ARGS...` with the provisioned helm and its writable homes, in the repository root.
 pub async fn helm(args: &[&str]) -> Output {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use ls_token_refresher_e2e::{
+    chart,
     clock::unix_now,
     free_port,
     kube_api::data_of,
@@ -31,7 +32,8 @@ const CONTAINER: &str = "ls-token-refresher";
 const MARGIN_SECS: f64 = 90.0;
 const MIN_LEAD_SECS: f64 = 30.0;
 
-/// `helm install` of charts/ls-token-refresher into the scope's namespace, the PAT Secret created
+/// `helm install` of the chart as the release packages it ([`chart::packaged`]: deploy/package-chart.sh,
+/// which deploy/release.sh runs) into the scope's namespace, the PAT Secret created
 /// first (the chart reads an existing one). Values: our image, `labelStudio.url`, `hostNetwork`, a
 /// free `admin.port` and `admin.address` 127.0.0.1 (on the host network 0.0.0.0 would be every
 /// interface of the machine). Waits for the Deployment (`helm --wait`), then checks the pod as the kubelet ran it:
@@ -49,10 +51,11 @@ async fn install(scope: &Scope, ls: &LabelStudio, pat: &str) -> Pod {
         format!("admin.port={admin}"),
         "admin.address=127.0.0.1".into(),
     ];
+    let package = chart::packaged().to_str().expect("UTF-8 temp path");
     let mut args = vec![
         "install",
         RELEASE,
-        "charts/ls-token-refresher",
+        package,
         "--namespace",
         scope.ns(),
         "--wait",
