@@ -270,13 +270,15 @@ pub fn one_line_error(err: &clap::Error) -> String {
         env_of(long)
     });
     let text = err.to_string();
-    let first = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid command line")
-        .trim_start_matches("error: ")
-        .to_owned();
+    // clap quotes the offending value itself (`invalid value '<value>' for …`, `unexpected argument
+    // '<value>'`), and a misplaced token is the usual offender.
+    let first = crate::secret::shown(
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .unwrap_or("invalid command line")
+            .trim_start_matches("error: "),
+    );
     match env {
         Some(env) => format!("error: {first} (flag or env {env}); see --help"),
         None => format!("error: {first}; see --help"),

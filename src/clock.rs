@@ -26,17 +26,26 @@ impl Mono {
     pub fn since(self, earlier: Mono) -> Duration {
         self.0.saturating_sub(earlier.0)
     }
-    /// `self + secs` for a signed number of seconds, clamped at zero.
+    /// `self + secs` for a signed number of seconds, clamped at zero (NaN moves nothing).
     pub fn offset_secs(self, secs: f64) -> Mono {
         if secs >= 0.0 {
-            self.after(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+            self.after(secs_to_duration(secs))
         } else {
-            Mono(
-                self.0
-                    .saturating_sub(Duration::try_from_secs_f64(-secs).unwrap_or(Duration::MAX)),
-            )
+            Mono(self.0.saturating_sub(secs_to_duration(-secs)))
         }
     }
+}
+
+/// The one conversion of a computed number of seconds into a [`Duration`]. Seconds computed from
+/// what Label Studio sends (claims, `Date`, `Retry-After`) can be negative, NaN or beyond any
+/// `Duration`, and `Duration::from_secs_f64` panics on each (with `panic = "abort"`: a crash loop
+/// from one hostile answer). Negative and NaN give zero, too large gives `Duration::MAX`; callers
+/// cap the result at their own bound.
+pub fn secs_to_duration(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 /// Why a sleep ended.
@@ -351,6 +360,20 @@ mod tests {
     }
 
     #[test]
+    fn seconds_convert_without_panicking() {
+        assert_eq!(secs_to_duration(f64::NAN), Duration::ZERO);
+        assert_eq!(secs_to_duration(-1e19), Duration::ZERO);
+        assert_eq!(secs_to_duration(f64::NEG_INFINITY), Duration::ZERO);
+        assert_eq!(secs_to_duration(1e30), Duration::MAX);
+        assert_eq!(secs_to_duration(f64::INFINITY), Duration::MAX);
+        assert_eq!(secs_to_duration(1.5), Duration::from_millis(1500));
+        assert_eq!(
+            Mono(Duration::from_secs(3)).offset_secs(f64::NAN),
+            Mono(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
     fn mono_arithmetic_saturates() {
         let m = Mono(Duration::from_secs(10));
         assert_eq!(m.offset_secs(-20.0), Mono(Duration::ZERO));
@@ -360,7 +383,7 @@ mod tests {
 
     /// The real kernel timers: a deadline fires on time, and setting the wall clock (to the value it
     /// already has, so nothing else on the machine notices) wakes a sleeper at once. Needs
-    /// CAP_SYS_TIME for the second half; without it that half is reported and skipped.
+    /// CAP_SYS_TIME for the second half; without it the test fails (see `skip`).
     #[tokio::test]
     async fn system_clock_wakes_for_deadlines_and_clock_steps() {
         let clock = SystemClock::new();
@@ -381,7 +404,10 @@ mod tests {
                 assert_eq!(woke, Wake::WallClockStepped);
                 assert!(clock.now().since(t1) < Duration::from_secs(1));
             }
-            Err(e) => eprintln!("skipping the clock-step half: clock_settime: {e}"),
+            Err(e) => crate::skip::cannot_run(
+                "system_clock_wakes_for_deadlines_and_clock_steps",
+                &format!("clock_settime(CLOCK_REALTIME) needs CAP_SYS_TIME ({e})"),
+            ),
         }
     }
 }

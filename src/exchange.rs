@@ -353,7 +353,7 @@ pub fn client_builder(
         .no_proxy();
     if let Some(path) = ca_file {
         let err = |cause: String| ClientError::CaFile {
-            path: path.display().to_string(),
+            path: crate::secret::shown_path(path),
             cause,
         };
         let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
@@ -782,18 +782,23 @@ pub fn extract_detail(body: &[u8], secret: Option<&Secret>) -> Option<String> {
     Some(d)
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date.
+/// Longest `Retry-After` honoured, in either form: a day is far beyond any sensible retry for a
+/// 5-minute token, and larger values (`99999999`, `Fri, 31 Dec 9999 …`) would park the loop while
+/// `/livez` stays green.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// `Retry-After` as delta-seconds or an HTTP-date, at most [`MAX_RETRY_AFTER`]; a date in the past
+/// means zero.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        // A day is far beyond any sensible retry for a 5-minute token; larger values are bogus.
-        return Some(Duration::from_secs(secs.min(86_400)));
-    }
-    let when = httpdate::parse_http_date(v).ok()?;
-    Some(
-        when.duration_since(std::time::SystemTime::now())
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
-    )
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 fn classify_transport(

@@ -21,6 +21,32 @@ pub struct Claims {
     pub iat: Option<i64>,
 }
 
+/// The last second a date can be written in RFC 3339 (9999-12-31T23:59:59Z): `expires_at` in the
+/// token directory and the Secret is written that way, and no Label Studio issues tokens beyond it.
+pub const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
+
+impl Claims {
+    /// Why an access token's `iat`/`exp` cannot be a real token's, or None. A claim outside
+    /// 1970..=9999 (JSON numbers like -1e19 saturate to `i64::MIN` on decoding) or an `iat` at or
+    /// after `exp` comes from something that is not Label Studio (or a broken one): refusing it at
+    /// receipt keeps absurd numbers out of every later computation and says so once, with a reason.
+    pub fn implausible_times(&self) -> Option<&'static str> {
+        let dated = |v: i64| (0..=MAX_NUMERIC_DATE).contains(&v);
+        if self.exp.is_some_and(|e| !dated(e)) {
+            return Some("access token whose exp is not a date between 1970 and 9999");
+        }
+        if self.iat.is_some_and(|i| !dated(i)) {
+            return Some("access token whose iat is not a date between 1970 and 9999");
+        }
+        match (self.iat, self.exp) {
+            (Some(iat), Some(exp)) if iat >= exp => {
+                Some("access token that expires before it was issued (iat >= exp)")
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What the user gave us as the "PAT".
 #[derive(Debug, Clone, PartialEq)]
 pub enum CredentialKind {

@@ -39,3 +39,6 @@ pub mod proxy;
 pub mod check;
 pub mod cli;
 pub mod cmd;
+
+#[cfg(test)]
+mod skip;

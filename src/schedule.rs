@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::values::{Dur, Fraction, PositiveDur};
+use crate::{
+    clock::secs_to_duration,
+    values::{Dur, Fraction, PositiveDur},
+};
 
 /// Refreshing more often than at this fraction of a token's lifetime gains nothing (every new token
 /// is just as long), so a lead time larger than the lifetime degrades to this instead of a hot loop.
@@ -176,9 +179,7 @@ pub fn plan(policy: &Policy, now: f64, iat: Option<i64>, exp: i64, rand01: f64) 
         .min(MAX_JITTER_FRACTION * lifetime);
     target -= jitter * rand01.clamp(0.0, 1.0);
     // A token claiming to live for centuries is still re-checked within the longest sane wait.
-    Plan::In(Duration::from_secs_f64(
-        (target - now).clamp(0.0, MAX_WAIT.as_secs_f64()),
-    ))
+    Plan::In(secs_to_duration(target - now).min(MAX_WAIT))
 }
 
 /// True when `policy`'s lead times cannot be honoured for tokens of `lifetime` seconds (worth a warning).

@@ -3,6 +3,8 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
+use crate::secret::shown;
+
 /// Longest accepted duration. No knob here means anything beyond a year, and the cap keeps every
 /// later `Instant + Duration` and lead-time sum far from overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
@@ -15,7 +17,10 @@ impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         parse_duration(s).map(Dur).ok_or_else(|| {
-            format!("'{s}' is not a duration up to 365d: write e.g. 90s, 5m, 1h30m or 250ms")
+            format!(
+                "'{}' is not a duration up to 365d: write e.g. 90s, 5m, 1h30m or 250ms",
+                shown(s)
+            )
         })
     }
 }
@@ -35,7 +40,7 @@ impl FromStr for PositiveDur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match Dur::from_str(s)? {
-            Dur(d) if d.is_zero() => Err(format!("'{s}' must be greater than 0")),
+            Dur(d) if d.is_zero() => Err(format!("'{}' must be greater than 0", shown(s))),
             Dur(d) => Ok(PositiveDur(d)),
         }
     }
@@ -89,7 +94,8 @@ impl FromStr for Fraction {
         match s.trim().parse::<f64>() {
             Ok(f) if f > 0.0 && f < 1.0 => Ok(Fraction(f)),
             _ => Err(format!(
-                "'{s}' must be a number between 0 and 1 (exclusive), e.g. 0.66"
+                "'{}' must be a number between 0 and 1 (exclusive), e.g. 0.66",
+                shown(s)
             )),
         }
     }
@@ -107,10 +113,12 @@ impl FromStr for FileMode {
         match u32::from_str_radix(t, 8) {
             Ok(m) if m <= 0o777 && m & 0o400 != 0 => Ok(FileMode(m)),
             Ok(_) => Err(format!(
-                "'{s}' must be an octal mode up to 0777 that the owner can read, e.g. 0600 or 0640"
+                "'{}' must be an octal mode up to 0777 that the owner can read, e.g. 0600 or 0640",
+                shown(s)
             )),
             Err(_) => Err(format!(
-                "'{s}' is not an octal file mode, e.g. 0600 or 0640"
+                "'{}' is not an octal file mode, e.g. 0600 or 0640",
+                shown(s)
             )),
         }
     }
@@ -184,20 +192,22 @@ impl FromStr for BaseUrl {
         let rest = t
             .strip_prefix("http://")
             .or_else(|| t.strip_prefix("https://"))
-            .ok_or_else(|| format!("'{s}' must start with http:// or https://"))?;
+            .ok_or_else(|| format!("'{}' must start with http:// or https://", shown(s)))?;
         if rest.is_empty() || rest.starts_with('/') {
-            return Err(format!("'{s}' has no host"));
+            return Err(format!("'{}' has no host", shown(s)));
         }
         if t.contains(['?', '#', ' ']) {
             return Err(format!(
-                "'{s}' must be a plain base URL without query, fragment or spaces"
+                "'{}' must be a plain base URL without query, fragment or spaces",
+                shown(s)
             ));
         }
         if t.contains('@') {
-            return Err(format!("'{s}': do not put credentials in the URL"));
+            // Not echoed: what is before the `@` is a password.
+            return Err("do not put credentials (user:password@) in the URL".to_owned());
         }
-        let parsed =
-            reqwest::Url::parse(t).map_err(|e| format!("'{s}' is not a valid URL: {e}"))?;
+        let parsed = reqwest::Url::parse(t)
+            .map_err(|e| format!("'{}' is not a valid URL: {e}", shown(s)))?;
         Ok(BaseUrl {
             text: t.to_owned(),
             parsed,
@@ -205,9 +215,10 @@ impl FromStr for BaseUrl {
     }
 }
 
+/// For messages: as written, except parts that look like a credential (see [`shown`]).
 impl fmt::Display for BaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(&shown(&self.text))
     }
 }
 
@@ -221,7 +232,8 @@ impl FromStr for ApiPath {
         let t = s.trim();
         if !t.starts_with('/') || t.contains(char::is_whitespace) {
             return Err(format!(
-                "'{s}' must be an absolute path like /api/current-user/whoami"
+                "'{}' must be an absolute path like /api/current-user/whoami",
+                shown(s)
             ));
         }
         Ok(ApiPath(t.to_owned()))
@@ -262,7 +274,8 @@ impl FromStr for ObjectRef {
         };
         if !valid(name) || ns.is_some_and(|n| !valid(n) || n.len() > 63 || n.contains('.')) {
             return Err(format!(
-                "'{s}' must be `name` or `namespace/name` (lowercase letters, digits, '-' and '.')"
+                "'{}' must be `name` or `namespace/name` (lowercase letters, digits, '-' and '.')",
+                shown(s)
             ));
         }
         Ok(ObjectRef {
@@ -274,9 +287,10 @@ impl FromStr for ObjectRef {
 
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A 40-hex legacy token is a valid object name: never shown.
         match &self.namespace {
-            Some(ns) => write!(f, "{ns}/{}", self.name),
-            None => f.write_str(&self.name),
+            Some(ns) => write!(f, "{}/{}", shown(ns), shown(&self.name)),
+            None => f.write_str(&shown(&self.name)),
         }
     }
 }

@@ -15,13 +15,54 @@ proptest::proptest! {
         ..proptest::prelude::ProptestConfig::default()
     })]
 
-    /// `Retry-After` parsing never panics and never asks for more than a day.
+    /// `Retry-After` parsing never panics and never asks for more than a day, for garbage and for
+    /// delta-seconds of any size.
     #[test]
     fn retry_after_is_bounded(s in "\\PC{0,40}", n in proptest::num::u64::ANY) {
         use ls_token_refresher::exchange::parse_retry_after;
         for v in [s.clone(), n.to_string(), format!(" {n} ")] {
             if let Some(d) = parse_retry_after(&v) {
                 proptest::prop_assert!(d <= Duration::from_secs(86_400));
+            }
+        }
+        proptest::prop_assert_eq!(
+            parse_retry_after(&n.to_string()),
+            Some(Duration::from_secs(n.min(86_400)))
+        );
+    }
+
+    /// Issue 14, finding 5: real HTTP-dates (IMF-fixdate, RFC 850 and asctime, each with the weekday
+    /// that matches the date, which the parser checks) in years 0000..=9999, and near-misses of
+    /// them. Every answer is capped at a day like the seconds form; a date in the past (1970 included)
+    /// means "now"; a date more than a day ahead means exactly a day; a date the parser cannot
+    /// represent (before 1970) means no `Retry-After`.
+    #[test]
+    fn retry_after_dates_are_capped_like_seconds(
+        date in http_date(),
+        garbage in "\\PC{0,6}",
+        cut in 0usize..40,
+    ) {
+        use ls_token_refresher::exchange::parse_retry_after;
+        let (text, unix, valid) = date;
+        let before = unix_now();
+        let got = parse_retry_after(&text);
+        let after = unix_now();
+        const DAY: i64 = 86_400;
+        if !valid {
+            proptest::prop_assert_eq!(got, None, "{}", text);
+        } else if unix <= before {
+            proptest::prop_assert_eq!(got, Some(Duration::ZERO), "{}", text);
+        } else if unix > after + DAY {
+            proptest::prop_assert_eq!(got, Some(Duration::from_secs(DAY as u64)), "{}", text);
+        } else {
+            let d = got.expect("a valid date within a day");
+            proptest::prop_assert!(d <= Duration::from_secs(DAY as u64), "{} -> {:?}", text, d);
+        }
+        // Near-misses: cut short, with something appended or prepended.
+        let cut_text: String = text.chars().take(cut).collect();
+        for v in [cut_text, format!("{text}{garbage}"), format!("{garbage}{text}")] {
+            if let Some(d) = parse_retry_after(&v) {
+                proptest::prop_assert!(d <= Duration::from_secs(DAY as u64), "{:?} -> {:?}", v, d);
             }
         }
     }
@@ -159,6 +200,81 @@ proptest::proptest! {
             proptest::prop_assert!(!d.contains(&pat[pat.len() - 10..]));
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// An HTTP-date in one of the three forms RFC 9110 lets a recipient accept, for a date in years
+/// 0000..=9999: (text, unix seconds, whether the parser must accept it). The weekday always
+/// matches the date (the parser checks it); RFC 850's two-digit year is read as 1970..=2069;
+/// nothing before 1970 is representable.
+fn http_date() -> impl proptest::strategy::Strategy<Value = (String, i64, bool)> {
+    use proptest::prelude::*;
+    let year = prop_oneof![
+        0i16..=9999,
+        1960i16..=2100,
+        Just(9999i16),
+        Just(1970i16),
+        Just(1969i16)
+    ];
+    (year, 1i8..=12, 1i8..=31, 0i8..24, 0i8..60, 0i8..60, 0u8..3).prop_filter_map(
+        "a day that exists in that month",
+        |(y, mo, d, h, mi, s, form)| {
+            let date = jiff::civil::date(y, mo, 1)
+                .checked_add(jiff::Span::new().days(i64::from(d) - 1))
+                .ok()?;
+            if date.month() != mo {
+                return None;
+            }
+            let at = date.at(h, mi, s, 0);
+            let unix = at
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .ok()?
+                .timestamp()
+                .as_second();
+            let day = at.strftime("%a").to_string();
+            let text = match form {
+                0 => at.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+                1 => format!(
+                    "{}, {}",
+                    at.strftime("%A"),
+                    at.strftime("%d-%b-%y %H:%M:%S GMT")
+                ),
+                _ => format!(
+                    "{day} {} {:>2} {} {:04}",
+                    at.strftime("%b"),
+                    d,
+                    at.strftime("%H:%M:%S"),
+                    y
+                ),
+            };
+            if form == 1 {
+                // The parser reads the two-digit year as 1970..=2069 and checks the weekday there:
+                // a date 400 years off has the same weekday and is (rightly) read as the near one.
+                let yy = y % 100;
+                let near = if yy < 70 { 2000 + yy } else { 1900 + yy };
+                let near_date = jiff::civil::Date::new(near, mo, d).ok();
+                return Some(match near_date.filter(|n| n.weekday() == date.weekday()) {
+                    Some(n) => (
+                        text,
+                        n.at(h, mi, s, 0)
+                            .to_zoned(jiff::tz::TimeZone::UTC)
+                            .ok()?
+                            .timestamp()
+                            .as_second(),
+                        true,
+                    ),
+                    None => (text, unix, false),
+                });
+            }
+            Some((text, unix, y >= 1970))
+        },
+    )
 }
 
 /// Regression: two duration parts that each fit but whose sum overflowed `Duration` made

@@ -54,12 +54,12 @@ impl<E: Exchange> Refresher<E> {
         match self.tell_kind(&pat)? {
             Usable::Pat { .. } => {
                 let (access, received, wall) = self.exchange_pat(&pat).await?;
+                let timing = self.time_token(&access, received, wall)?;
                 let auth = Authorization {
                     scheme: Scheme::Bearer,
                     token: access.token.clone(),
                 };
                 self.exchange.validate(&auth).await?;
-                let timing = self.time_token(&access, received, wall);
                 let set = TokenSet {
                     auth,
                     expires_at: Some(access.exp()),
@@ -118,7 +118,31 @@ impl<E: Exchange> Refresher<E> {
     }
 
     /// Step 4: anchor the new token's life on our clocks, measuring the offset to Label Studio's.
-    fn time_token(&mut self, access: &AccessToken, received: Mono, wall: f64) -> JwtTiming {
+    /// A token whose claims cannot be a real one (see [`jwt::Claims::implausible_times`]), or that
+    /// had expired when received (by Label Studio's own clock), is an answer Label Studio does not
+    /// give: refused here, before any arithmetic on its claims. It is reported (`invalid_response`),
+    /// retried on the backoff, never published, and never validated (an expired token's 401 would
+    /// otherwise blame the PAT). Not a configuration error: the server at `--url` does speak the
+    /// token API, so the loop keeps going instead of exiting.
+    fn time_token(
+        &mut self,
+        access: &AccessToken,
+        received: Mono,
+        wall: f64,
+    ) -> Result<JwtTiming, AttemptError> {
+        let refuse = |message: String| {
+            AttemptError::failed(
+                Reason::InvalidResponse,
+                Reason::InvalidResponse.summary(),
+                message,
+            )
+        };
+        if let Some(problem) = access.claims.implausible_times() {
+            return Err(refuse(format!(
+                "token refresh: {} answered with an {problem}; not using it",
+                self.exchange.base()
+            )));
+        }
         let iat = access.claims.iat;
         let (anchor, used, raw) = Anchor::measure(received, wall, iat.map(|i| i as f64));
         self.note_offset(used, raw);
@@ -136,7 +160,15 @@ impl<E: Exchange> Refresher<E> {
                 "access tokens live shorter than --min-lead plus --propagation-margin; refreshing at a quarter of their lifetime instead"
             );
         }
-        timing
+        if timing.expires() <= received {
+            return Err(refuse(format!(
+                "token refresh: {} answered with an access token that had already expired when it arrived (exp {}, Label Studio's clock {}); not using it",
+                self.exchange.base(),
+                rfc3339(timing.exp),
+                rfc3339(timing.anchor.ls_now(received) as i64)
+            )));
+        }
+        Ok(timing)
     }
 
     /// Records the measured offset to Label Studio's clock (metric; one warning when large).

@@ -17,10 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::{
     clock::manual::ManualClock,
-    exchange::{Accepted, AccessToken, Identity},
-    jwt::{self, tests::make_jwt},
+    exchange::{parse_refresh_body, Accepted, AccessToken, Identity, Reply},
+    jwt::tests::make_jwt,
     metrics::Metrics,
-    schedule::Policy,
+    schedule::{Policy, MAX_WAIT},
     secret::Secret,
     sink::SinkError,
     source::{channel, PatPublisher, PatState},
@@ -49,6 +49,13 @@ struct FakeLs {
     seen_auth: Mutex<Vec<String>>,
     health_probes: AtomicU32,
     times: Mutex<Vec<f64>>,
+    /// `iat` and `exp` as raw JSON text ("" leaves `iat` out) instead of a real token's: what a
+    /// hostile or broken server could put in the answer.
+    claims: Mutex<Option<(String, String)>>,
+    /// The `Date` validation answers report instead of Label Studio's clock.
+    date: Mutex<Option<Option<f64>>>,
+    /// Wakes waiters on every refresh request.
+    refreshed: Notify,
 }
 
 impl FakeLs {
@@ -68,6 +75,9 @@ impl FakeLs {
             seen_auth: Mutex::default(),
             health_probes: AtomicU32::new(0),
             times: Mutex::default(),
+            claims: Mutex::default(),
+            date: Mutex::default(),
+            refreshed: Notify::new(),
         })
     }
 
@@ -88,6 +98,17 @@ impl FakeLs {
     fn validations(&self) -> usize {
         self.seen_auth.lock().unwrap().len()
     }
+
+    /// Waits (on the paused clock, without polling) until `n` refreshes were asked for.
+    async fn until_refreshes(&self, n: usize) {
+        loop {
+            let notified = self.refreshed.notified();
+            if self.refreshes() >= n {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 fn network_error() -> ExchangeError {
@@ -105,6 +126,7 @@ impl Exchange for Arc<FakeLs> {
             .lock()
             .unwrap()
             .push(self.clock.now().0.as_secs_f64());
+        self.refreshed.notify_waiters();
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -115,15 +137,36 @@ impl Exchange for Arc<FakeLs> {
             scripted?;
         }
         let n = self.now();
+        let (iat, exp) = self.claims.lock().unwrap().clone().unwrap_or_else(|| {
+            (
+                n.to_string(),
+                (n + self.ttl.load(Ordering::SeqCst)).to_string(),
+            )
+        });
+        let iat = if iat.is_empty() {
+            String::new()
+        } else {
+            format!(r#","iat":{iat}"#)
+        };
         let token = make_jwt(&format!(
-            r#"{{"token_type":"access","iat":{n},"exp":{},"jti":"{}"}}"#,
-            n + self.ttl.load(Ordering::SeqCst),
+            r#"{{"token_type":"access"{iat},"exp":{exp},"jti":"{}"}}"#,
             fastrand::u64(..)
         ));
-        let claims = jwt::decode_claims(&token).unwrap();
-        Ok(AccessToken {
-            token: Secret::new(token),
-            claims,
+        // The answer goes through the same parsing as a real one.
+        let reply = Reply {
+            status: reqwest::StatusCode::OK,
+            retry_after: None,
+            server_date: None,
+            content_type: "application/json".into(),
+            body: serde_json::json!({ "access": token })
+                .to_string()
+                .into_bytes(),
+            truncated: false,
+        };
+        parse_refresh_body(&reply).map_err(|problem| ExchangeError::InvalidResponse {
+            what: "token refresh",
+            url: "http://fake".into(),
+            problem,
         })
     }
 
@@ -143,8 +186,9 @@ impl Exchange for Arc<FakeLs> {
             .unwrap()
             .pop_front()
             .unwrap_or(Ok(()))?;
+        let date = *self.date.lock().unwrap();
         Ok(Accepted {
-            server_date: Some(self.now() as f64),
+            server_date: date.unwrap_or(Some(self.now() as f64)),
         })
     }
 
@@ -886,4 +930,121 @@ async fn pat_changes_refresh_at_once_but_bounded() {
     let n = r.ls.refreshes();
     assert!((2..=3).contains(&n), "{n} exchanges for 100 changes in 1 s");
     stop(shutdown, task).await;
+}
+
+/// A claim value as the JSON text a hostile or broken server might send: `i64` extremes and
+/// neighbours, values near ±2^63 and ±1e19 written as floats (they saturate to `i64::MIN`/`MAX` on
+/// decoding), the edges of the dates RFC 3339 can write, arbitrary integers and floats, and
+/// realistic values around Label Studio's clock.
+fn hostile_claim() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        prop::sample::select(vec![
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775806",
+            "-9223372036854775807",
+            "9.223372036854776e18",
+            "-9.223372036854776e18",
+            "1e19",
+            "-1e19",
+            "10000000000000000000",
+            "-10000000000000000000",
+            "1.7976931348623157e308",
+            "-1e308",
+            "0",
+            "-1",
+            "253402300799",
+            "253402300800",
+        ])
+        .prop_map(str::to_owned),
+        any::<i64>().prop_map(|v| v.to_string()),
+        any::<f64>()
+            .prop_filter("JSON numbers are finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:e}")),
+        (-1_000_000i64..1_000_000).prop_map(|d| (WALL0 as i64 + d).to_string()),
+        (0i64..100_000).prop_map(|d| (WALL0 as i64 + d).to_string()),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 128,
+        failure_persistence: None,
+        ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Issue 14, finding 4: whatever `iat`/`exp` the exchange answer carries (absent, iat > exp,
+    /// iat = exp, i64 extremes, ±1e19) and whatever `Date` a later check reads, the whole
+    /// path (answer parsing → timing → schedule → backoff → health, in the real loop) never panics
+    /// and never wraps: the loop keeps running, consecutive exchanges are at least half a second
+    /// apart (a success waits `MIN_REFRESH_INTERVAL`, a failure at least half of
+    /// `--backoff-initial`) and at most `MAX_WAIT` apart, and a refused answer is reported as
+    /// `invalid_response`, never published.
+    #[test]
+    fn hostile_claims_keep_the_loop_running_within_bounds(
+        // `iat` may also be there and not a number (then it is ignored); an `exp` that is not a
+        // number makes the answer malformed, a start-up configuration error tested elsewhere.
+        iat in proptest::option::of(proptest::prop_oneof![
+            9 => hostile_claim(),
+            1 => proptest::sample::select(vec!["null".to_owned(), "\"1800000000\"".to_owned()]),
+        ]),
+        exp in hostile_claim(),
+        same in proptest::bool::weighted(0.1),
+        date in proptest::option::of(proptest::prop_oneof![
+            proptest::strategy::Just(f64::NAN),
+            proptest::strategy::Just(-1e19),
+            proptest::strategy::Just(1e19),
+            proptest::strategy::Just(f64::INFINITY),
+            proptest::strategy::Just(253_402_300_799.0),
+            (WALL0 - 1e9..WALL0 + 1e9),
+            (WALL0 - 2e5..WALL0 + 2e5),
+        ]),
+    ) {
+        let iat = if same { Some(exp.clone()) } else { iat };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            // The command line's defaults: 1 s first backoff step. A PAT that outlives the test's
+            // years of paused time (an expired PAT stops exchanges, rightly).
+            let pat = make_jwt(&format!(
+                r#"{{"token_type":"refresh","iat":{},"exp":{}}}"#,
+                WALL0 as i64,
+                WALL0 as i64 + 100 * 365 * 86_400
+            ));
+            let r = rig_with(1, &pat, Policy::default());
+            *r.ls.claims.lock().unwrap() = Some((iat.clone().unwrap_or_default(), exp.clone()));
+            *r.ls.date.lock().unwrap() = Some(date);
+            let (ls, clock, health, sink) = (r.ls.clone(), r.clock.clone(), r.health.clone(), r.sinks[0].clone());
+            let (shutdown, task) = spawn(r.refresher);
+            // Long enough for three of the longest waits: a loop parked for longer fails here.
+            let bound = MAX_WAIT * 3 + Duration::from_secs(3600);
+            let parked = |n| format!("iat {iat:?} exp {exp}: fewer than {n} exchanges within {bound:?}");
+            tokio::time::timeout(bound, ls.until_refreshes(3)).await.unwrap_or_else(|_| panic!("{}", parked(3)));
+            // A wall-clock step (to the same time) makes the loop check the token, reading the
+            // (hostile) `Date`.
+            clock.step_wall(0.0);
+            tokio::time::timeout(bound, ls.until_refreshes(5)).await.unwrap_or_else(|_| panic!("{}", parked(5)));
+            assert!(!task.is_finished(), "the loop ended: iat {iat:?} exp {exp}");
+            let times = ls.refresh_times();
+            for w in times.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(gap >= 0.5, "exchanges {gap} s apart (hot loop): iat {iat:?} exp {exp} date {date:?}");
+                assert!(gap <= MAX_WAIT.as_secs_f64() + 1.0, "exchanges {gap} s apart: iat {iat:?} exp {exp}");
+            }
+            if sink.count() == 0 {
+                let problem = health.problem().map(|(reason, _)| reason);
+                assert_eq!(problem, Some(Reason::InvalidResponse), "nothing published: iat {iat:?} exp {exp}");
+                assert!(health.ready().is_err());
+            }
+            for set in sink.sets.lock().unwrap().iter() {
+                let e = set.expires_at.expect("a JWT has an expiry");
+                assert!((0..=253_402_300_799).contains(&e), "published exp {e}");
+            }
+            stop(shutdown, task).await;
+        });
+    }
 }

@@ -7,8 +7,9 @@
 use std::time::Duration;
 
 use crate::{
-    clock::Mono,
-    schedule::{self, Plan, Policy, MIN_FRACTION},
+    clock::{secs_to_duration, Mono},
+    jwt::MAX_NUMERIC_DATE,
+    schedule::{self, Plan, Policy, MAX_WAIT, MIN_FRACTION},
 };
 
 /// Offsets up to this are clock agreement: `iat` and `Date` have one-second resolution and are
@@ -17,6 +18,24 @@ use crate::{
 pub const SKEW_TOLERANCE_SECS: f64 = 2.0;
 /// Offsets beyond this are worth one warning: the README's "clocks agree to ±5 s" is exceeded.
 pub const SKEW_WARN_SECS: f64 = 5.0;
+/// The shortest time from receiving a token to refreshing it again, whatever its claims and the
+/// clocks say: a server handing out tokens that are (or look) expired is asked at most once a
+/// second, as a flapping PAT source is (`wait::EXCHANGE_MIN_INTERVAL`).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Readings of Label Studio's clock further than this from ours are not believed. Real offsets are
+/// seconds (NTP) to hours (a wrong time zone setting, a restored VM); the README asks for ±5 s. One
+/// hostile `iat` or `Date` of year 9999 would otherwise move "Label Studio's time" by millennia: the
+/// current token would look expired, and so would the PAT, which stops every later exchange.
+pub const MAX_CLOCK_OFFSET_SECS: f64 = 86_400.0;
+
+/// True when `ls_seen` (unix seconds, an `iat` or a `Date`) is a reading of Label Studio's clock we
+/// believe, our wall clock reading `wall`: a date between 1970 and 9999 (not NaN, not ±1e19) within
+/// [`MAX_CLOCK_OFFSET_SECS`] of ours.
+pub fn believable(ls_seen: f64, wall: f64) -> bool {
+    (0.0..=MAX_NUMERIC_DATE as f64).contains(&ls_seen)
+        && (ls_seen - wall).abs() <= MAX_CLOCK_OFFSET_SECS
+}
 
 /// Label Studio's clock read `ls_time` (unix seconds) when ours read `at`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,7 +50,11 @@ impl Anchor {
     /// Anchors from one measurement of Label Studio's time `ls_seen` (an `iat` or a `Date`: whole
     /// seconds, rounded down) taken at our monotonic `at` and wall `wall`. Returns the anchor and
     /// the offset used (Label Studio minus us; 0 within [`SKEW_TOLERANCE_SECS`]) and the raw one.
+    ///
+    /// A reading that is not [`believable`] is not a measurement: the anchor is then our own wall
+    /// clock (and the raw offset returned is zero).
     pub fn measure(at: Mono, wall: f64, ls_seen: Option<f64>) -> (Anchor, f64, f64) {
+        let ls_seen = ls_seen.filter(|t| believable(*t, wall));
         let raw = ls_seen.map(|t| t - wall).unwrap_or(0.0);
         if raw.abs() <= SKEW_TOLERANCE_SECS {
             return (Anchor { at, ls_time: wall }, 0.0, raw);
@@ -74,10 +97,11 @@ impl JwtTiming {
         self.anchor.mono_at(self.exp as f64)
     }
 
-    /// The token's own lifetime (`exp - iat`), or what was left of it when received.
+    /// The token's own lifetime (`exp - iat`), or what was left of it when received. In `f64`:
+    /// claims are `i64` from outside, and their difference may not fit one.
     pub fn lifetime(&self) -> f64 {
         match self.iat {
-            Some(iat) if iat < self.exp => (self.exp - iat) as f64,
+            Some(iat) if iat < self.exp => self.exp as f64 - iat as f64,
             _ => (self.exp as f64 - self.anchor.ls_now(self.received)).max(0.0),
         }
     }
@@ -86,13 +110,15 @@ impl JwtTiming {
     /// lifetime after receipt (whatever the clocks say, a token is not refreshed in a hot loop) —
     /// unless a later measurement of Label Studio's clock shows the token has less than a quarter
     /// of its life left (then at once: each new token is anchored on its own `iat`, so this
-    /// cannot repeat).
+    /// cannot repeat). Whatever the claims, the answer lies between [`MIN_REFRESH_INTERVAL`] after
+    /// receipt (never a hot loop) and [`MAX_WAIT`] after `now` (never parked for good).
     pub fn refresh_at(&self, policy: &Policy, now: Mono) -> Mono {
-        let quarter = Duration::from_secs_f64(MIN_FRACTION * self.lifetime());
+        let quarter = secs_to_duration(MIN_FRACTION * self.lifetime());
         let floor = self
             .received
             .after(quarter)
-            .min(Mono(self.expires().0.saturating_sub(quarter)));
+            .min(Mono(self.expires().0.saturating_sub(quarter)))
+            .max(self.received.after(MIN_REFRESH_INTERVAL));
         let planned = match schedule::plan(
             policy,
             self.anchor.ls_now(now),
@@ -103,7 +129,8 @@ impl JwtTiming {
             Plan::In(d) => now.after(d),
             Plan::Expired | Plan::ClockBehind => now,
         };
-        planned.max(floor)
+        // `now` is never before receipt, so the cap never undercuts the one-second floor.
+        planned.max(floor).min(now.after(MAX_WAIT))
     }
 }
 

@@ -178,7 +178,12 @@ impl<E: Exchange> Refresher<E> {
         }
         match self.exchange.validate(&current.set.auth).await {
             Ok(accepted) => {
-                if let (Timing::Jwt(t), Some(date)) = (current.timing, accepted.server_date) {
+                // A `Date` beyond belief (year 9999, days off ours) re-times nothing.
+                let wall = self.clock.wall();
+                let date = accepted
+                    .server_date
+                    .filter(|d| super::timing::believable(*d, wall));
+                if let (Timing::Jwt(t), Some(date)) = (current.timing, date) {
                     let now = self.clock.now();
                     let predicted = t.anchor.ls_now(now);
                     // `Date` is whole seconds, rounded down: it may trail by up to a second.

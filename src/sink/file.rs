@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 use tokio::sync::OwnedMutexGuard;
 
 use super::{Sink, SinkError, TokenSet};
-use crate::clock::rfc3339;
+use crate::{clock::rfc3339, secret::shown_path};
 
 /// Visible file names (a contract with consumers).
 pub const FILES: [&str; 4] = ["token", "authorization", "expires_at", "token.json"];
@@ -98,7 +98,7 @@ impl FileSink {
                     summary: "a previous write of the token directory has not finished",
                     message: format!(
                         "a previous write to {} has not finished after {age:.0}s (is the file system stalled?); not starting another beside it",
-                        self.dir.display()
+                        shown_path(&self.dir)
                     ),
                 })
             }
@@ -123,16 +123,16 @@ impl FileSink {
                 .map_err(|e| {
                     err(format!(
                         "--token-dir {} does not exist and cannot be created: {e}",
-                        self.dir.display()
+                        shown_path(&self.dir)
                     ))
                 })?;
         }
         let meta = fs::metadata(&self.dir)
-            .map_err(|e| err(format!("--token-dir {}: {e}", self.dir.display())))?;
+            .map_err(|e| err(format!("--token-dir {}: {e}", shown_path(&self.dir))))?;
         if !meta.is_dir() {
             return Err(err(format!(
                 "--token-dir {} is not a directory",
-                self.dir.display()
+                shown_path(&self.dir)
             )));
         }
         // An unpredictable name, created exclusively: a planted file or symlink is never followed.
@@ -151,7 +151,7 @@ impl FileSink {
             .map_err(|e| {
                 err(format!(
                     "--token-dir {} is not writable: {e}",
-                    self.dir.display()
+                    shown_path(&self.dir)
                 ))
             })
     }
@@ -167,7 +167,7 @@ impl FileSink {
         let result = write_set(&self.dir, self.mode, self.group, set).map_err(|e| SinkError {
             sink: "file",
             summary: "writing the token directory failed",
-            message: format!("{}: {e}", self.dir.display()),
+            message: format!("{}: {e}", shown_path(&self.dir)),
         });
         drop(claim);
         result
@@ -180,7 +180,7 @@ impl Sink for FileSink {
     }
 
     fn describe(&self) -> String {
-        format!("directory {}", self.dir.display())
+        format!("directory {}", shown_path(&self.dir))
     }
 
     fn preflight(&self) -> BoxFuture<'_, Result<String, SinkError>> {
@@ -188,7 +188,7 @@ impl Sink for FileSink {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 this.check_writable()
-                    .map(|()| format!("{} is writable", this.dir.display()))
+                    .map(|()| format!("{} is writable", shown_path(&this.dir)))
             })
             .await
             .map_err(|e| SinkError {
@@ -495,8 +495,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let gid = 4242;
         if let Err(e) = std::os::unix::fs::chown(d.path(), None, Some(gid)) {
-            // Only root may give a directory to a group it is not in; CI runs as root.
-            eprintln!("skipping: chown to gid {gid}: {e}");
+            // Only root (CAP_CHOWN) may give a directory to a group it is not in; CI runs as root.
+            crate::skip::cannot_run(
+                "files_inherit_the_group_of_a_setgid_directory",
+                &format!("chown to gid {gid} needs root (CAP_CHOWN): {e}"),
+            );
             return;
         }
         fs::set_permissions(d.path(), fs::Permissions::from_mode(0o2770)).unwrap();

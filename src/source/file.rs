@@ -18,7 +18,10 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use super::{channel, PatHandle, PatPublisher, PatState, Problem};
-use crate::{metrics::Metrics, secret::Secret};
+use crate::{
+    metrics::Metrics,
+    secret::{shown_path, Secret},
+};
 
 /// Poll interval where no inotify events can be had: a rotated PAT is then picked up within this
 /// delay (a PAT changes rarely; a minute-scale delay costs ~1 wake-up a minute).
@@ -33,7 +36,7 @@ pub fn read_pat_file(path: &Path) -> PatState {
         Err(e) => {
             return PatState::Invalid(Problem::new(
                 "the PAT file cannot be read",
-                format!("cannot read PAT file {}: {e}", path.display()),
+                format!("cannot read PAT file {}: {e}", shown_path(path)),
             ))
         }
     };
@@ -42,7 +45,7 @@ pub fn read_pat_file(path: &Path) -> PatState {
             "the PAT file is too large to be a token",
             format!(
                 "PAT file {} is {} bytes: not a token (check --pat-file)",
-                path.display(),
+                shown_path(path),
                 meta.len()
             ),
         ));
@@ -54,7 +57,7 @@ pub fn read_pat_file(path: &Path) -> PatState {
                 if pat.is_empty() {
                     PatState::Invalid(Problem::new(
                         "the PAT file is empty",
-                        format!("PAT file {} is empty", path.display()),
+                        format!("PAT file {} is empty", shown_path(path)),
                     ))
                 } else {
                     PatState::Ready(pat)
@@ -62,12 +65,12 @@ pub fn read_pat_file(path: &Path) -> PatState {
             }
             Err(_) => PatState::Invalid(Problem::new(
                 "the PAT file is not text",
-                format!("PAT file {} is not UTF-8 text", path.display()),
+                format!("PAT file {} is not UTF-8 text", shown_path(path)),
             )),
         },
         Err(e) => PatState::Invalid(Problem::new(
             "the PAT file cannot be read",
-            format!("cannot read PAT file {}: {e}", path.display()),
+            format!("cannot read PAT file {}: {e}", shown_path(path)),
         )),
     }
 }
@@ -78,12 +81,12 @@ pub fn spawn(
     metrics: std::sync::Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> PatHandle {
-    let (publisher, handle) = channel("file", format!("file {}", path.display()));
+    let (publisher, handle) = channel("file", format!("file {}", shown_path(&path)));
     // Watch first, then read: a change between the two is then seen, never lost.
     let watcher = match DirWatcher::new(&path) {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!(path = %path.display(), "cannot watch the PAT file with inotify ({e}); re-reading it every {}s", SLOW_POLL.as_secs());
+            tracing::warn!(path = %shown_path(&path), "cannot watch the PAT file with inotify ({e}); re-reading it every {}s", SLOW_POLL.as_secs());
             None
         }
     };
@@ -139,7 +142,7 @@ async fn watch(
                 .inc();
             match state {
                 PatState::Ready(_) => {
-                    tracing::info!(path = %path.display(), "PAT file changed; using the new PAT")
+                    tracing::info!(path = %shown_path(&path), "PAT file changed; using the new PAT")
                 }
                 PatState::Invalid(why) | PatState::Unavailable(why) => {
                     tracing::warn!(reason = "source_unavailable", "{why}")

@@ -23,6 +23,7 @@
 //! | [`fault_suite`] | the flags, metrics and steps the fault tests share |
 //! | [`prometheus`], [`tools`] | a real Prometheus server; the cached helm/kubectl/promtool |
 //! | [`clock`], [`jwt`], [`wait`], [`process`], [`log_scan`] | time, JWT claims, polling, PIDs, secret scans |
+//! | [`skip`] | a test that cannot run here fails, unless `LSTR_ALLOW_SKIP=1` |
 //!
 //! Everything listens on 127.0.0.1 only, every wait is bounded, and every process a harness starts
 //! is stopped by PID on drop. Provisioning scripts live in
@@ -53,6 +54,7 @@ pub mod process;
 pub mod prometheus;
 pub mod rbac;
 pub mod refresher;
+pub mod skip;
 pub mod stock_clients;
 pub mod tls;
 pub mod tmpfs;

@@ -73,7 +73,10 @@ async fn wall_clock_step_is_noticed_at_once_and_costs_one_validation() {
     let t_step = match step_wall_clock() {
         Ok(t) => t,
         Err(Errno::PERM) => {
-            eprintln!("skipping: clock_settime(CLOCK_REALTIME) needs CAP_SYS_TIME (EPERM)");
+            ls_token_refresher_e2e::skip::cannot_run(
+                "wall_clock_step_is_noticed_at_once_and_costs_one_validation",
+                "clock_settime(CLOCK_REALTIME) needs CAP_SYS_TIME (EPERM)",
+            );
             return;
         }
         Err(e) => panic!("clock_settime: {e}"),
