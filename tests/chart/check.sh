@@ -19,23 +19,10 @@ K8S_SIDECARS=1.28.0
 # The oldest it ships: the manifests that do not need native sidecars must validate there too.
 K8S_OLDEST=1.25.0
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); printf 'ok   %s\n' "$1"; }
-bad() {
-  failed=$((failed + 1))
-  printf 'FAIL %s\n' "$1"
-  [ -n "${2:-}" ] && printf '%s\n' "$2" | tail -n 60 | sed 's/^/     | /'
-}
-# check NAME CMD...: passes when CMD exits 0; shows CMD's output when it fails.
-check() {
-  local name=$1 out
-  shift
-  if out=$("$@" 2>&1); then ok "$name"; else bad "$name" "$out"; fi
-}
+# shellcheck source=../support/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../support/checks.sh"
 finish() {
-  echo "chart-checks: $passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
+  checks_summary chart-checks
   exit $?
 }
 

@@ -27,19 +27,8 @@ export LSTR_CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}"
 no_build=0
 [ "${1:-}" = "--no-build" ] && no_build=1
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); printf 'ok   %s\n' "$1"; }
-bad() {
-  failed=$((failed + 1))
-  printf 'FAIL %s\n' "$1"
-  [ -n "${2:-}" ] && printf '%s\n' "$2" | tail -n 40 | sed 's/^/     | /'
-}
-check() {
-  local name=$1 out
-  shift
-  if out=$("$@" 2>&1); then ok "$name"; else bad "$name" "$out"; fi
-}
+# shellcheck source=../support/checks.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../support/checks.sh"
 # refuses NAME PATTERN CMD...: passes when CMD fails and its output matches PATTERN (grep -E).
 refuses() {
   local name=$1 pattern=$2 out
@@ -53,8 +42,7 @@ refuses() {
   fi
 }
 finish() {
-  echo "release-checks: $passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
+  checks_summary release-checks
   exit $?
 }
 
