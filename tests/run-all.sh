@@ -6,9 +6,10 @@
 # Label Studio, kube-apiserver, Prometheus (fault injection included) and a real kubelet + containerd node
 # (the chart and deploy/ as pods, our image built without Docker), the chart checks, and the release checks (two
 # reproducible release builds from two clones, version agreement, actionlint, cargo-deny).
-# Measured on 2 cores (2026-11-30): cold (empty cache; apt packages already installed) 23 min 19 s, 4 min 37 s of
-# it provisioning; warm ~17 min, ~7 of them the pod tests (real token lifetimes and the kubelet's real 60 s Secret
-# sync, overlapping on one node).
+# Measured on 2 cores: warm 22 min 30 s (2026-12-07), ~7 of them the pod tests (real token lifetimes and the
+# kubelet's real 60 s Secret sync, overlapping on one node) and ~4 the release checks; cold 23 min 19 s
+# (2026-11-30, before the release checks; empty cache, apt packages already installed, 4 min 37 s provisioning),
+# which two cold release builds and the release tools' installs lengthen by an estimated 10 min.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 export LSTR_CACHE="${LSTR_CACHE:-/var/tmp/ls-token-refresher}"
