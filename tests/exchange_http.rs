@@ -16,19 +16,9 @@ use wiremock::{
     Mock, MockServer, ResponseTemplate,
 };
 
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-}
-
-fn jwt(payload: &str) -> String {
-    format!(
-        "{}.{}.{}",
-        b64(r#"{"alg":"HS256"}"#),
-        b64(payload),
-        b64("sig")
-    )
-}
+#[path = "support/test_jwt.rs"]
+mod test_jwt;
+use test_jwt::jwt;
 
 fn client(url: &str, adjust: impl FnOnce(&mut ClientConfig)) -> (HttpExchange, Arc<Metrics>) {
     let _ = rustls::crypto::ring::default_provider().install_default();

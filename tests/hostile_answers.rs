@@ -15,19 +15,9 @@ use wiremock::{
     Mock, MockServer, ResponseTemplate,
 };
 
-fn b64(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-}
-
-fn jwt(payload: &str) -> String {
-    format!(
-        "{}.{}.{}",
-        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
-        b64(payload),
-        b64("sig")
-    )
-}
+#[path = "support/test_jwt.rs"]
+mod test_jwt;
+use test_jwt::jwt;
 
 fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
