@@ -7,8 +7,9 @@
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
-    admin::AdminArgs, cluster::KubeArgs, exchange::LabelStudioArgs, proxy::ProxyArgs,
-    schedule::TimingArgs, sink::SinkArgs, source::PatSourceArgs, telemetry::LogArgs, values::Dur,
+    admin::AdminArgs, cluster::KubeArgs, controller::ControllerArgs, exchange::LabelStudioArgs,
+    proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs, source::PatSourceArgs,
+    telemetry::LogArgs, values::Dur,
 };
 
 /// Keeps a Label Studio access token fresh: exchanges a Personal Access Token (PAT) for short-lived
@@ -39,6 +40,30 @@ pub enum Command {
     Token(TokenArgs),
     /// Diagnose configuration, PAT, connectivity, exchange, API acceptance and sinks; exit 0 only if all pass.
     Check(CheckArgs),
+    /// Keep many tokens fresh, one per LabelStudioToken resource, against admins' LabelStudioConnections.
+    Controller(ControllerCommandArgs),
+    /// Print the CustomResourceDefinitions the controller serves (for `kubectl apply -f -`).
+    Crds,
+}
+
+/// `controller`.
+#[derive(Debug, Args)]
+pub struct ControllerCommandArgs {
+    /// The controller.
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+    /// Timing defaults for every token resource.
+    #[command(flatten)]
+    pub timing: TimingArgs,
+    /// Admin server.
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Kubernetes.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+    /// Check.
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
 }
 
 /// `run`.

@@ -85,29 +85,52 @@ impl EventNotifier {
     }
 
     async fn publish(&self, type_: EventType, reason: String, note: &'static str) {
-        let ev = Event {
+        publish_event(
+            &self.recorder,
+            &self.regarding,
             type_,
             reason,
-            // A fixed summary: Events are readable by many, so no server text, URLs or names.
-            note: Some(note.to_owned()),
-            action: "RefreshToken".into(),
-            secondary: None,
-        };
-        // Events are best effort: a slow API server must not hold up the refresh loop.
-        let ok =
-            tokio::time::timeout(EVENT_TIMEOUT, self.recorder.publish(&ev, &self.regarding)).await;
-        let ok = matches!(ok, Ok(Ok(())));
-        self.metrics.kube_call("event", ok);
-        if !ok {
-            tracing::debug!("could not publish a Kubernetes Event");
-        }
+            note,
+            &self.metrics,
+        )
+        .await;
+    }
+}
+
+/// Publishes one Event about `regarding`, best effort and bounded in time (a slow API server must
+/// not hold up a refresh). The note is fixed text: Events are readable by many, so no server
+/// text, URLs or names.
+pub async fn publish_event(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: String,
+    note: &'static str,
+    metrics: &Metrics,
+) {
+    let ev = Event {
+        type_,
+        reason,
+        note: Some(note.to_owned()),
+        action: "RefreshToken".into(),
+        secondary: None,
+    };
+    let ok = tokio::time::timeout(EVENT_TIMEOUT, recorder.publish(&ev, regarding)).await;
+    let ok = matches!(ok, Ok(Ok(())));
+    metrics.kube_call("event", ok);
+    if !ok {
+        tracing::debug!("could not publish a Kubernetes Event");
     }
 }
 
 /// `revoked_pat` → `RevokedPat` (Event reasons are PascalCase).
 pub fn event_reason(reason: Reason) -> String {
-    reason
-        .as_str()
+    pascal_case(reason.as_str())
+}
+
+/// `target_not_owned` → `TargetNotOwned`.
+pub fn pascal_case(snake: &str) -> String {
+    snake
         .split('_')
         .map(|w| {
             let mut c = w.chars();

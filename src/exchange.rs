@@ -115,6 +115,7 @@ impl LabelStudioArgs {
                 request_timeout: self.request_timeout.0,
                 connect_timeout: self.connect_timeout.0,
                 ca_file: self.ca_file.clone(),
+                ca_pem: None,
                 validate_path: (!self.no_validate).then(|| self.validate_path.0.clone()),
             },
             metrics,
@@ -133,6 +134,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Extra CA bundle.
     pub ca_file: Option<PathBuf>,
+    /// Extra CA bundle given as PEM text (the controller's connections).
+    pub ca_pem: Option<Vec<u8>>,
     /// Path that proves a token works; None skips validation.
     pub validate_path: Option<String>,
 }
@@ -145,6 +148,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             ca_file: None,
+            ca_pem: None,
             validate_path: Some("/api/current-user/whoami".into()),
         }
     }
@@ -167,10 +171,42 @@ impl AccessToken {
 }
 
 /// A token the API accepted, and Label Studio's clock as its `Date` header said (unix seconds).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {
     /// The server's `Date`, if it sent one.
     pub server_date: Option<f64>,
+    /// Whose token it is, when the validation path answered like `whoami` (`id`, `username`).
+    pub user: Option<LsUser>,
+}
+
+/// A Label Studio user as `whoami` names them (no email: status fields are widely readable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LsUser {
+    /// User id.
+    pub id: i64,
+    /// Username.
+    pub username: String,
+}
+
+impl LsUser {
+    /// Reads `id` and `username` from a `whoami` answer; None for any other shape. The username is
+    /// shortened to Kubernetes-friendly size (Label Studio allows 256 characters).
+    pub fn from_whoami(body: &[u8]) -> Option<LsUser> {
+        #[derive(serde::Deserialize)]
+        struct WhoAmI {
+            id: i64,
+            #[serde(default)]
+            username: String,
+        }
+        let w: WhoAmI = serde_json::from_slice(body).ok()?;
+        let username: String = w
+            .username
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(150)
+            .collect();
+        Some(LsUser { id: w.id, username })
+    }
 }
 
 /// What `/api/version` says about the server at `--url`.
@@ -357,19 +393,34 @@ pub fn client_builder(
             cause,
         };
         let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(err("no PEM certificates found".into()));
-        }
-        builder = builder.tls_certs_merge(certs);
+        builder = with_ca_pem(builder, &pem).map_err(err)?;
     }
     Ok(builder)
+}
+
+/// Adds the certificates of a PEM bundle to the trusted roots; Err names what is wrong with it.
+pub fn with_ca_pem(
+    builder: reqwest::ClientBuilder,
+    pem: &[u8],
+) -> Result<reqwest::ClientBuilder, String> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("no PEM certificates found".into());
+    }
+    Ok(builder.tls_certs_merge(certs))
 }
 
 impl HttpExchange {
     /// Builds the client.
     pub fn new(config: ClientConfig, metrics: Arc<Metrics>) -> Result<Self, ClientError> {
-        let builder = client_builder(config.ca_file.as_deref(), config.connect_timeout)?
+        let mut builder = client_builder(config.ca_file.as_deref(), config.connect_timeout)?;
+        if let Some(pem) = &config.ca_pem {
+            builder = with_ca_pem(builder, pem).map_err(|cause| ClientError::CaFile {
+                path: "caBundle".into(),
+                cause,
+            })?;
+        }
+        let builder = builder
             .user_agent(concat!("ls-token-refresher/", env!("CARGO_PKG_VERSION")))
             .timeout(config.request_timeout)
             // Keep one warm connection: a refresh every few minutes should not pay a TLS handshake.
@@ -535,7 +586,10 @@ impl Exchange for HttpExchange {
 
     async fn validate(&self, auth: &Authorization) -> Result<Accepted, ExchangeError> {
         let Some(path) = &self.validate_path else {
-            return Ok(Accepted { server_date: None });
+            return Ok(Accepted {
+                server_date: None,
+                user: None,
+            });
         };
         let what = "token validation";
         let mut value =
@@ -561,6 +615,7 @@ impl Exchange for HttpExchange {
             }
             return Ok(Accepted {
                 server_date: r.server_date,
+                user: LsUser::from_whoami(&r.body),
             });
         }
         if r.status.is_redirection() {

@@ -5,7 +5,7 @@
 //! - operating state: [`metrics`], [`health`], [`notify`], [`telemetry`];
 //! - concerns: [`schedule`] (when), [`exchange`] (Label Studio's API), [`cluster`] (Kubernetes
 //!   client and Events), [`source`] (where the PAT comes from), [`sink`] (where tokens go);
-//! - the loop: [`refresher`];
+//! - the loop: [`refresher`]; many loops' worth as a Kubernetes controller: [`controller`];
 //! - serving: [`admin`] (health and metrics), [`proxy`] (the auth proxy);
 //! - commands: [`cli`] (the command line, composed from each concern's argument group), [`check`],
 //!   [`cmd`] (wiring per command). `main.rs` only parses, starts telemetry and runs.
@@ -32,6 +32,8 @@ pub mod sink;
 pub mod source;
 
 pub mod refresher;
+
+pub mod controller;
 
 pub mod admin;
 pub mod proxy;

@@ -264,6 +264,11 @@ impl Metrics {
             .inc();
     }
 
+    /// The registry, for metrics of one mode registered next to these (the controller's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::with_capacity(8 * 1024);

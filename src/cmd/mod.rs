@@ -1,6 +1,7 @@
 //! Wiring: each command builds exactly what it needs from its arguments and runs. Errors carry
 //! the exit code the CLI promises: 2 for configuration, 1 otherwise.
 
+mod controller;
 mod once;
 mod run;
 
@@ -69,6 +70,8 @@ pub fn main(command: Command) -> ExitCode {
             Command::Once(args) => once::once(args).await,
             Command::Token(args) => once::token(args).await,
             Command::Check(args) => check_command(args).await,
+            Command::Controller(args) => controller::controller(args).await,
+            Command::Crds => controller::crds(),
         }
     });
     match result {

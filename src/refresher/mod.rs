@@ -12,7 +12,7 @@
 //! the whole loop against fakes on tokio's paused clock.
 
 mod attempt;
-mod timing;
+pub mod timing;
 mod wait;
 
 #[cfg(test)]

@@ -189,6 +189,7 @@ impl Exchange for Arc<FakeLs> {
         let date = *self.date.lock().unwrap();
         Ok(Accepted {
             server_date: date.unwrap_or(Some(self.now() as f64)),
+            user: None,
         })
     }
 

@@ -532,10 +532,20 @@ impl LabelStudio {
     /// Mints a PAT that expires `lifetime_secs` after now, from the Django side (mint_pat.py). It is a
     /// normal PAT otherwise (recorded, can be blacklisted). Works while the server runs or is stopped.
     pub async fn mint_short_pat(&self, lifetime_secs: u64) -> String {
+        self.mint_pat_for(lifetime_secs, &self.prov.email).await
+    }
+
+    /// Adds a user (by email and username) to the admin's organization; returns their id.
+    pub async fn add_user(&self, email: &str, username: &str) -> i64 {
+        let out = self.django_script("add_user.py", &[email, username]).await;
+        out.trim().parse().expect("add_user.py prints the user id")
+    }
+
+    /// Runs one of the support scripts with the server's environment; returns its stdout.
+    async fn django_script(&self, script: &str, args: &[&str]) -> String {
         let out = tokio::process::Command::new(&self.prov.python)
-            .arg(ls_support_dir().join("mint_pat.py"))
-            .arg(lifetime_secs.to_string())
-            .arg(&self.prov.email)
+            .arg(ls_support_dir().join(script))
+            .args(args)
             .current_dir(&self.root_path)
             .env_clear()
             .envs(self.server_env())
@@ -544,15 +554,22 @@ impl LabelStudio {
             .kill_on_drop(true)
             .output()
             .await
-            .expect("run mint_pat.py");
+            .unwrap_or_else(|e| panic!("run {script}: {e}"));
         assert!(
             out.status.success(),
-            "mint_pat.py failed ({}):\n{}",
+            "{script} failed ({}):\n{}",
             out.status,
             tail(&String::from_utf8_lossy(&out.stderr), 30)
         );
-        let token = String::from_utf8(out.stdout).expect("utf-8 token");
-        let token = token.trim().to_string();
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// Like [`Self::mint_short_pat`], for the user with `email`.
+    pub async fn mint_pat_for(&self, lifetime_secs: u64, email: &str) -> String {
+        let out = self
+            .django_script("mint_pat.py", &[&lifetime_secs.to_string(), email])
+            .await;
+        let token = out.trim().to_string();
         assert_eq!(
             token.split('.').count(),
             3,

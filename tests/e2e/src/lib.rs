@@ -9,6 +9,7 @@
 //! | [`kube_api`], [`rbac`] | Kubernetes API helpers; Roles for the harness's token user |
 //! | [`chart`] | the Helm chart rendered, its RBAC applied, its ServiceAccount's identity taken on |
 //! | [`refresher`] | the real `ls-token-refresher` binary as a child process |
+//! | [`controller_env`] | the controller's CRDs, connections, token resources and GC on a real apiserver |
 //! | [`auth_proxy`] | the binary serving the auth proxy (PAT file, trace logs); a raw HTTP/1.1 client |
 //! | [`stock_clients`] | label-studio-sdk 2.1.2 and the ML backend 1.0.9 as their users run them |
 //! | [`node`], [`pods`], [`image`] | a real kubelet + containerd node; pods, manifests and consumers on it; our image |
@@ -34,6 +35,7 @@ pub mod auth_proxy;
 pub mod chart;
 pub mod clock;
 pub mod consumer;
+pub mod controller_env;
 pub mod faketime;
 pub mod fault_proxy;
 pub mod fault_suite;

@@ -1,0 +1,91 @@
+//! `controller` and `crds`.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{dry_run_ok, spawn_signal_handler, AppError};
+use crate::{
+    admin,
+    cli::ControllerCommandArgs,
+    clock::SystemClock,
+    controller::{self, resources::crd_documents, Settings},
+    health::{Health, Held},
+    metrics::Metrics,
+};
+
+/// The readiness slot the controller fills once its caches are synced.
+const CACHES: &str = "controller caches";
+
+/// `controller`: serve token resources until a signal.
+pub async fn controller(args: ControllerCommandArgs) -> Result<(), AppError> {
+    // The controller's Secrets are read by pods: the kubelet's sync delay is always in the lead.
+    let policy = args
+        .timing
+        .policy(args.controller.propagation_margin.0)
+        .map_err(AppError::config)?;
+    if args.dry_run.dry_run {
+        return dry_run_ok("controller");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let client = controller::client(&args.controller)
+        .await
+        .map_err(AppError::config)?;
+    let shutdown = CancellationToken::new();
+    // Ready once every cache holds its first list: before that a reconcile would see no Secrets.
+    let health = Health::new(Arc::new(SystemClock::new()), &[CACHES]);
+    spawn_signal_handler(shutdown.clone(), Some(health.clone()))?;
+    let (admin_addr, admin_server) = admin::bind(
+        &args.admin,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(AppError::config)?;
+    let admin_task = tokio::spawn(admin_server);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        admin = %admin_addr,
+        "controller starting"
+    );
+    let ready = health.clone();
+    controller::run(
+        client,
+        Settings {
+            args: args.controller,
+            policy,
+            pod_name: args.kube.pod_name,
+        },
+        metrics,
+        move || {
+            tracing::info!("caches synced");
+            ready.set_held(
+                0,
+                Held {
+                    valid: true,
+                    expires: None,
+                },
+            );
+        },
+        shutdown.clone(),
+    )
+    .await;
+    health.set_draining();
+    shutdown.cancel();
+    let _ = admin_task.await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `crds`: the CustomResourceDefinitions as a YAML stream of JSON documents.
+pub fn crds() -> Result<(), AppError> {
+    for (_, doc) in crd_documents() {
+        println!("---");
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).map_err(AppError::failure)?
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,656 @@
+//! `ls-token-refresher controller` on a real kube-apiserver + etcd and a real Label Studio 1.23.2
+//! with two users and their PATs: token resources in two namespaces kept fresh across several
+//! token lifetimes, status and `kubectl get`, PAT rotation and revocation, invalid specs and
+//! connections, deletion through the owner reference (kube-controller-manager's garbage
+//! collector), the confused-deputy attempts of a tenant (impersonated), and a restart that
+//! exchanges nothing that is not due.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use ls_token_refresher_e2e::{
+    clock::unix_now,
+    controller_env::{pat_secret, token, ControllerEnv},
+    jwt::jwt_claims,
+    kube_api::secret,
+    log_scan::assert_no_secrets,
+    refresher::metric_sum,
+    wait::poll,
+};
+use serde_json::json;
+
+/// Access tokens live 20 s here: three lifetimes in a minute.
+const TTL: u64 = 20;
+
+fn exp_of(token: &str) -> i64 {
+    jwt_claims(token)["exp"].as_i64().expect("exp claim")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_resource() {
+    let mut env = ControllerEnv::start(TTL).await;
+    env.start_garbage_collector();
+    let ns_a = env.kube.create_namespace("ctl-a").await;
+    let ns_b = env.kube.create_namespace("ctl-b").await;
+    // Two Label Studio users, one PAT each.
+    let pat_a = env.ls.api().create_pat().await;
+    let bob_id = env.ls.add_user("bob@example.com", "bob").await;
+    let pat_b = env.ls.mint_pat_for(86_400, "bob@example.com").await;
+    env.create_secret(&ns_a, &pat_secret("pat", &pat_a, true))
+        .await;
+    env.create_secret(&ns_b, &pat_secret("pat", &pat_b, true))
+        .await;
+    // A Secret in B that is nobody's business: it must be untouched at the end.
+    env.create_secret(&ns_b, &secret("bystander", &[("k", "v")]))
+        .await;
+    env.create_connection("ls", None, None).await;
+    env.apply_json("ta", &token("t", "ls", "pat", "ls-token"), Some(&ns_a))
+        .await;
+    env.apply_json("tb", &token("t", "ls", "pat", "ls-token"), Some(&ns_b))
+        .await;
+
+    let ctl = env.start_controller("controller", None, &[]);
+    env.wait_ready(
+        &ns_a,
+        "t",
+        "True",
+        "token_published",
+        Duration::from_secs(60),
+        &ctl,
+    )
+    .await;
+    env.wait_ready(
+        &ns_b,
+        "t",
+        "True",
+        "token_published",
+        Duration::from_secs(60),
+        &ctl,
+    )
+    .await;
+
+    // Each Secret holds its own user's token; status names the user and the expiry.
+    let (_, auth_a, _, _) = env.target(&ns_a, "ls-token").await.expect("target A");
+    let (_, auth_b, _, _) = env.target(&ns_b, "ls-token").await.expect("target B");
+    let id_a = env.whoami_id(&auth_a).await.expect("A's token accepted");
+    assert_eq!(
+        env.whoami_id(&auth_b).await,
+        Some(bob_id),
+        "B's token is bob's"
+    );
+    assert_ne!(id_a, bob_id);
+    let tb = env.token_obj(&ns_b, "t").await.unwrap();
+    assert_eq!(tb["status"]["user"]["id"], bob_id);
+    assert_eq!(tb["status"]["user"]["username"], "bob");
+    assert_eq!(
+        tb["status"]["observedGeneration"],
+        tb["metadata"]["generation"]
+    );
+    let secret_b: Secret = Api::namespaced(env.admin.clone(), &ns_b)
+        .get("ls-token")
+        .await
+        .unwrap();
+    assert_eq!(secret_b.type_.as_deref(), Some("Opaque"));
+    let owner = &secret_b.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("LabelStudioToken", Some(true))
+    );
+    assert_eq!(owner.uid, tb["metadata"]["uid"].as_str().unwrap());
+    // `kubectl get` shows the printer columns.
+    let out = env.kube.kubectl(["get", "lstoken", "-n", &ns_a]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "REASON", "EXPIRES", "TARGET", "AGE"],
+        "{text}"
+    );
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.contains("True")
+            && l.contains("token_published")
+            && l.contains("ls-token")),
+        "{text}"
+    );
+
+    // Three lifetimes: a reader of each Secret never sees an expired token, and every one it sees
+    // is accepted by Label Studio (checked once per distinct token).
+    let mut seen: [BTreeSet<String>; 2] = [BTreeSet::new(), BTreeSet::new()];
+    let until = Instant::now() + Duration::from_secs(3 * TTL + 2);
+    while Instant::now() < until {
+        for (i, ns) in [&ns_a, &ns_b].into_iter().enumerate() {
+            let (tok, auth, exp_note, _) =
+                env.target(ns, "ls-token").await.expect("target present");
+            let exp = exp_of(&tok);
+            assert!(
+                (exp as f64) > unix_now(),
+                "{ns}: the Secret holds an expired token (exp {exp}, now {})",
+                unix_now()
+            );
+            assert_eq!(
+                exp_note,
+                ls_token_refresher_e2e::clock::rfc3339(exp),
+                "annotation = exp claim"
+            );
+            if seen[i].insert(tok.clone()) {
+                assert!(
+                    env.whoami_id(&auth).await.is_some(),
+                    "{ns}: a published token is refused"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (i, s) in seen.iter().enumerate() {
+        assert!(
+            (3..=6).contains(&s.len()),
+            "namespace {i}: {} distinct tokens over three {TTL} s lifetimes (expected one per refresh at ~2/3 of each)",
+            s.len()
+        );
+    }
+    // Status follows each refresh: its expiresAt is the Secret's.
+    let (tok_b, ..) = env.target(&ns_b, "ls-token").await.unwrap();
+    let tb = env.token_obj(&ns_b, "t").await.unwrap();
+    let status_exp = tb["status"]["expiresAt"].as_str().unwrap().to_owned();
+    assert_eq!(
+        status_exp,
+        ls_token_refresher_e2e::clock::rfc3339(exp_of(&tok_b))
+    );
+
+    // PAT Secret rotated: a new token from the new PAT within seconds, not at the next schedule.
+    let pat_b2 = env.ls.mint_pat_for(86_400, "bob@example.com").await;
+    env.ls.api().blacklist(&pat_b).await;
+    let before = env.target(&ns_b, "ls-token").await.unwrap().0;
+    let t0 = Instant::now();
+    env.set_pat(&ns_b, "pat", &pat_b2).await;
+    let fresh = poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            env.target(&ns_b, "ls-token")
+                .await
+                .filter(|t| t.0 != before)
+        },
+    )
+    .await
+    .expect("a new token after the PAT Secret changed");
+    let took = t0.elapsed();
+    assert!(env.whoami_id(&fresh.1).await == Some(bob_id));
+    eprintln!(
+        "PAT Secret change → new token in {:.2}s",
+        took.as_secs_f64()
+    );
+
+    // PAT revoked: Ready=False revoked_pat at the next refresh; the last good token stays until
+    // its own expiry; a new PAT recovers.
+    env.ls.api().blacklist(&pat_a).await;
+    env.wait_ready(
+        &ns_a,
+        "t",
+        "False",
+        "revoked_pat",
+        Duration::from_secs(2 * TTL),
+        &ctl,
+    )
+    .await;
+    let (kept, kept_auth, _, _) = env.target(&ns_a, "ls-token").await.unwrap();
+    assert!(
+        (exp_of(&kept) as f64) > unix_now(),
+        "the last good token is kept while valid"
+    );
+    assert!(
+        env.whoami_id(&kept_auth).await.is_some(),
+        "and it still works"
+    );
+    let events = env
+        .kube
+        .kubectl(["get", "events", "-n", &ns_a, "-o", "json"])
+        .await;
+    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "RevokedPat"),
+        "a Warning Event on the token resource"
+    );
+    let pat_a2 = env.ls.api().create_pat().await;
+    env.set_pat(&ns_a, "pat", &pat_a2).await;
+    env.wait_ready(
+        &ns_a,
+        "t",
+        "True",
+        "token_published",
+        Duration::from_secs(15),
+        &ctl,
+    )
+    .await;
+
+    // Invalid spec and a connection that does not exist: clear conditions, no crash.
+    let mut bad = token("bad", "ls", "pat", "pat");
+    bad["metadata"]["name"] = json!("bad");
+    env.apply_json("bad", &bad, Some(&ns_a)).await;
+    env.wait_ready(
+        &ns_a,
+        "bad",
+        "False",
+        "invalid_spec",
+        Duration::from_secs(15),
+        &ctl,
+    )
+    .await;
+    env.apply_json(
+        "noconn",
+        &token("noconn", "missing", "pat", "other"),
+        Some(&ns_a),
+    )
+    .await;
+    env.wait_ready(
+        &ns_a,
+        "noconn",
+        "False",
+        "connection_not_found",
+        Duration::from_secs(15),
+        &ctl,
+    )
+    .await;
+    // ... which recovers when the admin creates it.
+    env.create_connection("missing", None, None).await;
+    env.wait_ready(
+        &ns_a,
+        "noconn",
+        "True",
+        "token_published",
+        Duration::from_secs(20),
+        &ctl,
+    )
+    .await;
+    // A connection that does not admit the namespace.
+    env.create_connection("team-only", None, Some(json!({"team": "ml"})))
+        .await;
+    env.apply_json(
+        "na",
+        &token("na", "team-only", "pat", "other2"),
+        Some(&ns_a),
+    )
+    .await;
+    env.wait_ready(
+        &ns_a,
+        "na",
+        "False",
+        "connection_not_allowed",
+        Duration::from_secs(15),
+        &ctl,
+    )
+    .await;
+    assert!(
+        env.target(&ns_a, "other2").await.is_none(),
+        "nothing written for a refused resource"
+    );
+
+    // Deleting B's resource deletes its Secret (owner reference) and nothing else.
+    let bystander_rv = Api::<Secret>::namespaced(env.admin.clone(), &ns_b)
+        .get("bystander")
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    let out = env
+        .kube
+        .kubectl(["delete", "lstoken", "t", "-n", &ns_b])
+        .await;
+    assert!(out.status.success());
+    let gone = poll(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async { env.target(&ns_b, "ls-token").await.is_none().then_some(()) },
+    )
+    .await;
+    assert!(gone.is_some(), "the target Secret went with its resource");
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &ns_b);
+    assert_eq!(
+        secrets
+            .get("bystander")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        bystander_rv
+    );
+    assert!(
+        secrets.get_opt("pat").await.unwrap().is_some(),
+        "the PAT Secret stays"
+    );
+
+    // Nothing secret in the log; metrics carry per-resource readiness.
+    let log = ctl.log_text();
+    assert_no_secrets(&log, &[&pat_a, &pat_a2, &pat_b, &pat_b2]);
+    for t in seen.iter().flatten() {
+        assert!(!log.contains(t.as_str()), "an access token in the log");
+    }
+    let metrics = ctl.admin_get("/metrics").await.1;
+    assert!(
+        metrics.contains(&format!(
+            "ls_token_refresher_controller_token_ready{{name=\"t\",namespace=\"{ns_a}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&format!("namespace=\"{ns_b}\",name=\"t\"")));
+    drop(ctl);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_cannot_borrow_the_controllers_rights() {
+    let env = ControllerEnv::start(300).await;
+    let ns = env.kube.create_namespace("tenant").await;
+    let other = env.kube.create_namespace("other").await;
+    // The tenant may manage token resources in their namespace, and nothing else.
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": { "name": "tokens" },
+        "rules": [{ "apiGroups": ["ls-token-refresher.io"], "resources": ["labelstudiotokens"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"] }]
+    });
+    let binding = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "tokens" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tokens" },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice" }]
+    });
+    env.apply_json("role", &role, Some(&ns)).await;
+    env.apply_json("binding", &binding, Some(&ns)).await;
+    let can = |args: Vec<String>| async {
+        let mut a = vec!["auth".to_string(), "can-i".into()];
+        a.extend(args);
+        a.push("--as=alice".into());
+        String::from_utf8_lossy(&env.kube.kubectl(a).await.stdout).trim() == "yes"
+    };
+    assert!(
+        can(vec![
+            "create".into(),
+            "labelstudiotokens".into(),
+            "-n".into(),
+            ns.clone()
+        ])
+        .await
+    );
+    assert!(
+        !can(vec![
+            "get".into(),
+            "secrets".into(),
+            "-n".into(),
+            ns.clone()
+        ])
+        .await
+    );
+    assert!(!can(vec!["create".into(), "labelstudioconnections".into()]).await);
+
+    // A recording server stands for "a URL of the tenant's choice".
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let evil = format!("http://{}", listener.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = listener.accept().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    let pat = env.ls.api().create_pat().await;
+    // A valid PAT in a Secret that did not opt in; an opted-in one; a victim Secret; a TLS Secret.
+    env.create_secret(&ns, &pat_secret("private-pat", &pat, false))
+        .await;
+    env.create_secret(&ns, &pat_secret("pat", &pat, true)).await;
+    env.create_secret(&other, &pat_secret("pat", &pat, true))
+        .await;
+    env.create_secret(&ns, &secret("app-config", &[("password", "hunter2")]))
+        .await;
+    let mut tls = secret("tls", &[("tls.crt", "x"), ("tls.key", "y")]);
+    tls.type_ = Some("kubernetes.io/tls".into());
+    env.create_secret(&ns, &tls).await;
+    env.create_connection("ls", None, None).await;
+    // The admin's connection to the "evil" URL admits only another namespace.
+    env.create_connection(
+        "evil",
+        Some(&evil),
+        Some(json!({"kubernetes.io/metadata.name": other})),
+    )
+    .await;
+
+    let ctl = env.start_controller("controller", None, &[]);
+    let as_alice = |file: &'static str, obj: serde_json::Value| {
+        let env = &env;
+        let ns = ns.clone();
+        async move {
+            let out = env
+                .apply_json_as(file, &obj, Some(&ns), Some("alice"))
+                .await;
+            assert!(
+                out.status.success(),
+                "alice may create token resources: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &ns);
+    let rv = |name: &'static str| {
+        let secrets = secrets.clone();
+        async move { secrets.get(name).await.unwrap().metadata.resource_version }
+    };
+    let (app_rv, tls_rv) = (rv("app-config").await, rv("tls").await);
+
+    // 1. A PAT Secret that did not opt in is never read.
+    as_alice("t1", token("t1", "ls", "private-pat", "t1-out")).await;
+    // 2. An existing Secret of someone else is never written (nor a TLS one).
+    as_alice("t2", token("t2", "ls", "pat", "app-config")).await;
+    as_alice("t3", token("t3", "ls", "pat", "tls")).await;
+    // 3. A connection not admitted for this namespace is never used.
+    as_alice("t4", token("t4", "evil", "pat", "t4-out")).await;
+    // 4. A URL or a namespace in the spec goes nowhere: the schema has no such fields (pruned).
+    let mut sneaky = token("t5", "ls", "pat", "t5-out");
+    sneaky["spec"]["url"] = json!(evil);
+    sneaky["spec"]["patSecretRef"]["namespace"] = json!(other);
+    as_alice("t5", sneaky).await;
+    // 5. A name that tries to reach another namespace is invalid.
+    as_alice("t6", token("t6", "ls", &format!("{other}/pat"), "t6-out")).await;
+
+    env.wait_ready(
+        &ns,
+        "t1",
+        "False",
+        "pat_secret_unavailable",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    env.wait_ready(
+        &ns,
+        "t2",
+        "False",
+        "target_not_owned",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    env.wait_ready(
+        &ns,
+        "t3",
+        "False",
+        "target_not_owned",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    env.wait_ready(
+        &ns,
+        "t4",
+        "False",
+        "connection_not_allowed",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    env.wait_ready(
+        &ns,
+        "t6",
+        "False",
+        "invalid_spec",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    // t5 works, with the namespace's own opted-in PAT and the admin's connection: the extra
+    // fields were dropped by the apiserver before anyone saw them.
+    env.wait_ready(
+        &ns,
+        "t5",
+        "True",
+        "token_published",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    let t5 = env.token_obj(&ns, "t5").await.unwrap();
+    assert!(
+        t5["spec"].get("url").is_none() && t5["spec"]["patSecretRef"].get("namespace").is_none()
+    );
+
+    assert_eq!(
+        rv("app-config").await,
+        app_rv,
+        "the victim Secret was not written"
+    );
+    assert_eq!(rv("tls").await, tls_rv, "the TLS Secret was not written");
+    assert!(env.target(&ns, "t1-out").await.is_none());
+    assert!(env.target(&ns, "t4-out").await.is_none());
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing was sent to the other URL"
+    );
+    // Exactly one exchange happened: t5's (t1..t4, t6 were refused before any call).
+    let metrics = ctl.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "ls_token_refresher_http_requests_total{code=\"2xx\",endpoint=\"refresh\""
+        ),
+        1.0,
+        "{metrics}"
+    );
+    // And the tenant still cannot read what the controller wrote for them.
+    assert!(
+        !can(vec![
+            "get".into(),
+            "secret/t5-out".into(),
+            "-n".into(),
+            ns.clone()
+        ])
+        .await
+    );
+    assert_no_secrets(&ctl.log_text(), &[&pat]);
+    drop(ctl);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_exchanges_nothing_that_is_not_due() {
+    const N: usize = 200;
+    let env = ControllerEnv::start(600).await;
+    let ns = env.kube.create_namespace("restart").await;
+    let pat = env.ls.api().create_pat().await;
+    env.create_secret(&ns, &pat_secret("pat", &pat, true)).await;
+    env.create_connection("ls", None, None).await;
+    // 200 resources in one list file (one kubectl call).
+    let items: Vec<serde_json::Value> = (0..N)
+        .map(|i| token(&format!("t{i}"), "ls", "pat", &format!("out-{i}")))
+        .collect();
+    env.apply_json(
+        "many",
+        &json!({"apiVersion": "v1", "kind": "List", "items": items}),
+        Some(&ns),
+    )
+    .await;
+    let t0 = Instant::now();
+    let ctl = env.start_controller("first", None, &["--max-concurrent-exchanges", "8"]);
+    let all_ready = poll(
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || async {
+            let m = ctl.admin_get("/metrics").await.1;
+            (metric_sum(
+                &m,
+                "ls_token_refresher_controller_secret_writes_total{result=\"ok\"",
+            ) >= N as f64)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        all_ready.is_some(),
+        "{N} Secrets written\n{}",
+        ls_token_refresher_e2e::tail(&ctl.log_text(), 30)
+    );
+    eprintln!(
+        "{N} tokens published in {:.1}s from start",
+        t0.elapsed().as_secs_f64()
+    );
+    let first = ctl.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric_sum(
+            &first,
+            "ls_token_refresher_http_requests_total{code=\"2xx\",endpoint=\"refresh\""
+        ),
+        N as f64,
+        "one exchange per resource"
+    );
+    drop(ctl);
+
+    // Restart: every token has ~9 minutes left; nothing is due.
+    let ctl = env.start_controller("second", None, &["--max-concurrent-exchanges", "8"]);
+    let reconciled = poll(
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || async {
+            let m = ctl.admin_get("/metrics").await.1;
+            (metric_sum(
+                &m,
+                "ls_token_refresher_controller_reconcile_duration_seconds_count",
+            ) >= N as f64)
+                .then_some(m)
+        },
+    )
+    .await
+    .expect("every resource reconciled after the restart");
+    assert_eq!(
+        metric_sum(&reconciled, "ls_token_refresher_http_requests_total{"),
+        0.0,
+        "no request to Label Studio after a restart with valid tokens"
+    );
+    assert_eq!(
+        metric_sum(
+            &reconciled,
+            "ls_token_refresher_controller_secret_writes_total{result=\"ok\""
+        ),
+        0.0,
+        "no Secret rewritten"
+    );
+    assert_eq!(
+        metric_sum(
+            &reconciled,
+            "ls_token_refresher_controller_status_writes_total{result=\"ok\""
+        ),
+        0.0,
+        "no status rewritten"
+    );
+    drop(ctl);
+}
