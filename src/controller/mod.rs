@@ -34,7 +34,7 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use self::{
-    reconcile::{Ctx, TokenKey},
+    reconcile::{Ctx, Shared, TokenKey},
     resources::{
         LabelStudioConnection, LabelStudioToken, ANNOTATION_REFRESH_NOW, LABEL_PAT_SOURCE,
     },
@@ -172,91 +172,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let cmetrics = Arc::new(ControllerMetrics::new(&metrics));
-
-    // Token resources: in the watched namespaces, or everywhere.
-    let token_apis: Vec<Api<LabelStudioToken>> = if settings.args.watch_namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        settings
-            .args
-            .watch_namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), &ns.0))
-            .collect()
-    };
-    let secret_apis: Vec<Api<Secret>> = if settings.args.watch_namespaces.is_empty() {
-        vec![Api::all(client.clone())]
-    } else {
-        settings
-            .args
-            .watch_namespaces
-            .iter()
-            .map(|ns| Api::namespaced(client.clone(), &ns.0))
-            .collect()
-    };
     // Lists are paged so a restart with 10,000 objects never holds one giant answer.
     let wc = || watcher::Config::default().page_size(500);
 
-    let (tokens, token_writer) = reflector::store();
-    let token_stream = futures::stream::select_all(
-        token_apis
-            .into_iter()
-            .map(|api| watcher(api, wc()).default_backoff().boxed()),
-    )
-    .modify(strip::<_>)
-    .reflect(token_writer)
-    .applied_objects()
-    // Status patches of our own change neither the generation nor the refresh-now annotation.
-    .predicate_filter(
-        |t: &LabelStudioToken| {
-            let refresh = t
-                .annotations()
-                .get(ANNOTATION_REFRESH_NOW)
-                .map(|v| {
-                    use std::hash::{Hash, Hasher};
-                    let mut h = std::collections::hash_map::DefaultHasher::new();
-                    v.hash(&mut h);
-                    h.finish()
-                })
-                .unwrap_or(0);
-            Some(predicates::generation(t).unwrap_or(0) ^ refresh.rotate_left(17))
-        },
-        Default::default(),
-    );
-
-    let (pats, pat_writer) = reflector::store::<Secret>();
-    let pat_stream = futures::stream::select_all(secret_apis.iter().cloned().map(|api| {
-        watcher(api, wc().labels(&format!("{LABEL_PAT_SOURCE}=true")))
-            .default_backoff()
-            .boxed()
-    }))
-    .modify(strip::<_>)
-    .reflect(pat_writer)
-    .touched_objects();
-
-    let (targets, target_writer) = reflector::store();
-    let target_stream = futures::stream::select_all(secret_apis.into_iter().map(|api| {
-        let api: Api<PartialObjectMeta<Secret>> = match api.namespace() {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        watcher(api, wc().labels(&format!("{LABEL_MANAGED}=true")))
-            .default_backoff()
-            .boxed()
-    }))
-    .modify(strip::<_>)
-    .reflect(target_writer)
-    .touched_objects();
-
+    // Cluster-scoped caches, shared by every scope. Their changes reach each scope's controller
+    // through a broadcast (a watch stream can feed only one consumer).
     let (connections, conn_writer) = reflector::store::<LabelStudioConnection>();
-    let conn_stream = watcher(Api::all(client.clone()), wc())
+    let conn_events = watcher(Api::all(client.clone()), wc())
         .default_backoff()
         .modify(strip::<_>)
         .reflect(conn_writer)
         .touched_objects();
-
     let (namespaces, ns_writer) = reflector::store();
-    let ns_stream = watcher(
+    let ns_events = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         wc(),
     )
@@ -264,85 +192,181 @@ pub async fn run(
     .modify(strip::<_>)
     .reflect(ns_writer)
     .touched_objects();
+    let (conn_tx, _) = tokio::sync::broadcast::channel::<LabelStudioConnection>(1024);
+    let (ns_tx, _) = tokio::sync::broadcast::channel::<PartialObjectMeta<Namespace>>(1024);
 
-    let ctx = Arc::new(Ctx::new(
+    // One scope per watched namespace, or one for every namespace.
+    let scopes: Vec<Option<String>> = if settings.args.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings
+            .args
+            .watch_namespaces
+            .iter()
+            .map(|n| Some(n.0.clone()))
+            .collect()
+    };
+    let concurrency = u16::try_from(settings.args.max_concurrent_exchanges.0.saturating_mul(4))
+        .unwrap_or(u16::MAX);
+    let shared = Arc::new(Shared::new(
         client.clone(),
         settings,
-        tokens.clone(),
-        pats.clone(),
-        targets.clone(),
         connections.clone(),
         namespaces.clone(),
         metrics,
         cmetrics,
     ));
+    let api_in = |scope: &Option<String>| -> (
+        Api<LabelStudioToken>,
+        Api<Secret>,
+        Api<PartialObjectMeta<Secret>>,
+    ) {
+        match scope {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        }
+    };
 
-    {
-        let (t, p, g, c, n) = (
-            tokens.clone(),
-            pats.clone(),
-            targets.clone(),
-            connections.clone(),
-            namespaces.clone(),
-        );
-        tokio::spawn(async move {
-            let _ = tokio::join!(
-                t.wait_until_ready(),
-                p.wait_until_ready(),
-                g.wait_until_ready(),
-                c.wait_until_ready(),
-                n.wait_until_ready()
-            );
-            synced();
-        });
-    }
-
-    let by_secret = tokens.clone();
-    let by_conn = tokens.clone();
-    let by_ns = tokens.clone();
-    let concurrency =
-        u16::try_from(ctx.settings.args.max_concurrent_exchanges.0 * 4).unwrap_or(u16::MAX);
-    Controller::for_stream(token_stream, tokens)
-        .with_config(ControllerConfig::default().concurrency(concurrency))
-        .owns_stream(target_stream)
-        .watches_stream(pat_stream, move |s: Secret| {
-            let ns = s.namespace().unwrap_or_default();
-            let name = s.name_any();
-            by_secret
-                .state()
-                .into_iter()
-                .filter(|t| {
+    let mut ready_waits = vec![];
+    let mut controllers = vec![];
+    for scope in &scopes {
+        let (token_api, pat_api, target_api) = api_in(scope);
+        let (tokens, token_writer) = reflector::store();
+        let token_stream = watcher(token_api, wc())
+            .default_backoff()
+            .modify(strip::<_>)
+            .reflect(token_writer)
+            .applied_objects()
+            // Status patches of our own change neither the generation nor the refresh-now annotation.
+            .predicate_filter(spec_or_refresh_request, Default::default());
+        let (pats, pat_writer) = reflector::store::<Secret>();
+        let pat_stream = watcher(pat_api, wc().labels(&format!("{LABEL_PAT_SOURCE}=true")))
+            .default_backoff()
+            .modify(strip::<_>)
+            .reflect(pat_writer)
+            .touched_objects();
+        let (targets, target_writer) = reflector::store();
+        let target_stream = watcher(target_api, wc().labels(&format!("{LABEL_MANAGED}=true")))
+            .default_backoff()
+            .modify(strip::<_>)
+            .reflect(target_writer)
+            .touched_objects();
+        ready_waits.push((tokens.clone(), pats.clone(), targets.clone()));
+        let ctx = Arc::new(Ctx::new(shared.clone(), pats, targets));
+        let (by_secret, by_conn, by_ns) = (tokens.clone(), tokens.clone(), tokens.clone());
+        let shutdown = shutdown.clone();
+        let controller = Controller::for_stream(token_stream, tokens)
+            .with_config(ControllerConfig::default().concurrency(concurrency))
+            .owns_stream(target_stream)
+            .watches_stream(pat_stream, move |s: Secret| {
+                let ns = s.namespace().unwrap_or_default();
+                let name = s.name_any();
+                refs(&by_secret, |t| {
                     t.namespace().as_deref() == Some(ns.as_str())
                         && t.spec.pat_secret_ref.name == name
                 })
-                .map(|t| reflector::ObjectRef::from_obj(&*t))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(conn_stream, move |c: LabelStudioConnection| {
-            let name = c.name_any();
-            by_conn
-                .state()
-                .into_iter()
-                .filter(|t| t.spec.connection_name == name)
-                .map(|t| reflector::ObjectRef::from_obj(&*t))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(
-            ns_stream,
-            move |n: kube::api::PartialObjectMeta<Namespace>| {
-                let name = n.name_any();
-                by_ns
-                    .state()
-                    .into_iter()
-                    .filter(|t| t.namespace().as_deref() == Some(name.as_str()))
-                    .map(|t| reflector::ObjectRef::from_obj(&*t))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+            })
+            .watches_stream(
+                broadcast_stream(conn_tx.subscribe()),
+                move |c: LabelStudioConnection| {
+                    let name = c.name_any();
+                    refs(&by_conn, |t| t.spec.connection_name == name)
+                },
+            )
+            .watches_stream(
+                broadcast_stream(ns_tx.subscribe()),
+                move |n: PartialObjectMeta<Namespace>| {
+                    let name = n.name_any();
+                    refs(&by_ns, |t| t.namespace().as_deref() == Some(name.as_str()))
+                },
+            )
+            .graceful_shutdown_on(async move { shutdown.cancelled().await })
+            .run(reconcile::reconcile, reconcile::error_policy, ctx)
+            .for_each(|_| futures::future::ready(()));
+        controllers.push(controller);
+    }
+
+    {
+        let (c, n) = (connections.clone(), namespaces.clone());
+        tokio::spawn(async move {
+            for (t, p, g) in ready_waits {
+                let _ = tokio::join!(
+                    t.wait_until_ready(),
+                    p.wait_until_ready(),
+                    g.wait_until_ready()
+                );
+            }
+            let _ = tokio::join!(c.wait_until_ready(), n.wait_until_ready());
+            synced();
+        });
+    }
+    // The cluster-scoped streams run until shutdown, fanning their changes out to every scope.
+    let fan_out = async {
+        let conns = conn_events.for_each(|e| {
+            if let Ok(c) = e {
+                let _ = conn_tx.send(c);
+            }
+            futures::future::ready(())
+        });
+        let nss = ns_events.for_each(|e| {
+            if let Ok(n) = e {
+                let _ = ns_tx.send(n);
+            }
+            futures::future::ready(())
+        });
+        futures::future::join(conns, nss).await;
+    };
+    tokio::select! {
+        _ = futures::future::join_all(controllers) => {}
+        _ = fan_out => {}
+    }
+}
+
+/// The token resources of a store that `pick` selects, as controller triggers.
+fn refs(
+    store: &reflector::Store<LabelStudioToken>,
+    pick: impl Fn(&LabelStudioToken) -> bool,
+) -> Vec<reflector::ObjectRef<LabelStudioToken>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|t| pick(t))
+        .map(|t| reflector::ObjectRef::from_obj(&*t))
+        .collect()
+}
+
+/// A broadcast receiver as a watch-like stream (a lagging receiver skips what it missed: the
+/// objects it names are reconciled on their own schedule anyway).
+fn broadcast_stream<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+) -> impl futures::Stream<Item = Result<T, watcher::Error>> + Send {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(v) => return Some((Ok(v), rx)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
+/// What a reconcile reacts to in a token resource: its spec (generation) and the refresh-now
+/// annotation; not its status, which the controller itself writes.
+fn spec_or_refresh_request(t: &LabelStudioToken) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    predicates::generation(t).hash(&mut h);
+    t.annotations().get(ANNOTATION_REFRESH_NOW).hash(&mut h);
+    Some(h.finish())
 }
 
 /// Drops `managedFields` before an object enters a cache: they are often larger than the object.

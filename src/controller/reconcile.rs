@@ -82,13 +82,11 @@ struct ConnClient {
     offset: f64,
 }
 
-/// Everything reconciles share.
-pub struct Ctx {
+/// What every scope's reconciles share: the client, connections and namespaces caches, the
+/// exchange cap, the HTTP clients, the per-token memory.
+pub struct Shared {
     client: kube::Client,
     pub(super) settings: Settings,
-    tokens: Store<LabelStudioToken>,
-    pats: Store<Secret>,
-    targets: Store<PartialObjectMeta<Secret>>,
     connections: Store<LabelStudioConnection>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     metrics: Arc<Metrics>,
@@ -99,14 +97,10 @@ pub struct Ctx {
     memory: Mutex<HashMap<TokenKey, Memory>>,
 }
 
-impl Ctx {
-    #[allow(clippy::too_many_arguments)]
+impl Shared {
     pub(super) fn new(
         client: kube::Client,
         settings: Settings,
-        tokens: Store<LabelStudioToken>,
-        pats: Store<Secret>,
-        targets: Store<PartialObjectMeta<Secret>>,
         connections: Store<LabelStudioConnection>,
         namespaces: Store<PartialObjectMeta<Namespace>>,
         metrics: Arc<Metrics>,
@@ -120,12 +114,9 @@ impl Ctx {
             },
         );
         let permits = settings.args.max_concurrent_exchanges.0 as usize;
-        Ctx {
+        Shared {
             client,
             settings,
-            tokens,
-            pats,
-            targets,
             connections,
             namespaces,
             metrics,
@@ -134,6 +125,37 @@ impl Ctx {
             exchanges: Semaphore::new(permits),
             clients: Mutex::new(HashMap::new()),
             memory: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One scope's context (every namespace, or one watched namespace): its caches of opted-in PAT
+/// Secrets and target Secret metadata, and what all scopes share. One
+/// reflector per cache and scope: a store fed by two watchers would let one's relist drop the
+/// other's objects.
+pub struct Ctx {
+    shared: Arc<Shared>,
+    pats: Store<Secret>,
+    targets: Store<PartialObjectMeta<Secret>>,
+}
+
+impl std::ops::Deref for Ctx {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Ctx {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        pats: Store<Secret>,
+        targets: Store<PartialObjectMeta<Secret>>,
+    ) -> Self {
+        Ctx {
+            shared,
+            pats,
+            targets,
         }
     }
 
@@ -227,9 +249,10 @@ pub async fn reconcile(
     let timer = ctx.cmetrics.reconcile_duration_seconds.start_timer();
     let result = reconcile_inner(&token, &ctx).await;
     timer.observe_duration();
-    ctx.cmetrics
-        .token_resources
-        .set(i64::try_from(ctx.tokens.len()).unwrap_or(i64::MAX));
+    ctx.cmetrics.token_resources.set(
+        i64::try_from(ctx.memory.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .unwrap_or(i64::MAX),
+    );
     result
 }
 

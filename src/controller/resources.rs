@@ -31,6 +31,7 @@ pub const ANNOTATION_REFRESH_NOW: &str = "ls-token-refresher/refresh-now";
     group = "ls-token-refresher.io",
     version = "v1alpha1",
     kind = "LabelStudioToken",
+    doc = "A Label Studio access token kept fresh in a Secret of this namespace, from an opted-in PAT Secret of this namespace, against the Label Studio of a cluster admin's LabelStudioConnection.",
     plural = "labelstudiotokens",
     shortname = "lstoken",
     category = "labelstudio",
@@ -167,6 +168,7 @@ pub struct LabelStudioUser {
     group = "ls-token-refresher.io",
     version = "v1alpha1",
     kind = "LabelStudioConnection",
+    doc = "Where a Label Studio is, how to trust it, and which namespaces' LabelStudioTokens may use it. Cluster-scoped: only cluster admins choose where PATs are sent.",
     plural = "labelstudioconnections",
     shortname = "lsconn",
     category = "labelstudio",
@@ -232,6 +234,28 @@ pub fn crd_documents() -> Vec<(&'static str, serde_json::Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The chart installs the CRDs from files/crds/ (Helm cannot run the binary): they must be what
+    /// the binary serves. `LSTR_BLESS=1 cargo test chart_crd_files` rewrites them.
+    #[test]
+    fn chart_crd_files_match_the_binary() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("charts/ls-token-refresher/files/crds");
+        for (name, doc) in crd_documents() {
+            let path = dir.join(format!("{name}.json"));
+            let want = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+            if std::env::var_os("LSTR_BLESS").is_some() {
+                std::fs::write(&path, &want).unwrap();
+                continue;
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                have == want,
+                "{} differs from `ls-token-refresher crds`: run `LSTR_BLESS=1 cargo test chart_crd_files`",
+                path.display()
+            );
+        }
+    }
 
     #[test]
     fn selector_requires_every_label() {

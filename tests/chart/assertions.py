@@ -23,7 +23,12 @@ CONTRACT_METRICS = {
     "ls_token_refresher_token_valid",
     "ls_token_refresher_sink_write_errors_total",
     "ls_token_refresher_build_info",
+    # Controller mode, per LabelStudioToken resource.
+    "ls_token_refresher_controller_token_ready",
+    "ls_token_refresher_controller_token_expiration_timestamp_seconds",
 }
+# Objects without a namespace.
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "LabelStudioConnection"}
 CONTRACT_REASONS = {
     "unauthorized", "expired_pat", "revoked_pat", "wrong_token_type", "inactive_user", "bad_request",
     "server_error", "rate_limited", "timeout", "network", "tls", "invalid_response", "validation_failed",
@@ -118,13 +123,28 @@ chart = yaml.safe_load((chart_dir / "Chart.yaml").read_text())
 values = yaml.safe_load((chart_dir / "values.yaml").read_text())
 
 # --- the chart's Deployment (secret mode) -------------------------------------------------------------------------
+def is_controller(obj):
+    return obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "controller"
+
+
+def run_dep(docs):
+    """The `run` Deployment (the controller's has its own checks below)."""
+    found = [d for d in kind(docs, "Deployment") if not is_controller(d)]
+    assert len(found) == 1, f"expected one run Deployment, found {len(found)}"
+    return found[0]
+
+
+def run_roles(docs, k="Role"):
+    return [r for r in kind(docs, k) if not is_controller(r)]
+
+
 for name, docs in renders.items():
-    if not kind(docs, "Deployment"):
+    if not [d for d in kind(docs, "Deployment") if not is_controller(d)]:
         continue
 
     @check(f"{name}: Deployment runs `run`, hardened, with /livez /readyz and startup probes on the admin port")
     def _():
-        dep = one(docs, "Deployment")
+        dep = run_dep(docs)
         ps = pod_spec(dep)
         (c,) = ps["containers"]
         assert c["args"][0] == "run", c["args"]
@@ -160,24 +180,27 @@ for name, docs in renders.items():
 
     @check(f"{name}: ServiceAccount token mounted only by the pod (automount false on the ServiceAccount)")
     def _():
-        dep = one(docs, "Deployment")
+        dep = run_dep(docs)
         ps = pod_spec(dep)
         assert ps["automountServiceAccountToken"] is True
         for sa in kind(docs, "ServiceAccount"):
             assert sa["automountServiceAccountToken"] is False
+        run_sa = [sa for sa in kind(docs, "ServiceAccount") if not is_controller(sa)]
+        for sa in run_sa:
             assert ps["serviceAccountName"] == sa["metadata"]["name"]
 
     @check(f"{name}: every object has an explicit namespace")
     def _():
         for d in docs:
-            assert d["metadata"].get("namespace"), f"{d['kind']}/{d['metadata']['name']} has no namespace"
+            if d["kind"] not in CLUSTER_SCOPED:
+                assert d["metadata"].get("namespace"), f"{d['kind']}/{d['metadata']['name']} has no namespace"
 
-    if kind(docs, "Role"):
+    if run_roles(docs):
 
         @check(f"{name}: Role is least privilege (secrets only by resourceNames, no create on secrets)")
         def _():
-            role = one(docs, "Role")
-            c = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+            (role,) = run_roles(docs)
+            c = run_dep(docs)["spec"]["template"]["spec"]["containers"][0]
             env = env_of(c)
             rules = role["rules"]
             for r in rules:
@@ -197,13 +220,13 @@ for name, docs in renders.items():
             events = {tuple(r["apiGroups"]): set(r["verbs"]) for r in rules if "events" in r["resources"]}
             assert events == {("",): {"create", "patch"}, ("events.k8s.io",): {"create", "patch"}}, events
             assert len(rules) == 4, rules
-            rb = one(docs, "RoleBinding")
+            (rb,) = run_roles(docs, "RoleBinding")
             assert rb["roleRef"]["name"] == role["metadata"]["name"]
-            assert rb["subjects"][0]["name"] == pod_spec(one(docs, "Deployment"))["serviceAccountName"]
+            assert rb["subjects"][0]["name"] == pod_spec(run_dep(docs))["serviceAccountName"]
 
     @check(f"{name}: the target Secret is rendered empty, kept on uninstall, and is the one the Role may patch")
     def _():
-        env = env_of(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+        env = env_of(run_dep(docs)["spec"]["template"]["spec"]["containers"][0])
         secrets = [d for d in kind(docs, "Secret") if d["metadata"]["name"] == env["LS_TARGET_SECRET"]]
         if name == "target-not-created":
             assert not secrets, "targetSecret.create=false still renders the target"
@@ -213,21 +236,21 @@ for name, docs in renders.items():
         assert not target.get("data") and not target.get("stringData"), target
         assert target["type"] == "Opaque"
         assert target["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-        for role in kind(docs, "Role"):
+        for role in run_roles(docs):
             names = {n for r in role["rules"] if "secrets" in r["resources"] for n in r["resourceNames"]
                      if "patch" in r["verbs"]}
             assert names == {target["metadata"]["name"]}, names
 
     @check(f"{name}: Service exposes the named admin port, also while not ready")
     def _():
-        svc = one(docs, "Service")
+        (svc,) = [s for s in kind(docs, "Service") if not is_controller(s)]
         (port,) = svc["spec"]["ports"]
         assert port["name"] == "admin" and port["targetPort"] == "admin"
         assert svc["spec"]["publishNotReadyAddresses"] is True
-        dep = one(docs, "Deployment")
+        dep = run_dep(docs)
         labels = dep["spec"]["template"]["metadata"]["labels"]
         assert all(labels.get(k) == v for k, v in svc["spec"]["selector"].items())
-        for sm in kind(docs, "ServiceMonitor"):
+        for sm in [m for m in kind(docs, "ServiceMonitor") if m["metadata"]["name"] == svc["metadata"]["name"]]:
             assert sm["spec"]["endpoints"][0]["port"] == "admin"
             assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
             assert all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
@@ -236,10 +259,10 @@ for name, docs in renders.items():
 
         @check(f"{name}: NetworkPolicy allows egress to DNS, the API server and Label Studio only")
         def _():
-            np = one(docs, "NetworkPolicy")
+            (np,) = [n for n in kind(docs, "NetworkPolicy") if not is_controller(n)]
             spec = np["spec"]
             assert spec["policyTypes"] == ["Ingress", "Egress"]
-            dep = one(docs, "Deployment")
+            dep = run_dep(docs)
             labels = dep["spec"]["template"]["metadata"]["labels"]
             assert all(labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items())
             egress_ports = [sorted(p["port"] for p in rule["ports"]) for rule in spec["egress"]]
@@ -253,6 +276,72 @@ for name, docs in renders.items():
             for rule in spec["egress"]:
                 assert rule.get("ports"), f"egress rule without ports: {rule}"
             assert [p["port"] for r in spec["ingress"] for p in r["ports"]] == ["admin"]
+
+# --- controller mode ------------------------------------------------------------------------------------------------
+for name, docs in renders.items():
+    ctl = [d for d in kind(docs, "Deployment") if is_controller(d)]
+    if not ctl:
+        continue
+
+    @check(f"{name}: controller Deployment runs `controller`, hardened, probed, one at a time, as its own ServiceAccount")
+    def _(ctl=ctl, docs=docs):
+        (dep,) = ctl
+        ps = pod_spec(dep)
+        (c,) = ps["containers"]
+        assert c["args"][0] == "controller", c["args"]
+        hardened(c, c["name"])
+        assert http_path(c.get("readinessProbe")) == "/readyz"
+        assert http_path(c.get("livenessProbe")) == "/livez"
+        assert dep["spec"]["strategy"]["type"] == "Recreate"
+        assert ps["automountServiceAccountToken"] is True
+        (sa,) = [s for s in kind(docs, "ServiceAccount") if is_controller(s)]
+        assert sa["automountServiceAccountToken"] is False
+        assert ps["serviceAccountName"] == sa["metadata"]["name"]
+        env = env_of(c)
+        assert "LS_PAT_SECRET" not in env and "LS_URL" not in env, sorted(env)
+        # Its pods never match the `run` Deployment's (immutable) selector.
+        for other in kind(docs, "Deployment"):
+            if other is not dep:
+                sel = other["spec"]["selector"]["matchLabels"]
+                labels = dep["spec"]["template"]["metadata"]["labels"]
+                assert not all(labels.get(k) == v for k, v in sel.items()), "selectors overlap"
+
+    @check(f"{name}: controller RBAC: cluster reads of connections and namespaces only; Secrets only where served")
+    def _(ctl=ctl, docs=docs):
+        env = env_of(pod_spec(ctl[0])["containers"][0])
+        watched = [n for n in env.get("LS_WATCH_NAMESPACES", "").split(",") if n]
+        croles = [r for r in kind(docs, "ClusterRole") if is_controller(r)]
+        roles = [r for r in kind(docs, "Role") if is_controller(r)]
+        for r in croles + roles:
+            for rule in r["rules"]:
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[field], f"wildcard in {rule}"
+                assert not {"delete", "deletecollection", "update", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+        reads = [r for r in croles if not any("secrets" in x["resources"] for x in r["rules"])]
+        assert len(reads) == 1
+        assert {res for x in reads[0]["rules"] for res in x["resources"]} == {"labelstudioconnections", "namespaces"}
+        assert all(set(x["verbs"]) == {"get", "list", "watch"} for x in reads[0]["rules"])
+        with_secrets = [r for r in croles + roles if any("secrets" in x["resources"] for x in r["rules"])]
+        if watched:
+            assert not [r for r in with_secrets if r["kind"] == "ClusterRole"], "a ClusterRole on secrets although namespaces are listed"
+            assert sorted(r["metadata"]["namespace"] for r in with_secrets) == sorted(watched)
+        else:
+            assert [r["kind"] for r in with_secrets] == ["ClusterRole"]
+        for r in with_secrets:
+            (sec_rule,) = [x for x in r["rules"] if "secrets" in x["resources"]]
+            assert set(sec_rule["verbs"]) == {"get", "list", "watch", "create", "patch"}, sec_rule
+
+    crds = kind(docs, "CustomResourceDefinition")
+    if crds:
+
+        @check(f"{name}: CRDs are the binary's, kept on uninstall")
+        def _(crds=crds):
+            names = sorted(c["metadata"]["name"] for c in crds)
+            assert names == ["labelstudioconnections.ls-token-refresher.io", "labelstudiotokens.ls-token-refresher.io"]
+            for c in crds:
+                assert c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+                src = chart_dir / "files" / "crds" / f"{c['spec']['names']['plural']}.json"
+                assert yaml.safe_load(src.read_text())["spec"] == c["spec"]
 
 # --- alerts ---------------------------------------------------------------------------------------------------------
 for name, docs in renders.items():
@@ -334,7 +423,13 @@ def _():
     for fname, docs in deploy.items():
         for d in docs:
             md = d["metadata"]
-            assert md.get("namespace") == "label-studio", f"{fname}: {d['kind']}/{md['name']}"
+            if d["kind"] in CLUSTER_SCOPED:
+                assert not md.get("namespace"), f"{fname}: {d['kind']}/{md['name']} is cluster-scoped"
+            elif fname == "controller-examples.yaml":
+                # A tenant's objects, in the tenant's namespace.
+                assert md.get("namespace") == "ml-team", f"{fname}: {d['kind']}/{md['name']}"
+            else:
+                assert md.get("namespace") == "label-studio", f"{fname}: {d['kind']}/{md['name']}"
             labels = md.get("labels", {})
             assert "helm.sh/chart" not in labels and labels.get("app.kubernetes.io/managed-by") != "Helm", fname
             assert not any(a.startswith("helm.sh/") for a in md.get("annotations") or {}), fname

@@ -75,6 +75,11 @@ secret_values=$here/deploy-values/secret-mode.yaml
   "$HELM" template ls-token-refresher "$chart" --namespace "$NS" -f "$secret_values" --skip-tests | tidy
 } >"$render/secret-mode.yaml"
 
+controller_values=$here/deploy-values/controller-mode.yaml
+{ header "charts/ls-token-refresher with tests/chart/deploy-values/controller-mode.yaml"
+  "$HELM" template ls-token-refresher "$chart" --namespace "$NS" -f "$controller_values" --skip-tests | tidy
+} >"$render/controller-mode.yaml"
+
 # Monitoring (Prometheus Operator CRs, plus the same alerts as a plain rules file for other Prometheus setups).
 mon=(-f "$secret_values" --set serviceMonitor.enabled=true --set prometheusRule.enabled=true)
 { header "charts/ls-token-refresher (templates/servicemonitor.yaml)"
@@ -95,12 +100,12 @@ mon=(-f "$secret_values" --set serviceMonitor.enabled=true --set prometheusRule.
 # the drift check is what says it is generated.
 cp "$chart/dashboards/ls-token-refresher.json" "$render/monitoring/grafana-dashboard.json"
 
-generated=(native-sidecar.yaml classic-sidecar.yaml job-once.yaml proxy-sidecar.yaml secret-mode.yaml
+generated=(native-sidecar.yaml classic-sidecar.yaml job-once.yaml proxy-sidecar.yaml secret-mode.yaml controller-mode.yaml
   monitoring/servicemonitor.yaml monitoring/prometheusrule.yaml monitoring/alerts.rules.yml
   monitoring/grafana-dashboard.json)
 
 # Hand-written files that live beside the generated ones (the drift checks leave them alone).
-not_generated=(README.md release.sh package-chart.sh check-versions.py normalize-sbom.py)
+not_generated=(README.md release.sh package-chart.sh check-versions.py normalize-sbom.py controller-examples.yaml)
 
 case $mode in
   write|out)

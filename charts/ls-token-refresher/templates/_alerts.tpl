@@ -42,7 +42,9 @@ labels:
 {{- $valid := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_token_valid" "") }}
 {{- $last := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_last_success_timestamp_seconds" "") }}
 {{- $patExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_pat_expiration_timestamp_seconds" "") }}
-{{- $sinkErr := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_sink_write_errors_total" "") -}}
+{{- $sinkErr := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_sink_write_errors_total" "") }}
+{{- $ctlReady := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_controller_token_ready" "") }}
+{{- $ctlExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_controller_token_expiration_timestamp_seconds" "") -}}
 - name: ls-token-refresher
   rules:
     {{- with $a.refreshFailing }}{{ if .enabled }}
@@ -167,5 +169,32 @@ labels:
           write the token to its {{`{{ $labels.sink }}`}} sink (RBAC, a conflicting field manager, a full or
           read-only volume): consumers keep the previous token until it expires.
         {{- with include "ls-token-refresher.runbook" (list $ "LSTokenRefresherSinkWriteErrors") }}{{ . | nindent 8 }}{{ end }}
+    {{- end }}{{ end }}
+    {{- with $a.controllerTokenNotReady }}{{ if .enabled }}
+    - alert: LSTokenControllerTokenNotReady
+      expr: |-
+        {{ $ctlReady }} == 0
+      for: {{ .for }}
+      {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenControllerTokenNotReady" .severity) | nindent 6 }}
+      annotations:
+        summary: A LabelStudioToken is not Ready.
+        description: >-
+          LabelStudioToken {{`{{ $labels.name }}`}} (namespace label `namespace`, or `exported_namespace` when the
+          scrape renamed it) has been Ready=False for {{ .for }}: `kubectl get lstoken` shows the reason. Its Secret
+          keeps the last good token until that expires.
+        {{- with include "ls-token-refresher.runbook" (list $ "LSTokenControllerTokenNotReady") }}{{ . | nindent 8 }}{{ end }}
+    {{- end }}{{ end }}
+    {{- with $a.controllerTokenExpiringSoon }}{{ if .enabled }}
+    - alert: LSTokenControllerTokenExpiringSoon
+      expr: |-
+        ({{ $ctlExp }} - time() < {{ include "ls-token-refresher.seconds" .threshold }})
+      for: {{ .for }}
+      {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenControllerTokenExpiringSoon" .severity) | nindent 6 }}
+      annotations:
+        summary: The token in a LabelStudioToken's Secret expires soon or has expired.
+        description: >-
+          The token the controller keeps for LabelStudioToken {{`{{ $labels.name }}`}} expires in
+          {{`{{ $value | humanizeDuration }}`}} (negative: expired) and has not been replaced.
+        {{- with include "ls-token-refresher.runbook" (list $ "LSTokenControllerTokenExpiringSoon") }}{{ . | nindent 8 }}{{ end }}
     {{- end }}{{ end }}
 {{- end }}

@@ -201,20 +201,7 @@ the CA bundle. The Deployment and the `helm test` pod both use it, so the test c
 {{- end }}
 - name: LS_PROPAGATION_MARGIN
   value: {{ .Values.targetSecret.propagationMargin | quote }}
-- name: LS_REFRESH_FRACTION
-  value: {{ .Values.timing.refreshFraction | toString | quote }}
-- name: LS_MIN_LEAD
-  value: {{ .Values.timing.minLead | quote }}
-- name: LS_JITTER
-  value: {{ .Values.timing.jitter | quote }}
-- name: LS_BACKOFF_INITIAL
-  value: {{ .Values.timing.backoffInitial | quote }}
-- name: LS_BACKOFF_MAX
-  value: {{ .Values.timing.backoffMax | quote }}
-- name: LS_REQUEST_TIMEOUT
-  value: {{ .Values.timing.requestTimeout | quote }}
-- name: LS_CONNECT_TIMEOUT
-  value: {{ .Values.timing.connectTimeout | quote }}
+{{ include "ls-token-refresher.timingEnv" . }}
 - name: LS_LEGACY_RECHECK
   value: {{ .Values.timing.legacyRecheck | quote }}
 {{- if .Values.labelStudio.noValidate }}
@@ -264,4 +251,60 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end }}
+
+{{/* The refresh timing (env list items), shared by `run`, `check` and the controller (its per-token defaults). */}}
+{{- define "ls-token-refresher.timingEnv" -}}
+- name: LS_REFRESH_FRACTION
+  value: {{ .Values.timing.refreshFraction | toString | quote }}
+- name: LS_MIN_LEAD
+  value: {{ .Values.timing.minLead | quote }}
+- name: LS_JITTER
+  value: {{ .Values.timing.jitter | quote }}
+- name: LS_BACKOFF_INITIAL
+  value: {{ .Values.timing.backoffInitial | quote }}
+- name: LS_BACKOFF_MAX
+  value: {{ .Values.timing.backoffMax | quote }}
+- name: LS_REQUEST_TIMEOUT
+  value: {{ .Values.timing.requestTimeout | quote }}
+- name: LS_CONNECT_TIMEOUT
+  value: {{ .Values.timing.connectTimeout | quote }}
+{{- end }}
+
+{{- define "ls-token-refresher.controllerName" -}}
+{{- printf "%s-controller" (include "ls-token-refresher.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The controller's pods: a name of their own, so the `run` Deployment's selector (name + instance, immutable)
+never matches them. */}}
+{{- define "ls-token-refresher.controllerSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-controller" (include "ls-token-refresher.name" . | trunc 52 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* The chart's labels for the controller's objects. */}}
+{{- define "ls-token-refresher.controllerLabels" -}}
+{{- $extra := include "ls-token-refresher.controllerSelectorLabels" . | fromYaml }}
+{{- $_ := set $extra "app.kubernetes.io/component" "controller" }}
+{{- include "ls-token-refresher.labelsWith" (list . $extra) }}
+{{- end }}
+
+{{/* The controller's rules in a served namespace (a Role per namespace, or one ClusterRole). */}}
+{{- define "ls-token-refresher.controllerRules" -}}
+- apiGroups: ["ls-token-refresher.io"]
+  resources: ["labelstudiotokens"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["ls-token-refresher.io"]
+  resources: ["labelstudiotokens/status"]
+  verbs: ["patch"]
+# PAT Secrets (label-selected watch) and target Secrets (metadata watch, create, patch with a uid precondition).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end }}

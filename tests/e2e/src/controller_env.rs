@@ -17,11 +17,12 @@ use kube::{
 use serde_json::{json, Value};
 
 use crate::{
+    chart::{self, SaIdentity},
     free_port,
     kube_api::{data_of, secret_data},
     kube_apiserver::{self, ApiServer},
     label_studio::LabelStudio,
-    refresher::{binary, RefresherProc},
+    refresher::RefresherProc,
     wait::poll,
 };
 
@@ -82,18 +83,20 @@ impl ControllerEnv {
         );
         let admin = kube.admin_client().await;
         let tmp = tempfile::tempdir().unwrap();
-        let crds = Command::new(binary())
-            .arg("crds")
-            .output()
-            .expect("run crds");
-        assert!(
-            crds.status.success(),
-            "crds: {}",
-            String::from_utf8_lossy(&crds.stderr)
-        );
-        let file = tmp.path().join("crds.yaml");
-        std::fs::write(&file, &crds.stdout).unwrap();
-        let out = kube.kubectl(["apply", "-f", file.to_str().unwrap()]).await;
+        // The CRDs as the chart installs them (its files are the binary's `crds`, drift-checked).
+        let yaml = chart::render(
+            "default",
+            &[
+                "--set",
+                "controller.enabled=true",
+                "--set",
+                "deployment.enabled=false",
+                "--show-only",
+                "templates/controller-crds.yaml",
+            ],
+        )
+        .await;
+        let out = chart::kubectl_apply(&kube, "crds", &yaml, &[]).await;
         assert!(
             out.status.success(),
             "kubectl apply crds: {}",
@@ -154,6 +157,40 @@ impl ControllerEnv {
             .spawn()
             .expect("start kube-controller-manager");
         self.gc = Some(child);
+    }
+
+    /// The chart's controller ServiceAccount and RBAC (ClusterRole, or a Role in each of `watch`),
+    /// installed in `ns`; returns the ServiceAccount's identity, which the controller then runs as.
+    pub async fn chart_identity(&self, ns: &str, watch: &[&str]) -> SaIdentity {
+        let mut args: Vec<String> = [
+            "--set",
+            "controller.enabled=true",
+            "--set",
+            "deployment.enabled=false",
+            "--set",
+            &format!("fullnameOverride={}", chart::FULLNAME),
+            "--show-only",
+            "templates/controller-rbac.yaml",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if !watch.is_empty() {
+            args.extend([
+                "--set".into(),
+                format!("controller.watchNamespaces={{{}}}", watch.join(",")),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let yaml = chart::render(ns, &args).await;
+        let out =
+            chart::kubectl_apply(&self.kube, &format!("controller-rbac-{ns}"), &yaml, &[]).await;
+        assert!(
+            out.status.success(),
+            "kubectl apply controller RBAC: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        chart::service_account(&self.kube, ns, &format!("{}-controller", chart::FULLNAME)).await
     }
 
     /// Creates a cluster-scoped connection to the test's Label Studio (or to `url`), optionally

@@ -53,7 +53,15 @@ async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_res
     env.apply_json("tb", &token("t", "ls", "pat", "ls-token"), Some(&ns_b))
         .await;
 
-    let ctl = env.start_controller("controller", None, &[]);
+    // The controller runs as the chart's ServiceAccount, with a Role in each served namespace.
+    let ops = env.kube.create_namespace("ops").await;
+    let sa = env.chart_identity(&ops, &[&ns_a, &ns_b]).await;
+    let watch = format!("{ns_a},{ns_b}");
+    let ctl = env.start_controller(
+        "controller",
+        Some(sa.kubeconfig.clone()),
+        &["--watch-namespace", &watch],
+    );
     env.wait_ready(
         &ns_a,
         "t",
@@ -427,7 +435,10 @@ async fn a_tenant_cannot_borrow_the_controllers_rights() {
     )
     .await;
 
-    let ctl = env.start_controller("controller", None, &[]);
+    // The strongest deputy the chart makes: cluster-wide Secret rights (no watchNamespaces).
+    let ops = env.kube.create_namespace("ops").await;
+    let sa = env.chart_identity(&ops, &[]).await;
+    let ctl = env.start_controller("controller", Some(sa.kubeconfig.clone()), &[]);
     let as_alice = |file: &'static str, obj: serde_json::Value| {
         let env = &env;
         let ns = ns.clone();
@@ -581,7 +592,13 @@ async fn a_restart_exchanges_nothing_that_is_not_due() {
     )
     .await;
     let t0 = Instant::now();
-    let ctl = env.start_controller("first", None, &["--max-concurrent-exchanges", "8"]);
+    let ops = env.kube.create_namespace("ops").await;
+    let sa = env.chart_identity(&ops, &[]).await;
+    let ctl = env.start_controller(
+        "first",
+        Some(sa.kubeconfig.clone()),
+        &["--max-concurrent-exchanges", "8"],
+    );
     let all_ready = poll(
         Duration::from_secs(180),
         Duration::from_millis(500),
@@ -616,7 +633,11 @@ async fn a_restart_exchanges_nothing_that_is_not_due() {
     drop(ctl);
 
     // Restart: every token has ~9 minutes left; nothing is due.
-    let ctl = env.start_controller("second", None, &["--max-concurrent-exchanges", "8"]);
+    let ctl = env.start_controller(
+        "second",
+        Some(sa.kubeconfig.clone()),
+        &["--max-concurrent-exchanges", "8"],
+    );
     let reconciled = poll(
         Duration::from_secs(120),
         Duration::from_millis(250),
