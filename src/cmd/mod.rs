@@ -1,6 +1,7 @@
 //! Wiring: each command builds exactly what it needs from its arguments and runs. Errors carry
 //! the exit code the CLI promises: 2 for configuration, 1 otherwise.
 
+mod gate;
 mod once;
 mod run;
 
@@ -66,6 +67,7 @@ pub fn main(command: Command) -> ExitCode {
         match command {
             Command::Run(args) => run::run(args).await,
             Command::Proxy(args) => run::proxy(args).await,
+            Command::Gate(args) => gate::gate(args).await,
             Command::Once(args) => once::once(args).await,
             Command::Token(args) => once::token(args).await,
             Command::Check(args) => check_command(args).await,
