@@ -532,10 +532,30 @@ impl LabelStudio {
     /// Mints a PAT that expires `lifetime_secs` after now, from the Django side (mint_pat.py). It is a
     /// normal PAT otherwise (recorded, can be blacklisted). Works while the server runs or is stopped.
     pub async fn mint_short_pat(&self, lifetime_secs: u64) -> String {
+        self.mint_pat_for(&self.prov.email.clone(), lifetime_secs)
+            .await
+    }
+
+    /// A PAT of the user `email` lasting `lifetime_secs` (mint_pat.py).
+    pub async fn mint_pat_for(&self, email: &str, lifetime_secs: u64) -> String {
+        let token = self
+            .django("mint_pat.py", &[&lifetime_secs.to_string(), email])
+            .await;
+        let token = token.trim().to_string();
+        assert_eq!(
+            token.split('.').count(),
+            3,
+            "mint_pat.py printed something that is not a JWT"
+        );
+        token
+    }
+
+    /// Runs `script` (in tests/support/ls) with `args` in this instance's Django environment and
+    /// returns its stdout, trimmed; panics with its stderr on failure.
+    pub async fn django(&self, script: &str, args: &[&str]) -> String {
         let out = tokio::process::Command::new(&self.prov.python)
-            .arg(ls_support_dir().join("mint_pat.py"))
-            .arg(lifetime_secs.to_string())
-            .arg(&self.prov.email)
+            .arg(ls_support_dir().join(script))
+            .args(args)
             .current_dir(&self.root_path)
             .env_clear()
             .envs(self.server_env())
@@ -544,21 +564,36 @@ impl LabelStudio {
             .kill_on_drop(true)
             .output()
             .await
-            .expect("run mint_pat.py");
+            .unwrap_or_else(|e| panic!("run {script}: {e}"));
         assert!(
             out.status.success(),
-            "mint_pat.py failed ({}):\n{}",
+            "{script} failed ({}):\n{}",
             out.status,
             tail(&String::from_utf8_lossy(&out.stderr), 30)
         );
-        let token = String::from_utf8(out.stdout).expect("utf-8 token");
-        let token = token.trim().to_string();
-        assert_eq!(
-            token.split('.').count(),
-            3,
-            "mint_pat.py printed something that is not a JWT"
-        );
-        token
+        String::from_utf8(out.stdout)
+            .expect("utf-8 output")
+            .trim()
+            .to_string()
+    }
+
+    /// Creates the user `email` (users.py) in the admin's organization (`same_org`) or in one of
+    /// their own; returns (user id, organization id).
+    pub async fn create_user(&self, email: &str, password: &str, same_org: bool) -> (u64, u64) {
+        let where_ = if same_org { "same-org" } else { "own-org" };
+        let out = self
+            .django("users.py", &["create", email, password, where_])
+            .await;
+        let v: serde_json::Value = serde_json::from_str(&out).expect("users.py prints JSON");
+        (
+            v["id"].as_u64().expect("id"),
+            v["organization"].as_u64().expect("organization"),
+        )
+    }
+
+    /// Deactivates the user `email` (is_active = false).
+    pub async fn deactivate_user(&self, email: &str) {
+        self.django("users.py", &["deactivate", email]).await;
     }
 }
 
