@@ -23,10 +23,7 @@ use wiremock::{
 mod test_jwt;
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    ls_token_refresher::clock::unix_now() as i64
 }
 
 fn access(sub: &str, exp: i64) -> String {

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use ls_token_refresher_e2e::{
+    clock,
     fault_proxy::FaultProxy,
     free_port,
+    jwt::jwt_exp,
     label_studio::{LabelStudio, LsOptions},
     log_scan::assert_no_secrets,
     refresher::RefresherProc,
@@ -47,23 +49,6 @@ const ADMITTED: &str = "ls_token_refresher_gate_verifications_total{result=\"adm
 
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
-}
-
-fn exp_of(jwt: &str) -> i64 {
-    let payload = jwt.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice::<Value>(&bytes).unwrap()["exp"]
-        .as_i64()
-        .unwrap()
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 /// `token` with its signature changed (claims intact): only Label Studio can tell.
@@ -282,7 +267,7 @@ async fn gate_admits_label_studio_and_verified_users_and_nobody_else() {
     tokio::time::sleep(Duration::from_secs(CACHE_TTL + 1)).await;
     let (s, body) = c.predict(Some(&bearer(&cid)), pid).await;
     assert_eq!(s, 401, "deactivated user after the cache TTL: {body}");
-    let wait = exp_of(&early) - unix_now() + 1;
+    let wait = jwt_exp(&early).expect("exp") - clock::now() + 1;
     if wait > 0 {
         tokio::time::sleep(Duration::from_secs(wait as u64)).await;
     }
