@@ -436,3 +436,178 @@ async fn non_canonical_targets_and_connect_are_refused_before_authentication() {
     assert!(r.backend_calls().await.is_empty());
     assert_eq!(r.whoami_calls().await, 0);
 }
+
+/// A generated corpus of hostile `Authorization` values: schemes in every case and spacing, JWTs with
+/// absurd, missing, fractional, negative or string claims, wrong token types, truncated or extra
+/// parts, legacy-looking tokens of the wrong length or alphabet, Basic with garbage, non-ASCII and
+/// control bytes. None may reach the backend; Label Studio is asked only about the shapes it could
+/// accept (an unexpired access JWT as `Bearer`, 40 hex as `Token`), and the gate keeps answering.
+#[tokio::test]
+async fn a_generated_corpus_of_hostile_credentials_never_reaches_the_backend() {
+    let r = rig("60s", vec![1]).await;
+    let mut rng = fastrand::Rng::with_seed(19);
+    let claims = [
+        format!(r#"{{"token_type":"access","exp":{}}}"#, now() + 300),
+        r#"{"token_type":"access","exp":1e300}"#.to_owned(),
+        r#"{"token_type":"access","exp":-9223372036854775808}"#.to_owned(),
+        r#"{"token_type":"access","exp":"soon"}"#.to_owned(),
+        r#"{"token_type":"access"}"#.to_owned(),
+        format!(
+            r#"{{"token_type":"access","exp":{},"iat":{}}}"#,
+            now() + 300,
+            now() + 900
+        ),
+        format!(r#"{{"token_type":"refresh","exp":{}}}"#, now() + 300),
+        format!(r#"{{"token_type":"ACCESS","exp":{}}}"#, now() + 300),
+        format!(r#"{{"exp":{}}}"#, now() + 300),
+        "[]".to_owned(),
+        "null".to_owned(),
+        "{".to_owned(),
+    ];
+    let schemes = [
+        "Bearer", "bearer", "BEARER", "Token", "token", "Basic", "Digest", "", "Bearer\t",
+    ];
+    let mut asked_max = 0usize;
+    let mut forwardable = Vec::new();
+    for i in 0..1500 {
+        let scheme = schemes[rng.usize(..schemes.len())];
+        let cred = match rng.u8(..6) {
+            0 => access(&format!("h{i}"), now() + 300),
+            1 => test_jwt::jwt(&claims[rng.usize(..claims.len())]),
+            2 => {
+                let t = test_jwt::jwt(&claims[rng.usize(..claims.len())]);
+                match rng.u8(..3) {
+                    0 => format!("{t}.extra"),
+                    1 => t[..rng.usize(1..t.len())].to_owned(),
+                    _ => t.replace('.', ".."),
+                }
+            }
+            3 => (0..rng.usize(38..43))
+                .map(|_| b"0123456789abcdefABCDEFgz"[rng.usize(..24)] as char)
+                .collect(),
+            4 => {
+                use base64::Engine;
+                let raw: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            }
+            _ => (0..rng.usize(1..80))
+                .map(|_| char::from(rng.u8(0x21..0x7f)))
+                .collect(),
+        };
+        let sep = [" ", "  ", "", "\t"][rng.usize(..4)];
+        let mut value = format!("{scheme}{sep}{cred}").into_bytes();
+        if rng.u8(..10) == 0 {
+            let at = rng.usize(..=value.len());
+            value.insert(at, [0x80, 0xff, 0x7f, 0x01][rng.usize(..4)]);
+        }
+        let Ok(hv) = reqwest::header::HeaderValue::from_bytes(&value) else {
+            continue;
+        };
+        // What Label Studio could accept, by its shape alone (the gate's rule, stated independently).
+        let text = String::from_utf8_lossy(&value);
+        let plausible = if let Some(t) = text.strip_prefix("Bearer ") {
+            t == cred && t.split('.').count() == 3 && cred.starts_with("eyJ") && claims_ok(t)
+        } else if let Some(t) = text
+            .get(6..)
+            .filter(|_| text[..6].eq_ignore_ascii_case("token "))
+        {
+            t.len() == 40 && t.bytes().all(|b| b.is_ascii_hexdigit())
+        } else {
+            false
+        };
+        asked_max += usize::from(plausible);
+        let resp = r
+            .http
+            .post(format!("http://{}/predict", r.gate))
+            .header("authorization", hv)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        if !matches!(status, 401 | 429) {
+            forwardable.push((text.into_owned(), status));
+        }
+    }
+    assert!(forwardable.is_empty(), "{forwardable:?}");
+    assert!(r.backend_calls().await.is_empty());
+    let asked = r.whoami_calls().await;
+    assert!(
+        asked <= asked_max,
+        "{asked} whoami calls for {asked_max} plausible credentials"
+    );
+    assert!(
+        asked > 0,
+        "the corpus holds plausible credentials: they must be asked about"
+    );
+    // Still serving.
+    assert_eq!(r.call(None).await.status(), 401);
+}
+
+/// Whether a JWT's claims could be an unexpired Label Studio access token's.
+fn claims_ok(t: &str) -> bool {
+    use base64::Engine;
+    let Some(payload) = t.split('.').nth(1) else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    let exp = v["exp"].as_i64();
+    let iat = v["iat"].as_i64();
+    v["token_type"] == "access"
+        && exp.is_some_and(|e| e > now() && e <= 253_402_300_799)
+        && iat.is_none_or(|i| i >= 0 && Some(i) < exp)
+}
+
+#[test]
+fn configuration_mistakes_are_one_line_errors() {
+    let dir = tempdir::Dir::new();
+    let basic = dir.0.join("basic");
+    let try_new = |extra: &[&str]| {
+        let mut args = vec![
+            "gate",
+            "--url",
+            "http://127.0.0.1:1",
+            "--backend-url",
+            "http://127.0.0.1:2",
+        ];
+        args.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        Gate::new(&cli.gate, &cli.ls, Arc::new(Metrics::new()))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let e = try_new(&[]).unwrap_err();
+    assert!(
+        e.contains("--gate-allow-org") && e.contains("--gate-allow-user"),
+        "{e}"
+    );
+    assert!(try_new(&["--gate-allow-user", "ann"]).is_err());
+    let path = basic.to_str().unwrap();
+    // The file's content never appears in the error.
+    for content in ["s3cr3t-no-colon\n", ":s3cr3t-pw", "s3cr3t-user:"] {
+        std::fs::write(&basic, content).unwrap();
+        let e = try_new(&["--gate-allow-org", "1", "--gate-basic-auth-file", path]).unwrap_err();
+        assert!(
+            e.contains("user:password") && e.contains("LS_GATE_BASIC_AUTH_FILE"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+    std::fs::write(&basic, "user:pw").unwrap();
+    assert!(try_new(&["--gate-allow-org", "1", "--gate-basic-auth-file", path]).is_ok());
+    let missing = dir.0.join("nope");
+    let e = try_new(&[
+        "--gate-allow-org",
+        "1",
+        "--gate-basic-auth-file",
+        missing.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(e.contains("cannot read"), "{e}");
+}
