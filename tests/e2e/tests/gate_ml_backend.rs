@@ -123,7 +123,8 @@ async fn gate_admits_label_studio_and_verified_users_and_nobody_else() {
     })
     .await;
     let api = ls.api();
-    let admin = bearer(&api.access_token(&api.create_pat().await).await);
+    let admin_pat = api.create_pat().await;
+    let admin = bearer(&api.access_token(&admin_pat).await);
     let (_, me) = api.get("/api/current-user/whoami", Some(&admin)).await;
     let org = me["active_organization"]
         .as_u64()
@@ -139,8 +140,8 @@ async fn gate_admits_label_studio_and_verified_users_and_nobody_else() {
     assert_eq!(ann_org, org);
     assert_ne!(bob_org, org);
     let ann_pat = ls.mint_pat_for("ann@example.org", 3600).await;
-    let ann = api.access_token(&ann_pat).await;
-    let early = ann.clone();
+    // Expired by the end of the test (ACCESS_TTL): the expired-token case.
+    let early = api.access_token(&ann_pat).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let backend = MlBackend::start(&ls.url(), &tmp.path().join("ml")).await;
@@ -179,6 +180,8 @@ async fn gate_admits_label_studio_and_verified_users_and_nobody_else() {
     };
 
     // Label Studio registers the backend through the gate with Basic auth, and gets predictions.
+    // (Tokens are taken right before use: the setup above can outlast ACCESS_TTL on a loaded machine.)
+    let admin = bearer(&api.access_token(&admin_pat).await);
     let (s, project) = api
         .post_json(
             "/api/projects",
@@ -236,6 +239,7 @@ async fn gate_admits_label_studio_and_verified_users_and_nobody_else() {
     assert!(predicted_by_ls >= 1);
 
     // An outside client with an access token from its own PAT.
+    let ann = api.access_token(&ann_pat).await;
     let (s, body) = c.predict(Some(&bearer(&ann)), pid).await;
     assert_eq!(s, 200, "{body}");
     assert!(body.to_string().contains("helper=tools"), "{body}");
@@ -243,19 +247,23 @@ async fn gate_admits_label_studio_and_verified_users_and_nobody_else() {
     assert_eq!(forwarded, predicted_by_ls + 1);
 
     // Everyone else: refused, and the backend sees none of them.
+    let bob = api
+        .access_token(&ls.mint_pat_for("bob@example.org", 3600).await)
+        .await;
     let cid = api
         .access_token(&ls.mint_pat_for("cid@example.org", 3600).await)
         .await;
     assert_eq!(c.predict(Some(&bearer(&cid)), pid).await.0, 200);
     let forwarded = forwarded + 1;
     ls.deactivate_user("cid@example.org").await;
-    let bob = api
-        .access_token(&ls.mint_pat_for("bob@example.org", 3600).await)
-        .await;
     let (s, body) = c.predict(None, pid).await;
     assert_eq!(s, 401, "no credential: {body}");
     let (s, body) = c.predict(Some(&bearer(&forged(&ann, 0))), pid).await;
-    assert_eq!(s, 401, "forged: {body}");
+    assert_eq!(
+        (s, &body["reason"]),
+        (401, &json!("refused")),
+        "forged: {body}"
+    );
     let (s, body) = c.predict(Some(&bearer(&ann_pat)), pid).await;
     assert_eq!(s, 401, "PAT: {body}");
     assert!(body["detail"]
@@ -266,13 +274,26 @@ async fn gate_admits_label_studio_and_verified_users_and_nobody_else() {
     assert_eq!(s, 403, "another organization: {body}");
     tokio::time::sleep(Duration::from_secs(CACHE_TTL + 1)).await;
     let (s, body) = c.predict(Some(&bearer(&cid)), pid).await;
-    assert_eq!(s, 401, "deactivated user after the cache TTL: {body}");
+    // Refused by Label Studio, not expired: the user is no longer accepted.
+    assert!(
+        jwt_exp(&cid).expect("exp") > clock::now(),
+        "cid's token expired first: the test proves nothing"
+    );
+    assert_eq!(
+        (s, &body["reason"]),
+        (401, &json!("refused")),
+        "deactivated user after the cache TTL: {body}"
+    );
     let wait = jwt_exp(&early).expect("exp") - clock::now() + 1;
     if wait > 0 {
         tokio::time::sleep(Duration::from_secs(wait as u64)).await;
     }
     let (s, body) = c.predict(Some(&bearer(&early)), pid).await;
-    assert_eq!(s, 401, "expired: {body}");
+    assert_eq!(
+        (s, &body["reason"]),
+        (401, &json!("expired")),
+        "expired: {body}"
+    );
     assert_eq!(
         backend_hits(&backend, "/predict"),
         forwarded,
