@@ -180,6 +180,7 @@ async fn a_verified_user_reaches_the_backend_as_themselves_without_their_token()
         .header("authorization", format!("Bearer {tok}"))
         .header("x-label-studio-user-id", "999")
         .header("X-Label-Studio-Organization", "1")
+        .header("x-label-studio-role", "administrator")
         .header("x-api-key", LEGACY)
         .header("cookie", "a=b")
         .body(r#"{"tasks":[1]}"#)
@@ -199,6 +200,10 @@ async fn a_verified_user_reaches_the_backend_as_themselves_without_their_token()
     assert_eq!(h["x-label-studio-user-email"], "Ann@Example.org");
     assert_eq!(h["x-label-studio-organization"], "1");
     assert_eq!(h["x-label-studio-auth"], "access");
+    assert!(
+        h.get("x-label-studio-role").is_none(),
+        "a client's identity header passed"
+    );
     assert!(h.get("authorization").is_none());
     assert!(h.get("x-api-key").is_none());
     let all = format!("{h:?}");
@@ -325,7 +330,15 @@ async fn label_studios_basic_credentials_pass_without_a_whoami_call() {
     let r = rig("60s", vec![1]).await;
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode("ls-caller:s3cret-pass");
-    let resp = r.call(Some(&format!("Basic {basic}"))).await;
+    let resp = r
+        .http
+        .post(format!("http://{}/predict", r.gate))
+        .header("authorization", format!("Basic {basic}"))
+        .header("x-label-studio-user-id", "1")
+        .header("x-label-studio-organization", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let wrong = base64::engine::general_purpose::STANDARD.encode("ls-caller:s3cret-pas");
     assert_eq!(r.call(Some(&format!("Basic {wrong}"))).await.status(), 401);
@@ -333,7 +346,9 @@ async fn label_studios_basic_credentials_pass_without_a_whoami_call() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers["x-label-studio-auth"], "basic");
     assert!(seen[0].headers.get("authorization").is_none());
+    // Label Studio is no user: a client's claim to be one does not pass.
     assert!(seen[0].headers.get("x-label-studio-user-id").is_none());
+    assert!(seen[0].headers.get("x-label-studio-organization").is_none());
     assert_eq!(r.whoami_calls().await, 0);
 }
 
