@@ -154,6 +154,17 @@ impl Rig {
         }
         r.body(r#"{"tasks":[]}"#).send().await.unwrap()
     }
+    /// `POST /predict` with `auth` and `headers`.
+    async fn call_with(&self, auth: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut r = self
+            .http
+            .post(format!("http://{}/predict", self.gate))
+            .header("authorization", auth);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.send().await.unwrap()
+    }
     async fn whoami_calls(&self) -> usize {
         self.ls.received_requests().await.unwrap().len()
     }
@@ -330,15 +341,12 @@ async fn label_studios_basic_credentials_pass_without_a_whoami_call() {
     let r = rig("60s", vec![1]).await;
     use base64::Engine;
     let basic = base64::engine::general_purpose::STANDARD.encode("ls-caller:s3cret-pass");
-    let resp = r
-        .http
-        .post(format!("http://{}/predict", r.gate))
-        .header("authorization", format!("Basic {basic}"))
-        .header("x-label-studio-user-id", "1")
-        .header("x-label-studio-organization", "1")
-        .send()
-        .await
-        .unwrap();
+    // A client claiming to be a user, with Label Studio's Basic credentials.
+    let spoofed = [
+        ("x-label-studio-user-id", "1"),
+        ("x-label-studio-organization", "1"),
+    ];
+    let resp = r.call_with(&format!("Basic {basic}"), &spoofed).await;
     assert_eq!(resp.status(), 200);
     let wrong = base64::engine::general_purpose::STANDARD.encode("ls-caller:s3cret-pas");
     assert_eq!(r.call(Some(&format!("Basic {wrong}"))).await.status(), 401);
