@@ -8,7 +8,7 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
     admin::AdminArgs, cluster::KubeArgs, controller::ControllerArgs, exchange::LabelStudioArgs,
-    proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs, source::PatSourceArgs,
+    gate::GateArgs, proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs, source::PatSourceArgs,
     telemetry::LogArgs, values::Dur,
 };
 
@@ -34,6 +34,9 @@ pub enum Command {
     /// Serve a local auth proxy to Label Studio that adds the current token to every request, so
     /// unmodified clients (label-studio-sdk, the ML backend) hold no credential at all.
     Proxy(ProxyCommandArgs),
+    /// Serve an auth gate in front of an ML backend: admits callers whose Label Studio access or
+    /// legacy token Label Studio accepts (and Label Studio's own Basic credentials), per policy.
+    Gate(GateCommandArgs),
     /// Refresh once, publish to every sink and exit (init containers and Jobs).
     Once(OnceArgs),
     /// Print a fresh access token to stdout, e.g. `curl -H "Authorization: Bearer $(ls-token-refresher token)"`.
@@ -122,6 +125,23 @@ pub struct ProxyCommandArgs {
     /// Kubernetes.
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Check.
+    #[command(flatten)]
+    pub dry_run: DryRunArgs,
+}
+
+/// `gate`: the auth gate alone (no PAT, no refresh loop).
+#[derive(Debug, Args)]
+pub struct GateCommandArgs {
+    /// Label Studio (verifies callers' tokens).
+    #[command(flatten)]
+    pub ls: LabelStudioArgs,
+    /// The gate.
+    #[command(flatten)]
+    pub gate: GateArgs,
+    /// Admin server.
+    #[command(flatten)]
+    pub admin: AdminArgs,
     /// Check.
     #[command(flatten)]
     pub dry_run: DryRunArgs,

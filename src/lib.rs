@@ -6,7 +6,8 @@
 //! - concerns: [`schedule`] (when), [`exchange`] (Label Studio's API), [`cluster`] (Kubernetes
 //!   client and Events), [`source`] (where the PAT comes from), [`sink`] (where tokens go);
 //! - the loop: [`refresher`]; many loops' worth as a Kubernetes controller: [`controller`];
-//! - serving: [`admin`] (health and metrics), [`proxy`] (the auth proxy);
+//! - serving: [`admin`] (health and metrics), [`proxy`] (the auth proxy), [`gate`] (the auth gate
+//!   in front of an ML backend; uses the proxy's HTTP hygiene);
 //! - commands: [`cli`] (the command line, composed from each concern's argument group), [`check`],
 //!   [`cmd`] (wiring per command). `main.rs` only parses, starts telemetry and runs.
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod refresher;
 pub mod controller;
 
 pub mod admin;
+pub mod gate;
 pub mod proxy;
 
 pub mod check;

@@ -48,6 +48,14 @@ pub struct Metrics {
     pub proxy_added_latency_seconds: Histogram,
     /// Open client connections to the proxy.
     pub proxy_connections: IntGauge,
+    /// Requests answered by the auth gate, by closed-set `outcome`.
+    pub gate_requests_total: IntCounterVec,
+    /// The gate's credential verifications with Label Studio, by `result`.
+    pub gate_verifications_total: IntCounterVec,
+    /// Verdicts the gate holds in its cache.
+    pub gate_cache_entries: IntGauge,
+    /// Open client connections to the gate.
+    pub gate_connections: IntGauge,
     /// Label Studio's clock minus ours, as last measured (seconds; 0 within the tolerance).
     pub clock_offset_seconds: Gauge,
     /// 1 for the running version.
@@ -166,6 +174,32 @@ impl Metrics {
             "Open client connections to the auth proxy.",
         ))
         .unwrap();
+        let gate_requests_total = IntCounterVec::new(
+            opts(
+                "gate_requests_total",
+                "Requests answered by the auth gate, by outcome (closed set).",
+            ),
+            &["outcome"],
+        )
+        .unwrap();
+        let gate_verifications_total = IntCounterVec::new(
+            opts(
+                "gate_verifications_total",
+                "Credential verifications by the auth gate, by result (admitted|refused|unavailable|limited; limited made no call).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let gate_cache_entries = IntGauge::with_opts(opts(
+            "gate_cache_entries",
+            "Verdicts held in the auth gate's cache.",
+        ))
+        .unwrap();
+        let gate_connections = IntGauge::with_opts(opts(
+            "gate_connections",
+            "Open client connections to the auth gate.",
+        ))
+        .unwrap();
         let clock_offset_seconds = gauge(
             "clock_offset_seconds",
             "Label Studio's clock minus this host's, measured from token iat and Date headers.",
@@ -194,6 +228,10 @@ impl Metrics {
             Box::new(proxy_upstream_errors_total.clone()),
             Box::new(proxy_added_latency_seconds.clone()),
             Box::new(proxy_connections.clone()),
+            Box::new(gate_requests_total.clone()),
+            Box::new(gate_verifications_total.clone()),
+            Box::new(gate_cache_entries.clone()),
+            Box::new(gate_connections.clone()),
             Box::new(build_info.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -229,6 +267,10 @@ impl Metrics {
             proxy_upstream_errors_total,
             proxy_added_latency_seconds,
             proxy_connections,
+            gate_requests_total,
+            gate_verifications_total,
+            gate_cache_entries,
+            gate_connections,
             build_info,
         }
     }
@@ -254,6 +296,16 @@ impl Metrics {
         for reason in [Reason::Network, Reason::Timeout, Reason::Tls] {
             self.proxy_upstream_errors_total
                 .with_label_values(&[reason.as_str()]);
+        }
+    }
+
+    /// Pre-creates the gate's series for its closed set of `outcomes` (only when the gate runs).
+    pub fn register_gate(&self, outcomes: &[&'static str]) {
+        for &outcome in outcomes {
+            self.gate_requests_total.with_label_values(&[outcome]);
+        }
+        for result in ["admitted", "refused", "unavailable", "limited"] {
+            self.gate_verifications_total.with_label_values(&[result]);
         }
     }
 

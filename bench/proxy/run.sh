@@ -3,6 +3,8 @@
 #   (a) upstream       wrk -> the upstream directly                                   (the baseline)
 #   (b) nginx-proxy    wrk -> nginx injecting a static Authorization -> upstream      (the reference proxy)
 #   (c) lstr-proxy     wrk -> `ls-token-refresher proxy` (its own refresh loop) -> upstream
+#   (d) lstr-gate      wrk -> `ls-token-refresher gate` (the caller's token verified once, then a cached verdict)
+#                      -> upstream (trivial upstream only; its "Label Studio" is a second nginx answering whoami)
 # The upstream is either the trivial one (--upstream trivial, default: nginx answering a small static JSON body,
 # which is also a token-refresh answer, so (c)'s refresh loop gets a token from it) or a real Label Studio
 # (--upstream label-studio: GET /api/current-user/whoami, a cheap authenticated endpoint; access tokens live 1 h so
@@ -61,9 +63,9 @@ source "$HERE/nginx.sh"
 OUT=${OUT:-$(mktemp -d /tmp/lstr-bench-proxy.XXXXXX)}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/lstr-bench-proxy-work.XXXXXX)
-LSTR_PROXY_PID=""
+LSTR_PROXY_PID="" LSTR_GATE_PID=""
 cleanup() {
-  [ -n "$LSTR_PROXY_PID" ] && { kill "$LSTR_PROXY_PID" 2>/dev/null || true; wait "$LSTR_PROXY_PID" 2>/dev/null || true; }
+  for p in $LSTR_PROXY_PID $LSTR_GATE_PID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   nginx_stop_all
   declare -F ls_stop >/dev/null && ls_stop
   rm -rf "$WORK"
@@ -126,6 +128,9 @@ if [ "$UPSTREAM" = trivial ]; then
   ACCESS=$STANDIN
   # The PAT (c) holds: an unsigned refresh-type JWT (the trivial upstream accepts anything).
   python3 "$ROOT/tests/support/consumers/placeholder_jwt.py" --type refresh >"$WORK/pat"
+  # Every target gets the same request bytes: the caller's access token, which the proxy replaces and the gate
+  # verifies (once: the rest of the run is served from its cached verdict) and removes.
+  WRK_HEADER=(-H "Authorization: Bearer $ACCESS")
 else
   timeout 1200 bash tests/support/ls/provision.sh >"$WORK/provision-ls.log" 2>&1 || {
     tail -n 30 "$WORK/provision-ls.log"; exit 1; }
@@ -187,6 +192,29 @@ TARGETS=("upstream|$UPSTREAM_URL$REQ_PATH|$UPSTREAM_PID" "nginx-proxy|http://127
 start_lstr_proxy "$LS_PORT_PROXY" "$UPSTREAM_URL" "$WORK/lstr-proxy" || exit 1
 TARGETS+=("lstr-proxy|http://127.0.0.1:$LS_PORT_PROXY$REQ_PATH|$LSTR_PROXY_PID")
 
+# ---- (d) ls-token-refresher's gate (trivial upstream) -----------------------------------------------------------
+# Its Label Studio answers whoami with a user of organization 1; --gate-cache-ttl 1h keeps the verdict cached for
+# the whole run (the default 60 s would add one whoami call a minute), so what is measured is the cached path.
+if [ "$UPSTREAM" = trivial ]; then
+  WHOAMI_PORT=$(free_port)
+  mkdir -p "$WORK/whoami"
+  nginx_render "$HERE/nginx-upstream.conf.template" "$WORK/whoami/nginx.conf" PREFIX="$WORK/whoami" WORKERS=1 \
+    LISTEN="127.0.0.1:$WHOAMI_PORT" 'BODY={"id": 1, "email": "bench@example.org", "username": "bench", "active_organization": 1}'
+  NGINX_CPUS=$LOAD_CPU nginx_start "$WORK/whoami" "$WORK/whoami/nginx.conf" "$WHOAMI_PORT"
+  GATE_PORT=$(free_port)
+  mkdir -p "$WORK/lstr-gate"
+  "${PROXY_PIN[@]}" "$BIN" gate --url "http://127.0.0.1:$WHOAMI_PORT" --backend-url "$UPSTREAM_URL" \
+    --gate-addr "127.0.0.1:$GATE_PORT" --gate-allow-org 1 --gate-cache-ttl 1h --admin-addr 127.0.0.1:0 \
+    >"$WORK/lstr-gate/gate.log" 2>&1 &
+  LSTR_GATE_PID=$!
+  for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "${WRK_HEADER[@]}" "http://127.0.0.1:$GATE_PORT$REQ_PATH")" = 200 ] && break
+    kill -0 "$LSTR_GATE_PID" 2>/dev/null || { log "lstr gate exited: $(tail -n 5 "$WORK/lstr-gate/gate.log")"; exit 1; }
+    sleep 0.1
+  done
+  TARGETS+=("lstr-gate|http://127.0.0.1:$GATE_PORT$REQ_PATH|$LSTR_GATE_PID")
+fi
+
 # Sanity: every target answers 200 with the upstream's body (Label Studio's whoami: the same user; the body itself
 # carries a last-activity time).
 same() { if [ "$UPSTREAM" = trivial ]; then cat; else python3 -c 'import json,sys; print(json.load(sys.stdin)["email"])'; fi; }
@@ -232,7 +260,7 @@ if [ "$UPSTREAM" = trivial ]; then
     [ "$name" = upstream ] && continue
     idle=$(tree_rss_kib "$pid")
     "${LOAD_PIN[@]}" "$LSTR_WRK" -t "$THREADS" -c "$RSS_CONNS" -d "${RSS_DURATION}s" --timeout 5s \
-      -s "$HERE/report.lua" "$url" >"$WORK/rss-wrk-$name.out" 2>&1 &
+      -s "$HERE/report.lua" "${WRK_HEADER[@]}" "$url" >"$WORK/rss-wrk-$name.out" 2>&1 &
     wpid=$!
     peak=0
     while kill -0 "$wpid" 2>/dev/null; do

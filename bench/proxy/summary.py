@@ -34,6 +34,25 @@ def per_request(name, stat_csv, wrk_out, secs, by_dso):
           f"{vals.get('context-switches', 0) / n:4.2f} context switches")
 
 
+def ratios(ph, base, mine, peer, label):
+    """One line: requests/s of `mine` over `peer`'s, added p50 difference, CPU per request ratio (per run)."""
+    ng = {r["run"]: r for r in ph if r["target"] == peer}
+    ours = [r for r in ph if r["target"] == mine and r["run"] in ng and r["run"] in base]
+    if not ours:
+        return
+
+    def rate(r):
+        return r["requests"] / (r["duration_us"] / 1e6)
+
+    rps_ratio = [rate(r) / rate(ng[r["run"]]) for r in ours]
+    cpu_ratio = [(r["cpu_s"] / r["requests"]) / (ng[r["run"]]["cpu_s"] / ng[r["run"]]["requests"])
+                 for r in ours if r["requests"] and ng[r["run"]]["cpu_s"]]
+    added = [(r["p50_us"] - base[r["run"]]["p50_us"], ng[r["run"]]["p50_us"] - base[r["run"]]["p50_us"])
+             for r in ours]
+    print(f'{label:<21} | {mmm(rps_ratio, 8, 2)} |  added p50 - {peer}\'s: '
+          f'{mmm([a - b for a, b in added], 5)} | CPU/req ratio {mmm(cpu_ratio, 5, 2)}')
+
+
 def main():
     if sys.argv[1] == "--per-request":
         per_request(*sys.argv[2:7])
@@ -67,19 +86,10 @@ def main():
             a50 = [r["p50_us"] - base[r["run"]]["p50_us"] for r in rs]
             a99 = [r["p99_us"] - base[r["run"]]["p99_us"] for r in rs]
             print(f'{"added by " + t:<21} | {"":>26} | {mmm(a50)} | {mmm(a99)} |')
-        ng = {r["run"]: r for r in ph if r["target"] == "nginx-proxy"}
-        ours = [r for r in ph if r["target"] == "lstr-proxy" and r["run"] in ng and r["run"] in base]
-        if ours:
-            def rate(r):
-                return r["requests"] / (r["duration_us"] / 1e6)
-
-            rps_ratio = [rate(r) / rate(ng[r["run"]]) for r in ours]
-            cpu_ratio = [(r["cpu_s"] / r["requests"]) / (ng[r["run"]]["cpu_s"] / ng[r["run"]]["requests"])
-                         for r in ours if r["requests"] and ng[r["run"]]["cpu_s"]]
-            added = [(r["p50_us"] - base[r["run"]]["p50_us"], ng[r["run"]]["p50_us"] - base[r["run"]]["p50_us"])
-                     for r in ours]
-            print(f'{"lstr / nginx":<21} | {mmm(rps_ratio, 8, 2)} |  added p50 - nginx\'s: '
-                  f'{mmm([a - b for a, b in added], 5)} | CPU/req ratio {mmm(cpu_ratio, 5, 2)}')
+        # Ours against nginx, and the gate against the proxy (both: ratios within each run).
+        for mine, peer, label in (("lstr-proxy", "nginx-proxy", "lstr / nginx"),
+                                  ("lstr-gate", "lstr-proxy", "gate / lstr-proxy")):
+            ratios(ph, base, mine, peer, label)
     if rss:
         print()
     for r in rss:

@@ -2,6 +2,7 @@
 //! the exit code the CLI promises: 2 for configuration, 1 otherwise.
 
 mod controller;
+mod gate;
 mod once;
 mod run;
 
@@ -67,6 +68,7 @@ pub fn main(command: Command) -> ExitCode {
         match command {
             Command::Run(args) => run::run(args).await,
             Command::Proxy(args) => run::proxy(args).await,
+            Command::Gate(args) => gate::gate(args).await,
             Command::Once(args) => once::once(args).await,
             Command::Token(args) => once::token(args).await,
             Command::Check(args) => check_command(args).await,

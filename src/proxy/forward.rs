@@ -26,7 +26,7 @@ use crate::{health::Held, reason::Reason, sink::memory::MemorySink, token::Autho
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every answer: a local JSON document or Label Studio's streamed body.
-pub(super) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// `Retry-After` (seconds) when no valid token is held: the refresh loop probes Label Studio
 /// every 2 s during an outage, so asking clients to wait longer would only delay them.
@@ -87,19 +87,8 @@ enum Decision {
 }
 
 fn decide(shared: &Shared, local: IpAddr, req: &Request<Incoming>) -> Decision {
-    if req.method() == Method::CONNECT {
-        return Decision::Answer(json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "refused",
-            "CONNECT is not supported: this proxy only forwards to Label Studio",
-        ));
-    }
-    if req.version() < Version::HTTP_2 && req.uri().scheme().is_some() {
-        return Decision::Answer(json_error(
-            StatusCode::BAD_REQUEST,
-            "refused",
-            "absolute-form request targets are refused: this is not a forward proxy; send requests as to Label Studio itself",
-        ));
+    if let Some(refused) = not_for_one_upstream(req, standin::ISSUER, "Label Studio") {
+        return Decision::Answer(refused);
     }
     if let Err(refusal) = shared.admission.admit(req, local) {
         return Decision::Answer(json_error(refusal.status(), "refused", refusal.detail()));
@@ -144,11 +133,40 @@ fn decide(shared: &Shared, local: IpAddr, req: &Request<Incoming>) -> Decision {
     }
 }
 
+/// Refuses what a reverse proxy for one `upstream` must not do: `CONNECT`, and HTTP/1
+/// absolute-form targets (a forward proxy's); `source` names who answers.
+pub(crate) fn not_for_one_upstream<B>(
+    req: &Request<B>,
+    source: &'static str,
+    upstream: &str,
+) -> Option<Response<ProxyBody>> {
+    if req.method() == Method::CONNECT {
+        return Some(json_error_from(
+            source,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "refused",
+            &format!("CONNECT is not supported: this proxy only forwards to {upstream}"),
+        ));
+    }
+    if req.version() < Version::HTTP_2 && req.uri().scheme().is_some() {
+        return Some(json_error_from(
+            source,
+            StatusCode::BAD_REQUEST,
+            "refused",
+            &format!("absolute-form request targets are refused: this is not a forward proxy; send requests as to {upstream} itself"),
+        ));
+    }
+    None
+}
+
 /// Reads what the client sent along with a locally answered request before answering: hyper
 /// closes a connection whose request body was left unread (without saying so when the body had
 /// not arrived yet, so the client's next request on it fails). A body too large or too slow to
 /// read is left, and the answer says the connection closes.
-async fn finish_local(body: Incoming, mut answer: Response<ProxyBody>) -> Response<ProxyBody> {
+pub(crate) async fn finish_local(
+    body: Incoming,
+    mut answer: Response<ProxyBody>,
+) -> Response<ProxyBody> {
     let read_all = async {
         let mut body = body;
         let mut read = 0usize;
@@ -239,23 +257,7 @@ async fn forward(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    for name in [
-        header::AUTHORIZATION,
-        header::HOST,
-        header::EXPECT,
-        HeaderName::from_static("x-api-key"),
-    ] {
-        headers.remove(name);
-    }
-    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-        headers.append(HeaderName::from_static("x-forwarded-for"), v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    let mut headers = outgoing_headers(parts.headers, peer);
     if let Some(h) = &client_host {
         headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
         if !shared.upstream_host {
@@ -273,91 +275,229 @@ async fn forward(
     };
     value.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, value);
+    let prepared = started.elapsed();
+    let resp = match shared.http.send(parts.method, url, headers, body).await {
+        Ok(r) => r,
+        Err(f) => {
+            let (resp, reason) =
+                failure_answer(f, standin::ISSUER, "Label Studio", "--proxy-timeout");
+            if let Some(reason) = reason {
+                shared
+                    .metrics
+                    .proxy_upstream_errors_total
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+            }
+            return resp;
+        }
+    };
+    let answered = Instant::now();
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        // Our token was refused: the loop checks it and refreshes at once if so (rate-limited).
+        shared.rejections.token_rejected();
+    }
+    let cut = shared.metrics.clone();
+    let mut resp = shared.http.stream(resp, move || {
+        cut.proxy_upstream_errors_total
+            .with_label_values(&[Reason::Timeout.as_str()])
+            .inc();
+    });
+    if shared.upstream_host {
+        if let Some(h) = &client_host {
+            map_location_back(resp.headers_mut(), shared.upstream.as_str(), h);
+        }
+    }
+    shared
+        .metrics
+        .proxy_added_latency_seconds
+        .observe((prepared + answered.elapsed()).as_secs_f64());
+    resp
+}
+
+/// Most idle connections to the upstream kept after a burst (reqwest's default keeps all of
+/// them): each concurrent client request opens its own upstream connection, and 1,000 concurrent
+/// clients would otherwise leave 1,000 idle connections held open on the upstream (and ~35 KiB
+/// each here) for the idle timeout. 64 is nginx's usual `keepalive` pool size and more than the
+/// worker threads of a the upstream server.
+const POOL_IDLE_MAX: usize = 64;
+
+/// The HTTP client to one upstream, with the longest silence allowed while forwarding.
+pub(crate) struct Upstream {
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// A client trusting `ca_file` in addition to the system roots. No total or read timeout
+    /// (uploads and exports are large, and a read timeout would also fire while a long upload is
+    /// still being sent): `timeout` bounds silences, judged per request here and in `body.rs`.
+    pub(crate) fn new(
+        ca_file: Option<&std::path::Path>,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, crate::exchange::ClientError> {
+        let client = crate::exchange::client_builder(ca_file, connect_timeout)?
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(POOL_IDLE_MAX)
+            .http1_only()
+            .build()
+            .map_err(|e| crate::exchange::ClientError::Build(e.to_string()))?;
+        Ok(Upstream { client, timeout })
+    }
+
+    /// [`send`] with this client and timeout.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: reqwest::Url,
+        headers: HeaderMap,
+        body: Incoming,
+    ) -> Result<reqwest::Response, Failure> {
+        send(&self.client, method, url, headers, body, self.timeout).await
+    }
+
+    /// [`stream_answer`] with this timeout.
+    pub(crate) fn stream(
+        &self,
+        resp: reqwest::Response,
+        on_cut: impl FnOnce() + Send + 'static,
+    ) -> Response<ProxyBody> {
+        stream_answer(resp, self.timeout, on_cut)
+    }
+}
+
+/// Why a request could not be sent upstream (an answer's head was not received).
+pub(crate) enum Failure {
+    /// The client's body stopped arriving for the whole timeout.
+    ClientTimeout,
+    /// Reading the client's body failed.
+    ClientAborted,
+    /// The upstream failed or stayed silent (timeout, network, TLS).
+    Upstream(Reason),
+}
+
+/// Sends a request with the client's streamed `body` and waits for the answer's head. The
+/// timeout bounds silence, not the transfer: an upload may take as long as it keeps moving, and
+/// a silence is blamed on the side that was waited for (see `body.rs`).
+async fn send(
+    client: &reqwest::Client,
+    method: Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    body: Incoming,
+    timeout: Duration,
+) -> Result<reqwest::Response, Failure> {
     let progress = Progress::new();
-    let request = shared
-        .client
-        .request(parts.method, url)
+    let request = client
+        .request(method, url)
         .headers(headers)
         .body(reqwest::Body::wrap(Watched::new(body, progress.clone())));
-    let prepared = started.elapsed();
     let send = request.send();
     tokio::pin!(send);
-    // The timeout bounds silence, not the transfer: an upload may take as long as it keeps moving.
     let answer = loop {
-        let deadline = match progress.stall(shared.timeout, tokio::time::Instant::now()) {
+        let deadline = match progress.stall(timeout, tokio::time::Instant::now()) {
             Stall::Until(deadline) => deadline,
-            Stall::Client => {
-                return json_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "client_timeout",
-                    "the request body stopped arriving for longer than --proxy-timeout",
-                )
-            }
-            Stall::Upstream => {
-                return upstream_error(
-                    shared,
-                    Reason::Timeout,
-                    "Label Studio did not answer in time",
-                )
-            }
+            Stall::Client => return Err(Failure::ClientTimeout),
+            Stall::Upstream => return Err(Failure::Upstream(Reason::Timeout)),
         };
         tokio::select! {
             answer = &mut send => break answer,
             _ = tokio::time::sleep_until(deadline) => {}
         }
     };
-    let answered = Instant::now();
-    let resp = match answer {
-        Err(_) if progress.client_failed() => {
-            // The client broke off its own upload: not Label Studio's failure (and nobody is
-            // left to read this answer).
-            return json_error(
+    match answer {
+        Err(_) if progress.client_failed() => Err(Failure::ClientAborted),
+        Err(e) => Err(Failure::Upstream(if e.is_timeout() {
+            Reason::Timeout
+        } else if is_tls(&e) {
+            Reason::Tls
+        } else {
+            Reason::Network
+        })),
+        Ok(r) => Ok(r),
+    }
+}
+
+/// The upstream's answer as ours: hop-by-hop headers dropped, the body streamed and cut when it
+/// stays silent for `timeout` (`on_cut` counts that).
+fn stream_answer(
+    resp: reqwest::Response,
+    timeout: Duration,
+    on_cut: impl FnOnce() + Send + 'static,
+) -> Response<ProxyBody> {
+    let mut resp: Response<reqwest::Body> = resp.into();
+    strip_hop_by_hop(resp.headers_mut());
+    resp.map(|b| IdleTimeout::new(b, timeout, Box::new(on_cut)).boxed_unsync())
+}
+
+/// The request headers to send upstream: hop-by-hop headers and every credential the client
+/// sent (`Authorization`, `X-Api-Key`; `Proxy-Authorization` is hop-by-hop) dropped, `Host` and
+/// `Expect` left to the upstream client, `X-Forwarded-For`/`-Proto` set.
+pub(crate) fn outgoing_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        header::EXPECT,
+        HeaderName::from_static("x-api-key"),
+    ] {
+        headers.remove(name);
+    }
+    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
+        headers.append(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    headers
+}
+
+/// The answer to a request that could not be sent (from `source`, about `upstream`, whose
+/// silence is bounded by `timeout_flag`), and the upstream's failure reason to count, if it was
+/// the upstream's.
+pub(crate) fn failure_answer(
+    failure: Failure,
+    source: &'static str,
+    upstream: &str,
+    timeout_flag: &str,
+) -> (Response<ProxyBody>, Option<Reason>) {
+    match failure {
+        Failure::ClientTimeout => (
+            json_error_from(
+                source,
+                StatusCode::REQUEST_TIMEOUT,
+                "client_timeout",
+                &format!("the request body stopped arriving for longer than {timeout_flag}"),
+            ),
+            None,
+        ),
+        // The client broke off its own upload: not the upstream's failure (and nobody is left
+        // to read this answer).
+        Failure::ClientAborted => (
+            json_error_from(
+                source,
                 StatusCode::BAD_REQUEST,
                 "client_aborted",
                 "the request body could not be read from the client",
-            );
-        }
-        Err(e) => {
-            let reason = if e.is_timeout() {
-                Reason::Timeout
-            } else if is_tls(&e) {
-                Reason::Tls
+            ),
+            None,
+        ),
+        Failure::Upstream(reason) => {
+            let (status, detail) = if reason == Reason::Timeout {
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("{upstream} did not answer in time"),
+                )
             } else {
-                Reason::Network
+                (StatusCode::BAD_GATEWAY, reason.summary().to_owned())
             };
-            return upstream_error(shared, reason, reason.summary());
-        }
-        Ok(r) => r,
-    };
-    if resp.status() == StatusCode::UNAUTHORIZED {
-        // Our token was refused: the loop checks it and refreshes at once if so (rate-limited).
-        shared.rejections.token_rejected();
-    }
-    let mut resp: Response<reqwest::Body> = resp.into();
-    strip_hop_by_hop(resp.headers_mut());
-    if shared.upstream_host {
-        if let Some(h) = &client_host {
-            map_location_back(resp.headers_mut(), shared.upstream.as_str(), h);
+            (
+                json_error_from(source, status, reason.as_str(), &detail),
+                Some(reason),
+            )
         }
     }
-    let cut = shared.metrics.clone();
-    let resp = resp.map(|b| {
-        IdleTimeout::new(
-            b,
-            shared.timeout,
-            Box::new(move || {
-                cut.proxy_upstream_errors_total
-                    .with_label_values(&[Reason::Timeout.as_str()])
-                    .inc();
-            }),
-        )
-        .boxed_unsync()
-    });
-    shared
-        .metrics
-        .proxy_added_latency_seconds
-        .observe((prepared + answered.elapsed()).as_secs_f64());
-    resp
 }
 
 fn is_tls(e: &reqwest::Error) -> bool {
@@ -433,33 +573,30 @@ fn map_location_back(headers: &mut HeaderMap, upstream: &str, client_host: &Head
     }
 }
 
-fn upstream_error(shared: &Shared, reason: Reason, detail: &str) -> Response<ProxyBody> {
-    shared
-        .metrics
-        .proxy_upstream_errors_total
-        .with_label_values(&[reason.as_str()])
-        .inc();
-    let status = if reason == Reason::Timeout {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::BAD_GATEWAY
-    };
-    json_error(status, reason.as_str(), detail)
+fn json_error(status: StatusCode, reason: &str, detail: &str) -> Response<ProxyBody> {
+    json_error_from(standin::ISSUER, status, reason, detail)
 }
 
-fn json_error(status: StatusCode, reason: &str, detail: &str) -> Response<ProxyBody> {
+/// A JSON error answer in the shape Label Studio's own errors have (`detail`), with a
+/// closed-set `reason` and the component that answered (`source`).
+pub(crate) fn json_error_from(
+    source: &'static str,
+    status: StatusCode,
+    reason: &str,
+    detail: &str,
+) -> Response<ProxyBody> {
     json(
         status,
         &serde_json::json!({
             "detail": detail,
             "reason": reason,
             "status_code": status.as_u16(),
-            "source": standin::ISSUER,
+            "source": source,
         }),
     )
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(body.to_string()))
             .map_err(|never| match never {})

@@ -48,10 +48,10 @@
 
 mod body;
 mod conn;
-mod forward;
+pub(crate) mod forward;
 pub mod origin;
 pub mod standin;
-mod target;
+pub(crate) mod target;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -64,6 +64,8 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::sync::{watch, Semaphore};
+
+use forward::ProxyBody;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -134,18 +136,10 @@ pub enum ProxyError {
     },
 }
 
-/// Most idle connections to Label Studio kept after a burst (reqwest's default keeps all of
-/// them): each concurrent client request opens its own upstream connection, and 1,000 concurrent
-/// clients would otherwise leave 1,000 idle connections held open on Label Studio (and ~35 KiB
-/// each here) for the idle timeout. 64 is nginx's usual `keepalive` pool size and more than the
-/// worker threads of a Label Studio server.
-const POOL_IDLE_MAX: usize = 64;
-
 /// What every request handler shares.
 struct Shared {
     upstream: BaseUrl,
-    client: reqwest::Client,
-    timeout: Duration,
+    http: forward::Upstream,
     upstream_host: bool,
     admission: origin::Admission,
     tokens: watch::Receiver<Option<TokenSet>>,
@@ -170,21 +164,16 @@ impl Proxy {
         rejections: RejectionReport,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
-        // No total or read timeout here (uploads and exports are large, and a read timeout would
-        // also fire while a long upload is still being sent): `--proxy-timeout` bounds silences,
-        // judged per request in `forward` and `body`.
-        let client = exchange::client_builder(ls.ca_file.as_deref(), ls.connect_timeout.0)?
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(POOL_IDLE_MAX)
-            .http1_only()
-            .build()
-            .map_err(|e| exchange::ClientError::Build(e.to_string()))?;
+        let http = forward::Upstream::new(
+            ls.ca_file.as_deref(),
+            ls.connect_timeout.0,
+            args.proxy_timeout.0,
+        )?;
         metrics.register_proxy();
         Ok(Proxy {
             shared: Arc::new(Shared {
                 upstream: ls.url.clone(),
-                client,
-                timeout: args.proxy_timeout.0,
+                http,
                 upstream_host: args.proxy_upstream_host,
                 admission: origin::Admission::new(&args.proxy_allow_hosts),
                 tokens,
@@ -208,11 +197,8 @@ impl Proxy {
         ),
         ProxyError,
     > {
-        let listener = tokio::net::TcpListener::bind(addr)
+        let (listener, local) = listen(addr)
             .await
-            .map_err(|source| ProxyError::Listen { addr, source })?;
-        let local = listener
-            .local_addr()
             .map_err(|source| ProxyError::Listen { addr, source })?;
         if !local.ip().is_loopback() {
             tracing::warn!(
@@ -220,15 +206,41 @@ impl Proxy {
                 "the auth proxy listens on a non-loopback address: whoever reaches it acts as the PAT's user (restrict it with a NetworkPolicy)"
             );
         }
-        Ok((local, serve(listener, self.shared, shutdown)))
+        let connections = self.shared.metrics.proxy_connections.clone();
+        let shared = self.shared;
+        let handler = move |peer, local, req| forward::handle(shared.clone(), peer, local, req);
+        Ok((
+            local,
+            serve(listener, handler, connections, "proxy", shutdown),
+        ))
     }
 }
 
-async fn serve(
+/// Binds `addr` now (a busy port fails at start-up): the listener and the address it got.
+pub(crate) async fn listen(
+    addr: SocketAddr,
+) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+/// Serves HTTP/1.1 and HTTP/2 connections on `listener` with `handler` (called with the peer's
+/// and the local address of each request's connection) until `shutdown`, with the connection
+/// hygiene described in the module docs; `connections` counts open connections and `what` names
+/// the server in logs.
+pub(crate) async fn serve<H, F>(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    handler: H,
+    connections: prometheus::IntGauge,
+    what: &'static str,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    H: Fn(IpAddr, IpAddr, http::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<ProxyBody>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -245,31 +257,31 @@ async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off a little instead of spinning.
-                    tracing::warn!("proxy accept failed: {e}");
+                    tracing::warn!("{what} accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "proxy connection limit ({MAX_CONNECTIONS}) reached; closing a new connection");
+            tracing::warn!(peer = %peer, "{what} connection limit ({MAX_CONNECTIONS}) reached; closing a new connection");
             continue;
         };
         let Ok(local) = stream.local_addr() else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let metrics = shared.metrics.clone();
-        let for_requests = shared.clone();
+        let connections = connections.clone();
+        let for_requests = handler.clone();
         let (activity, idle) = conn::Activity::new();
         let service = hyper::service::service_fn(move |req| {
             let busy = activity.start();
-            let handled = forward::handle(for_requests.clone(), peer.ip(), local.ip(), req);
+            let handled = for_requests(peer.ip(), local.ip(), req);
             async move { Ok::<_, std::convert::Infallible>(busy.hold_until_sent(handled.await)) }
         });
         let builder = builder.clone();
         let shutdown = shutdown.clone();
-        metrics.proxy_connections.inc();
+        connections.inc();
         tokio::spawn(async move {
             // hyper's protocol detection waits for the first bytes with no timeout of its own:
             // a client that sends nothing would hold its slot forever.
@@ -293,7 +305,7 @@ async fn serve(
                     let _ = tokio::time::timeout(DRAIN, conn).await;
                 }
             }
-            metrics.proxy_connections.dec();
+            connections.dec();
             drop(slot);
         });
     }

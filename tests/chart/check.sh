@@ -246,7 +246,7 @@ cp -r "$chart" "$work/examples/charts/ls-token-refresher"
 sidecar_invalid=(
   "a missing url|--set=tokenRefresher.url=|config.url \(Label Studio base URL\) is required"
   "an unknown key|--set=tokenRefresher.proxyport=9500|unknown config key \"proxyport\""
-  "an unknown mode|--set=tokenRefresher.mode=daemon|mode must be run, once or proxy"
+  "an unknown mode|--set=tokenRefresher.mode=daemon|mode must be run, once, proxy or gate"
   "a log filter directive|--set-string=tokenRefresher.logLevel=info\\,ls_token_refresher=debug|logLevel must be one of"
   "a log format|--set=tokenRefresher.logFormat=xml|logFormat must be plain or json"
   "a non-boolean native|--set-string=tokenRefresher.native=yes|native must be true or false"
@@ -254,7 +254,12 @@ sidecar_invalid=(
   "the proxy on the admin port|--set=tokenRefresher.proxyPort=9417|adminPort and proxyPort are both 9417"
   "a bad proxy timeout|--set=tokenRefresher.proxyTimeout=soon|proxyTimeout must be a duration"
   "proxy: true beside mode once|--set=tokenRefresher.proxy=true|proxy: true is for mode run"
-  "a token mount in proxy mode|--set=tokenRefresher.mode=proxy|mode proxy writes no token files"
+  "a token mount in proxy mode|--set=tokenRefresher.mode=proxy|modes proxy and gate write no token files"
+  "a gate without a policy|--set=gate.allowOrgs=null|mode gate admits nobody without allowOrgs and/or allowUsers"
+  "a PAT given to the gate|--set=gate.patSecret.name=label-studio-pat|mode gate takes no patSecret"
+  "gate options outside mode gate|--set=tokenRefresher.allowUsers={ann@example.org}|are for mode gate"
+  "a bad gate cache TTL|--set=gate.gateCacheTTL=soon|gateCacheTTL must be a duration"
+  "the gate on the backend's port|--set=gate.gatePort=9090|gatePort \\(9090\\) and backendPort \\(9090\\) must differ"
 )
 for case in "${sidecar_invalid[@]}"; do
   IFS='|' read -r what arg expect <<<"$case"

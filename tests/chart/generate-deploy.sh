@@ -68,6 +68,7 @@ example native-sidecar
 example classic-sidecar
 example job-once
 example proxy-sidecar
+example gate-sidecar
 
 secret_values=$here/deploy-values/secret-mode.yaml
 { header "charts/ls-token-refresher with tests/chart/deploy-values/secret-mode.yaml"
@@ -100,7 +101,7 @@ mon=(-f "$secret_values" --set serviceMonitor.enabled=true --set prometheusRule.
 # the drift check is what says it is generated.
 cp "$chart/dashboards/ls-token-refresher.json" "$render/monitoring/grafana-dashboard.json"
 
-generated=(native-sidecar.yaml classic-sidecar.yaml job-once.yaml proxy-sidecar.yaml secret-mode.yaml controller-mode.yaml
+generated=(native-sidecar.yaml classic-sidecar.yaml job-once.yaml proxy-sidecar.yaml gate-sidecar.yaml secret-mode.yaml controller-mode.yaml
   monitoring/servicemonitor.yaml monitoring/prometheusrule.yaml monitoring/alerts.rules.yml
   monitoring/grafana-dashboard.json)
 

@@ -20,17 +20,23 @@ Kubernetes API access (the PAT Secret is a volume): keep
 automountServiceAccountToken false on the pod; the refresher then posts no Events and reports through its logs,
 /readyz and /metrics.
 
-Which mode: `proxy` for clients you cannot change (label-studio-sdk, the ML backend): they talk to
+Which mode: `gate` puts an auth gate in front of an ML backend in the same pod (the other direction: callers must
+bring a Label Studio credential; see below). `proxy` for clients you cannot change (label-studio-sdk, the ML backend): they talk to
 http://127.0.0.1:<proxyPort> with a placeholder key and hold no credential; the proxy adds the current token to every
 request. `run` for code you own: it reads the token files. `once` for a Job's init container.
 
-The config dict has these keys (all but url and patSecret.name optional); unknown keys and bad values are errors:
+The config dict has these keys (all but url and patSecret.name optional; mode gate takes no patSecret); unknown keys
+and bad values are errors:
 
   url                 Label Studio base URL (LS_URL). Required.
-  patSecret.name      Secret holding the PAT, mounted as a directory and re-read on change (LS_PAT_FILE). Required.
+  patSecret.name      Secret holding the PAT, mounted as a directory and re-read on change (LS_PAT_FILE). Required
+                      (not for mode gate).
   patSecret.key       key of the PAT in that Secret (default "pat")
   mode                run (default: keep the token files fresh) | once (publish one token and exit: plain init
-                      container) | proxy (the auth proxy only: no token files, no token volume)
+                      container) | proxy (the auth proxy only: no token files, no token volume) | gate (the auth
+                      gate in front of the backend on 127.0.0.1:<backendPort>: admits requests carrying a Label
+                      Studio access token (Bearer) or legacy token (Token) that Label Studio accepts, of a user the
+                      policy admits, and Label Studio's own Basic credentials; no PAT, no token files)
   native              true (default): a native sidecar (Kubernetes >= 1.29, or 1.28 with the SidecarContainers
                       feature gate) — put the container in initContainers;
                       it gets restartPolicy: Always and a startupProbe on /readyz, so the app starts only once the
@@ -44,6 +50,18 @@ The config dict has these keys (all but url and patSecret.name optional); unknow
                       a duration such as 120s; default the program's, 120s)
   proxyUpstreamHost   send the upstream's Host instead of the client's (LS_PROXY_UPSTREAM_HOST), for a url behind
                       an ingress that routes by Host (default false)
+  gatePort            mode gate: the gate listens on 0.0.0.0:<gatePort> (default 9091): point the Service (and Label
+                      Studio's ML backend URL) there, never at the backend's own port
+  backendPort         mode gate: the backend's port on the pod's loopback (LS_BACKEND_URL http://127.0.0.1:<port>;
+                      default 9090)
+  allowOrgs           mode gate: list of organization ids whose users are admitted (LS_GATE_ALLOW_ORGS)
+  allowUsers          mode gate: list of user ids or emails admitted (LS_GATE_ALLOW_USERS); allowOrgs and/or
+                      allowUsers is required: there is no "any Label Studio user" default
+  basicAuthSecret     mode gate: {name: NAME, key: KEY (default "basic")}: a Secret holding `user:password`, the
+                      Basic credentials Label Studio is configured with for this backend (LS_GATE_BASIC_AUTH_FILE)
+  gateCacheTTL        mode gate: longest a verified credential is trusted without asking Label Studio again
+                      (LS_GATE_CACHE_TTL; default the program's, 60s): a deactivated user keeps access that long
+  gateTimeout         mode gate: longest silence while forwarding to the backend (LS_GATE_TIMEOUT; default 300s)
   apiKeyPlaceholder   LABEL_STUDIO_API_KEY that proxyEnv gives the app (default "placeholder-not-a-token"; the proxy
                       drops whatever Authorization the app sends). label-studio-sdk also takes a JWT-shaped one,
                       see the chart README.
@@ -106,16 +124,18 @@ limits:
 {{- $c := .config | default dict }}
 {{- $known := list "url" "patSecret" "mode" "native" "proxy" "proxyPort" "proxyTimeout" "proxyUpstreamHost"
   "apiKeyPlaceholder" "name" "image" "imagePullPolicy" "tokenDir" "volumeName" "fileMode" "adminPort" "logFormat"
-  "logLevel" "enableQuit" "caBundle" "env" "resources" "securityContext" }}
+  "logLevel" "enableQuit" "caBundle" "env" "resources" "securityContext" "gatePort" "backendPort" "allowOrgs"
+  "allowUsers" "basicAuthSecret" "gateCacheTTL" "gateTimeout" }}
 {{- range $k, $_ := $c }}
 {{- if not (has $k $known) }}
 {{- fail (printf "ls-token-refresher sidecar: unknown config key %q (known: %s)" $k (join ", " $known)) }}
 {{- end }}
 {{- end }}
 {{- $mode := $c.mode | default "run" }}
-{{- if not (has $mode (list "run" "once" "proxy")) }}
-{{- fail (printf "ls-token-refresher sidecar: mode must be run, once or proxy, not %q" $mode) }}
+{{- if not (has $mode (list "run" "once" "proxy" "gate")) }}
+{{- fail (printf "ls-token-refresher sidecar: mode must be run, once, proxy or gate, not %q" $mode) }}
 {{- end }}
+{{- $gate := eq $mode "gate" }}
 {{- $bools := dict "native" true "proxy" false "proxyUpstreamHost" false "enableQuit" false }}
 {{- range $k, $default := $bools }}
 {{- if hasKey $c $k }}
@@ -130,7 +150,9 @@ limits:
 {{- end }}
 {{- $adminPort := $c.adminPort | default 9417 | int }}
 {{- $proxyPort := $c.proxyPort | default 9418 | int }}
-{{- range $k, $port := dict "adminPort" $adminPort "proxyPort" $proxyPort }}
+{{- $gatePort := $c.gatePort | default 9091 | int }}
+{{- $backendPort := $c.backendPort | default 9090 | int }}
+{{- range $k, $port := dict "adminPort" $adminPort "proxyPort" $proxyPort "gatePort" $gatePort "backendPort" $backendPort }}
 {{- if or (lt $port 1) (gt $port 65535) }}
 {{- fail (printf "ls-token-refresher sidecar: %s must be a port number (1-65535), not %v" $k $port) }}
 {{- end }}
@@ -138,6 +160,19 @@ limits:
 {{- $serveProxy := or (eq $mode "proxy") $bools.proxy }}
 {{- if and $serveProxy (eq $adminPort $proxyPort) }}
 {{- fail (printf "ls-token-refresher sidecar: adminPort and proxyPort are both %d" $adminPort) }}
+{{- end }}
+{{- if and $gate (or (eq $adminPort $gatePort) (eq $adminPort $backendPort) (eq $gatePort $backendPort)) }}
+{{- fail (printf "ls-token-refresher sidecar: adminPort (%d), gatePort (%d) and backendPort (%d) must differ" $adminPort $gatePort $backendPort) }}
+{{- end }}
+{{- $allowOrgs := $c.allowOrgs | default list }}
+{{- $allowUsers := $c.allowUsers | default list }}
+{{- if and $gate (not $allowOrgs) (not $allowUsers) }}
+{{- fail "ls-token-refresher sidecar: mode gate admits nobody without allowOrgs and/or allowUsers" }}
+{{- end }}
+{{- range $k, $v := dict "allowOrgs" $allowOrgs "allowUsers" $allowUsers }}
+{{- if not (kindIs "slice" $v) }}
+{{- fail (printf "ls-token-refresher sidecar: %s must be a list" $k) }}
+{{- end }}
 {{- end }}
 {{- $logFormat := $c.logFormat | default "json" }}
 {{- if not (has $logFormat (list "plain" "json")) }}
@@ -147,10 +182,13 @@ limits:
 {{- if not (has $logLevel (list "error" "warn" "info" "debug" "trace")) }}
 {{- fail (printf "ls-token-refresher sidecar: logLevel must be one of error, warn, info, debug, trace (one word), not %q" $logLevel) }}
 {{- end }}
-{{- $proxyTimeout := $c.proxyTimeout | default "" | toString }}
-{{- if and $proxyTimeout (not (regexMatch "^([0-9]+(ms|s|m|h))+$" $proxyTimeout)) }}
-{{- fail (printf "ls-token-refresher sidecar: proxyTimeout must be a duration such as 120s or 2m, not %q" $proxyTimeout) }}
+{{- $durations := dict "proxyTimeout" ($c.proxyTimeout | default "" | toString) "gateCacheTTL" ($c.gateCacheTTL | default "" | toString) "gateTimeout" ($c.gateTimeout | default "" | toString) }}
+{{- range $k, $d := $durations }}
+{{- if and $d (not (regexMatch "^([0-9]+(ms|s|m|h))+$" $d)) }}
+{{- fail (printf "ls-token-refresher sidecar: %s must be a duration such as 120s or 2m, not %q" $k $d) }}
 {{- end }}
+{{- end }}
+{{- $proxyTimeout := $durations.proxyTimeout }}
 {{- /* This chart's own context as the including chart sees it (see the top of this file). */}}
 {{- $sub := dict }}
 {{- with .context }}
@@ -173,12 +211,31 @@ limits:
 {{- end }}
 {{- $pat := $c.patSecret | default dict }}
 {{- $ca := $c.caBundle | default dict }}
+{{- $basic := $c.basicAuthSecret | default dict }}
+{{- if and $gate $pat }}
+{{- fail "ls-token-refresher sidecar: mode gate takes no patSecret (it holds no credential of its own)" }}
+{{- end }}
+{{- if and (not $gate) (or $allowOrgs $allowUsers $basic) }}
+{{- fail "ls-token-refresher sidecar: allowOrgs, allowUsers and basicAuthSecret are for mode gate" }}
+{{- end }}
 url: {{ required "ls-token-refresher sidecar: config.url (Label Studio base URL) is required" $c.url | quote }}
+{{- if not $gate }}
 patSecretName: {{ required "ls-token-refresher sidecar: config.patSecret.name is required" $pat.name | quote }}
+{{- end }}
 patSecretKey: {{ $pat.key | default "pat" | quote }}
 mode: {{ $mode }}
 native: {{ and $bools.native (ne $mode "once") }}
-files: {{ ne $mode "proxy" }}
+files: {{ not (has $mode (list "proxy" "gate")) }}
+gate: {{ $gate }}
+gateAddr: {{ printf "0.0.0.0:%d" $gatePort | quote }}
+gatePort: {{ $gatePort }}
+backendUrl: {{ printf "http://127.0.0.1:%d" $backendPort | quote }}
+allowOrgs: {{ join "," $allowOrgs | quote }}
+allowUsers: {{ join "," $allowUsers | quote }}
+basicSecretName: {{ $basic.name | default "" | quote }}
+basicSecretKey: {{ $basic.key | default "basic" | quote }}
+gateCacheTTL: {{ $durations.gateCacheTTL | quote }}
+gateTimeout: {{ $durations.gateTimeout | quote }}
 serveProxy: {{ $serveProxy }}
 proxyAddr: {{ printf "127.0.0.1:%d" $proxyPort | quote }}
 proxyTimeout: {{ $proxyTimeout | quote }}
@@ -221,8 +278,27 @@ securityContext:
   env:
     - name: LS_URL
       value: {{ $cfg.url | quote }}
+    {{- if $cfg.gate }}
+    # The gate verifies callers' tokens with Label Studio; it holds no credential of its own.
+    - name: LS_BACKEND_URL
+      value: {{ $cfg.backendUrl | quote }}
+    # Every interface: the gate is what the Service exposes (TLS is the ingress's job).
+    - name: LS_GATE_ADDR
+      value: {{ $cfg.gateAddr | quote }}
+    {{- range $k, $v := dict "LS_GATE_ALLOW_ORGS" $cfg.allowOrgs "LS_GATE_ALLOW_USERS" $cfg.allowUsers "LS_GATE_CACHE_TTL" $cfg.gateCacheTTL "LS_GATE_TIMEOUT" $cfg.gateTimeout }}
+    {{- if $v }}
+    - name: {{ $k }}
+      value: {{ $v | quote }}
+    {{- end }}
+    {{- end }}
+    {{- if $cfg.basicSecretName }}
+    - name: LS_GATE_BASIC_AUTH_FILE
+      value: {{ printf "/etc/ls-token-refresher/basic/%s" $cfg.basicSecretKey | quote }}
+    {{- end }}
+    {{- else }}
     - name: LS_PAT_FILE
       value: {{ printf "/etc/ls-token-refresher/pat/%s" $cfg.patSecretKey | quote }}
+    {{- end }}
     {{- if $cfg.files }}
     - name: LS_TOKEN_DIR
       value: {{ $cfg.tokenDir | quote }}
@@ -267,6 +343,11 @@ securityContext:
     - name: ls-admin
       containerPort: {{ $cfg.adminPort }}
       protocol: TCP
+    {{- if $cfg.gate }}
+    - name: ls-gate
+      containerPort: {{ $cfg.gatePort }}
+      protocol: TCP
+    {{- end }}
   {{- if $cfg.native }}
   # The app containers start only after this passes: /readyz is true once the first token is published.
   startupProbe:
@@ -301,9 +382,17 @@ securityContext:
     - name: {{ $cfg.volumeName }}
       mountPath: {{ $cfg.tokenDir | quote }}
     {{- end }}
+    {{- if $cfg.gate }}
+    {{- if $cfg.basicSecretName }}
+    - name: {{ printf "%s-basic" $cfg.volumeName }}
+      mountPath: /etc/ls-token-refresher/basic
+      readOnly: true
+    {{- end }}
+    {{- else }}
     - name: {{ printf "%s-pat" $cfg.volumeName }}
       mountPath: /etc/ls-token-refresher/pat
       readOnly: true
+    {{- end }}
     {{- if or $cfg.caConfigMap $cfg.caSecret }}
     - name: {{ printf "%s-ca" $cfg.volumeName }}
       mountPath: /etc/ls-token-refresher/ca
@@ -321,6 +410,17 @@ securityContext:
     medium: Memory
     sizeLimit: 1Mi
 {{ end -}}
+{{- if $cfg.gate }}
+{{- if $cfg.basicSecretName }}
+- name: {{ printf "%s-basic" $cfg.volumeName }}
+  secret:
+    secretName: {{ $cfg.basicSecretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ $cfg.basicSecretKey }}
+        path: {{ $cfg.basicSecretKey }}
+{{- end }}
+{{- else -}}
 - name: {{ printf "%s-pat" $cfg.volumeName }}
   secret:
     secretName: {{ $cfg.patSecretName }}
@@ -328,6 +428,7 @@ securityContext:
     items:
       - key: {{ $cfg.patSecretKey }}
         path: {{ $cfg.patSecretKey }}
+{{- end }}
 {{- if $cfg.caConfigMap }}
 - name: {{ printf "%s-ca" $cfg.volumeName }}
   configMap:
@@ -350,7 +451,7 @@ securityContext:
 {{- $cfg := include "ls-token-refresher.sidecar.config" . | fromYaml }}
 {{- if hasKey $cfg "Error" }}{{ fail $cfg.Error }}{{ end -}}
 {{- if not $cfg.files }}
-{{- fail "ls-token-refresher sidecar: mode proxy writes no token files: give the app ls-token-refresher.sidecar.proxyEnv instead of the token volume" }}
+{{- fail "ls-token-refresher sidecar: modes proxy and gate write no token files: give the app ls-token-refresher.sidecar.proxyEnv instead of the token volume" }}
 {{- end -}}
 - name: {{ $cfg.volumeName }}
   mountPath: {{ $cfg.tokenDir | quote }}

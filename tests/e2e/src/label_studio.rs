@@ -532,17 +532,27 @@ impl LabelStudio {
     /// Mints a PAT that expires `lifetime_secs` after now, from the Django side (mint_pat.py). It is a
     /// normal PAT otherwise (recorded, can be blacklisted). Works while the server runs or is stopped.
     pub async fn mint_short_pat(&self, lifetime_secs: u64) -> String {
-        self.mint_pat_for(lifetime_secs, &self.prov.email).await
+        self.mint_pat_for(&self.prov.email.clone(), lifetime_secs)
+            .await
     }
 
-    /// Adds a user (by email and username) to the admin's organization; returns their id.
-    pub async fn add_user(&self, email: &str, username: &str) -> i64 {
-        let out = self.django_script("add_user.py", &[email, username]).await;
-        out.trim().parse().expect("add_user.py prints the user id")
+    /// A PAT of the user `email` lasting `lifetime_secs` (mint_pat.py).
+    pub async fn mint_pat_for(&self, email: &str, lifetime_secs: u64) -> String {
+        let token = self
+            .django("mint_pat.py", &[&lifetime_secs.to_string(), email])
+            .await;
+        let token = token.trim().to_string();
+        assert_eq!(
+            token.split('.').count(),
+            3,
+            "mint_pat.py printed something that is not a JWT"
+        );
+        token
     }
 
-    /// Runs one of the support scripts with the server's environment; returns its stdout.
-    async fn django_script(&self, script: &str, args: &[&str]) -> String {
+    /// Runs `script` (in tests/support/ls) with `args` in this instance's Django environment and
+    /// returns its stdout, trimmed; panics with its stderr on failure.
+    pub async fn django(&self, script: &str, args: &[&str]) -> String {
         let out = tokio::process::Command::new(&self.prov.python)
             .arg(ls_support_dir().join(script))
             .args(args)
@@ -561,21 +571,29 @@ impl LabelStudio {
             out.status,
             tail(&String::from_utf8_lossy(&out.stderr), 30)
         );
-        String::from_utf8(out.stdout).expect("utf-8 output")
+        String::from_utf8(out.stdout)
+            .expect("utf-8 output")
+            .trim()
+            .to_string()
     }
 
-    /// Like [`Self::mint_short_pat`], for the user with `email`.
-    pub async fn mint_pat_for(&self, lifetime_secs: u64, email: &str) -> String {
+    /// Creates the user `email` (users.py) in the admin's organization (`same_org`) or in one of
+    /// their own; returns (user id, organization id).
+    pub async fn create_user(&self, email: &str, password: &str, same_org: bool) -> (u64, u64) {
+        let where_ = if same_org { "same-org" } else { "own-org" };
         let out = self
-            .django_script("mint_pat.py", &[&lifetime_secs.to_string(), email])
+            .django("users.py", &["create", email, password, where_])
             .await;
-        let token = out.trim().to_string();
-        assert_eq!(
-            token.split('.').count(),
-            3,
-            "mint_pat.py printed something that is not a JWT"
-        );
-        token
+        let v: serde_json::Value = serde_json::from_str(&out).expect("users.py prints JSON");
+        (
+            v["id"].as_u64().expect("id"),
+            v["organization"].as_u64().expect("organization"),
+        )
+    }
+
+    /// Deactivates the user `email` (is_active = false).
+    pub async fn deactivate_user(&self, email: &str) {
+        self.django("users.py", &["deactivate", email]).await;
     }
 }
 

@@ -38,8 +38,12 @@ async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_res
     let ns_b = env.kube.create_namespace("ctl-b").await;
     // Two Label Studio users, one PAT each.
     let pat_a = env.ls.api().create_pat().await;
-    let bob_id = env.ls.add_user("bob@example.com", "bob").await;
-    let pat_b = env.ls.mint_pat_for(86_400, "bob@example.com").await;
+    let (bob_id, _) = env
+        .ls
+        .create_user("bob@example.com", "unused-Passw0rd", true)
+        .await;
+    let bob_id = bob_id as i64;
+    let pat_b = env.ls.mint_pat_for("bob@example.com", 86_400).await;
     env.create_secret(&ns_a, &pat_secret("pat", &pat_a, true))
         .await;
     env.create_secret(&ns_b, &pat_secret("pat", &pat_b, true))
@@ -175,7 +179,7 @@ async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_res
     );
 
     // PAT Secret rotated: a new token from the new PAT within seconds, not at the next schedule.
-    let pat_b2 = env.ls.mint_pat_for(86_400, "bob@example.com").await;
+    let pat_b2 = env.ls.mint_pat_for("bob@example.com", 86_400).await;
     env.ls.api().blacklist(&pat_b).await;
     let before = env.target(&ns_b, "ls-token").await.unwrap().0;
     let t0 = Instant::now();
