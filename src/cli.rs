@@ -7,8 +7,9 @@
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
-    admin::AdminArgs, cluster::KubeArgs, exchange::LabelStudioArgs, proxy::ProxyArgs,
-    schedule::TimingArgs, sink::SinkArgs, source::PatSourceArgs, telemetry::LogArgs, values::Dur,
+    admin::AdminArgs, cluster::KubeArgs, exchange::LabelStudioArgs, leader::LeaderArgs,
+    proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs, source::PatSourceArgs,
+    telemetry::LogArgs, values::Dur,
 };
 
 /// Keeps a Label Studio access token fresh: exchanges a Personal Access Token (PAT) for short-lived
@@ -71,6 +72,9 @@ pub struct RunArgs {
     /// Kubernetes.
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Leader election among replicas writing one Secret.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
     /// Check.
     #[command(flatten)]
     pub dry_run: DryRunArgs,

@@ -175,6 +175,38 @@ impl Leadership {
         }
     }
 
+    /// A replica that never leads (tests of the fencing in writers).
+    #[cfg(test)]
+    pub(crate) fn never() -> Self {
+        let (_tx, rx) = watch::channel(false);
+        Leadership {
+            shared: Some(Arc::new(Shared {
+                until: Mutex::new(None),
+            })),
+            rx,
+            identity: Arc::from("never"),
+        }
+    }
+
+    /// A leadership the test drives: `set(Some(d))` leads for `d` from now, `set(None)` steps down.
+    #[cfg(test)]
+    pub(crate) fn manual() -> (Self, impl Fn(Option<Duration>)) {
+        let (tx, rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            until: Mutex::new(None),
+        });
+        let l = Leadership {
+            shared: Some(shared.clone()),
+            rx,
+            identity: Arc::from("manual"),
+        };
+        let set = move |d: Option<Duration>| {
+            *lock(&shared.until) = d.map(|d| Instant::now() + d);
+            tx.send_replace(d.is_some());
+        };
+        (l, set)
+    }
+
     /// True when election is configured (standbys exist).
     pub fn is_elected(&self) -> bool {
         self.shared.is_some()
@@ -338,7 +370,15 @@ pub async fn start(
         identity = %identity,
         "leader election: standing by until this replica holds the Lease"
     );
-    Ok(elect(store, &args.lease_name.0, identity, timings, metrics, shutdown).0)
+    Ok(elect(
+        store,
+        &args.lease_name.0,
+        identity,
+        timings,
+        metrics,
+        shutdown,
+    )
+    .0)
 }
 
 /// Runs the election loop on `store` in a task; the handle and the task (which ends after

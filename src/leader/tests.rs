@@ -131,7 +131,10 @@ async fn run_for(replicas: &[&Replica], secs: u64, who: usize) -> Option<f64> {
         let leaders: Vec<usize> = (0..replicas.len())
             .filter(|i| replicas[*i].leadership.is_leader())
             .collect();
-        assert!(leaders.len() <= 1, "two leaders at {tick} ticks: {leaders:?}");
+        assert!(
+            leaders.len() <= 1,
+            "two leaders at {tick} ticks: {leaders:?}"
+        );
         if first.is_none() && leaders == [who] {
             first = Some(tick as f64 / 10.0);
         }
@@ -145,7 +148,10 @@ async fn one_leader_and_a_cut_leader_stops_before_the_standby_takes_over() {
     let a = replica(&server, "a");
     run_for(&[&a], 1, 0).await.expect("a leads at once");
     let b = replica(&server, "b");
-    assert!(run_for(&[&a, &b], 30, 1).await.is_none(), "b stands by while a renews");
+    assert!(
+        run_for(&[&a, &b], 30, 1).await.is_none(),
+        "b stands by while a renews"
+    );
     assert!(a.leadership.is_leader());
     assert_eq!(a.metrics.leader.get(), 1);
     assert_eq!(b.metrics.leader.get(), 0);
@@ -159,7 +165,11 @@ async fn one_leader_and_a_cut_leader_stops_before_the_standby_takes_over() {
     for _ in 0..400 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let (la, lb) = (a.leadership.is_leader(), b.leadership.is_leader());
-        assert!(!(la && lb), "both lead {:?} after the cut", cut_at.elapsed());
+        assert!(
+            !(la && lb),
+            "both lead {:?} after the cut",
+            cut_at.elapsed()
+        );
         if !la && a_stopped.is_none() {
             a_stopped = Some(cut_at.elapsed());
         }
@@ -170,20 +180,30 @@ async fn one_leader_and_a_cut_leader_stops_before_the_standby_takes_over() {
     let (a_stopped, b_started) = (a_stopped.unwrap(), b_started.expect("b takes over"));
     // a's last renewal was sent at most one retry period before the cut.
     assert!(a_stopped <= timings().renew_deadline, "{a_stopped:?}");
-    assert!(b_started <= timings().duration + 2 * timings().retry_period, "{b_started:?}");
     assert!(
-        b_started >= a_stopped + (timings().duration - timings().renew_deadline) - timings().retry_period,
+        b_started <= timings().duration + 2 * timings().retry_period,
+        "{b_started:?}"
+    );
+    assert!(
+        b_started
+            >= a_stopped + (timings().duration - timings().renew_deadline) - timings().retry_period,
         "margin between a stopping ({a_stopped:?}) and b starting ({b_started:?})"
     );
     assert_eq!(holder(&server).as_deref(), Some("b"));
     assert_eq!(
-        a.metrics.leader_transitions_total.with_label_values(&["lost"]).get(),
+        a.metrics
+            .leader_transitions_total
+            .with_label_values(&["lost"])
+            .get(),
         1
     );
 
     // a comes back: it finds b's record and stays a standby.
     a.store.cut.store(false, Ordering::SeqCst);
-    assert!(run_for(&[&a, &b], 30, 0).await.is_none(), "a does not lead again");
+    assert!(
+        run_for(&[&a, &b], 30, 0).await.is_none(),
+        "a does not lead again"
+    );
     assert!(b.leadership.is_leader());
     drop((a.task, b.task));
 }
@@ -253,7 +273,13 @@ async fn a_standby_waits_a_whole_duration_on_its_own_clock_for_a_silent_holder()
         "took {took}s; a fresh standby must see the record unchanged for 15 s"
     );
     assert_eq!(
-        lock(&server.lease).as_ref().unwrap().spec.as_ref().unwrap().lease_transitions,
+        lock(&server.lease)
+            .as_ref()
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .lease_transitions,
         Some(1)
     );
 }
@@ -270,7 +296,11 @@ fn identities_are_unique_without_a_pod_name() {
     let (a, b) = (identity(None), identity(None));
     assert_ne!(a, b);
     assert!(a.len() > 9, "{a}");
-    assert_eq!(identity(Some("")).len(), a.len(), "an empty pod name is not an identity");
+    assert_eq!(
+        identity(Some("")).len(),
+        a.len(),
+        "an empty pod name is not an identity"
+    );
 }
 
 #[test]
@@ -292,7 +322,10 @@ fn timings_are_validated_with_one_line_errors() {
         (&["--lease-duration", "1s"][..], "whole seconds from 2s"),
         (&["--lease-duration", "15.5s"][..], "whole seconds"),
         (&["--lease-duration", "301s"][..], "to 300s"),
-        (&["--lease-retry-period", "10s"][..], "below --lease-renew-deadline"),
+        (
+            &["--lease-retry-period", "10s"][..],
+            "below --lease-renew-deadline",
+        ),
         (&["--lease-retry-period", "0s"][..], "above 0"),
     ] {
         let e = parse(args).unwrap().unwrap_err();
