@@ -262,6 +262,13 @@ impl Leadership {
         }
     }
 
+    /// Resolves when the election loop has ended (after releasing the Lease on shutdown); at once
+    /// without election. Await it before exiting, or the release may never reach the API server.
+    pub async fn released(&self) {
+        let mut rx = self.rx.clone();
+        while rx.changed().await.is_ok() {}
+    }
+
     /// The election loop's view (`true` while it leads), for callers that want every change.
     pub fn changes(&self) -> watch::Receiver<bool> {
         self.rx.clone()

@@ -61,8 +61,8 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
     let refresher = Refresher::new(exchange, pat, sinks, policy, metrics.clone())
         .with_notifier(notifier)
         .with_attempt_budget(attempt_budget(&args.ls))
-        .with_leadership(leadership);
-    serve(
+        .with_leadership(leadership.clone());
+    let result = serve(
         refresher,
         &args.ls,
         &args.admin,
@@ -70,8 +70,15 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
         metrics,
         shutdown,
     )
-    .await
+    .await;
+    // The release lets a standby lead at once instead of after a lease duration; bounded by the
+    // election's own request timeout (the retry period), capped here for a hung API server.
+    let _ = tokio::time::timeout(RELEASE_WAIT, leadership.released()).await;
+    result
 }
+
+/// Longest wait for the Lease release at exit (well inside Kubernetes' 30 s grace period).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `--leader-elect` coordinates writers of one Secret: with any other output a standby would
 /// leave its own token directory or proxy empty, so the combination is refused (exit 2).

@@ -334,3 +334,22 @@ fn timings_are_validated_with_one_line_errors() {
     assert!(parse(&["--lease-name", "Bad_Name"]).is_err());
     assert!(parse(&["--lease-namespace", "a/b"]).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn released_resolves_after_the_release_and_at_once_without_election() {
+    tokio::time::timeout(Duration::from_millis(1), Leadership::always().released())
+        .await
+        .expect("nothing to release");
+    let server = Arc::new(Server::default());
+    let a = replica(&server, "a");
+    run_for(&[&a], 1, 0).await.unwrap();
+    let released = tokio::spawn({
+        let l = a.leadership.clone();
+        async move { l.released().await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!released.is_finished());
+    a.shutdown.cancel();
+    released.await.unwrap();
+    assert_eq!(holder(&server), None, "released before `released` resolved");
+}

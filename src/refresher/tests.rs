@@ -1083,7 +1083,11 @@ async fn standby_refreshes_only_while_leading_and_at_once_on_takeover() {
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert_eq!(r.ls.refreshes(), 1, "no exchange after the margin ran out");
     assert_eq!(r.sinks[0].sets.lock().unwrap().len(), 1);
-    assert!(r.health.is_ready(), "a standby again: {:?}", r.health.ready());
+    assert!(
+        r.health.is_ready(),
+        "a standby again: {:?}",
+        r.health.ready()
+    );
     set(Some(Duration::from_secs(30)));
     r.ls.until_refreshes(2).await;
     stop(shutdown, task).await;
