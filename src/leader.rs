@@ -468,12 +468,7 @@ impl<S: LeaseStore> Elector<S> {
                     // A lapse (the margin ran out, e.g. after a pause) and a renewal count as a
                     // new term: receivers waiting in `wait_leader` are woken either way.
                     if !was {
-                        self.metrics
-                            .leader_transitions_total
-                            .with_label_values(&["acquired"])
-                            .inc();
-                        tracing::info!(identity = %self.identity, lease = %self.name, "leader election: this replica now leads");
-                        self.tx.send_replace(true);
+                        self.announce(true, "this replica holds the Lease");
                     }
                     last_error = None;
                 }
@@ -524,13 +519,23 @@ impl<S: LeaseStore> Elector<S> {
     fn step_down(&mut self, why: &str) {
         if self.until().is_some() {
             self.set_until(None);
-            self.metrics
-                .leader_transitions_total
-                .with_label_values(&["lost"])
-                .inc();
-            tracing::warn!(identity = %self.identity, lease = %self.name, "leader election: stepped down: {why}");
-            self.tx.send_replace(false);
+            self.announce(false, why);
         }
+    }
+
+    /// Counts, logs and tells the handles that this replica now leads (or no longer does).
+    fn announce(&self, leading: bool, why: &str) {
+        let direction = if leading { "acquired" } else { "lost" };
+        self.metrics
+            .leader_transitions_total
+            .with_label_values(&[direction])
+            .inc();
+        if leading {
+            tracing::info!(identity = %self.identity, lease = %self.name, "leader election: leading: {why}");
+        } else {
+            tracing::warn!(identity = %self.identity, lease = %self.name, "leader election: stepped down: {why}");
+        }
+        self.tx.send_replace(leading);
     }
 
     async fn call<T>(

@@ -408,6 +408,22 @@ mod tests {
             .unwrap()
     }
 
+    /// The sink sends nothing more (within 200 ms: its requests follow each other at once).
+    async fn no_more_requests(
+        handle: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let next =
+            tokio::time::timeout(std::time::Duration::from_millis(200), handle.next_request());
+        assert!(next.await.is_err(), "no further request (no write)");
+    }
+
+    fn skipped(metrics: &Metrics, why: Fence) -> u64 {
+        metrics
+            .secret_writes_skipped_total
+            .with_label_values(&[why.as_str()])
+            .get()
+    }
+
     #[test]
     fn fence_decisions() {
         let at = |s: i64| rfc3339(s);
@@ -459,22 +475,11 @@ mod tests {
             assert_eq!(req.method(), http::Method::GET, "read again after the race");
             send.send_response(secret_response("6", Some("1970-01-01T00:02:00Z")));
             // No further request: the newer token stays.
-            assert!(tokio::time::timeout(
-                std::time::Duration::from_millis(200),
-                handle.next_request()
-            )
-            .await
-            .is_err());
+            no_more_requests(&mut handle).await;
         });
         sink.publish(&set()).await.unwrap();
         server.await.unwrap();
-        assert_eq!(
-            metrics
-                .secret_writes_skipped_total
-                .with_label_values(&["newer_published"])
-                .get(),
-            1
-        );
+        assert_eq!(skipped(&metrics, Fence::NewerPublished), 1);
     }
 
     /// A replica that is not the leader reads the target but never writes it.
@@ -489,22 +494,11 @@ mod tests {
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(req.method(), http::Method::GET);
             send.send_response(secret_response("5", None));
-            assert!(
-                tokio::time::timeout(std::time::Duration::from_millis(200), handle.next_request())
-                    .await
-                    .is_err(),
-                "no write"
-            );
+            no_more_requests(&mut handle).await;
         });
         sink.publish(&set()).await.unwrap();
         server.await.unwrap();
-        assert_eq!(
-            metrics
-                .secret_writes_skipped_total
-                .with_label_values(&["not_leader"])
-                .get(),
-            1
-        );
+        assert_eq!(skipped(&metrics, Fence::NotLeader), 1);
     }
 
     #[test]
@@ -587,14 +581,7 @@ mod tests {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(mock, "ns");
         let sink = SecretSink::new(client, "ns", "out", false, Default::default());
-        let status = |code: u16, reason: &str, message: &str| {
-            let body = serde_json::json!({"kind":"Status","apiVersion":"v1","status":"Failure",
-                "message": message, "reason": reason, "code": code});
-            Response::builder()
-                .status(code)
-                .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                .unwrap()
-        };
+        let status = status_response;
         let server = tokio::spawn(async move {
             let (req, send) = handle.next_request().await.unwrap();
             assert_eq!(

@@ -19,26 +19,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
-use kube::{
-    api::{Api, Patch, PatchParams},
-    Client,
-};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
 use ls_token_refresher_e2e::{
-    chart::{self, SaIdentity},
+    chart,
     clock::{rfc3339, unix_now},
     jwt::jwt_exp,
-    kube_api::{create_secret, data_of},
-    kube_apiserver::ApiServer,
-    label_studio::LabelStudio,
+    kube_api::data_of,
     log_scan::assert_no_secrets,
     process,
     refresher::{run_to_end, RefresherProc},
+    secret_mode::{SecretMode, PAT_SECRET, TARGET},
     wait::{poll, wait_for},
 };
 
-const PAT_SECRET: &str = "ls-pat";
-const TARGET: &str = "ls-token";
 /// The chart's Lease (named like the release's objects).
 const LEASE: &str = chart::FULLNAME;
 /// Access-token lifetime: short, so that refreshes (every ~20 s) happen during each phase.
@@ -49,92 +43,42 @@ const LEASE_DURATION: u64 = 6;
 const RENEW_DEADLINE: u64 = 4;
 const RETRY: u64 = 1;
 
-struct Env {
-    kube: ApiServer,
-    ls: LabelStudio,
-    admin: Client,
-    ns: String,
-    pat: String,
-    sa: SaIdentity,
-    tmp: tempfile::TempDir,
+/// The shared fixture, with this file's helpers.
+struct Env(SecretMode);
+
+impl std::ops::Deref for Env {
+    type Target = SecretMode;
+    fn deref(&self) -> &SecretMode {
+        &self.0
+    }
 }
 
 async fn setup() -> Env {
-    let (kube, ls) = tokio::join!(ApiServer::start(), LabelStudio::start_with_ttl(TTL));
-    let admin = kube.admin_client().await;
-    let ns = kube.create_namespace("ha").await;
-    let pat = ls.api().create_pat().await;
-    create_secret(&admin, &ns, PAT_SECRET, &[("pat", &pat)]).await;
-    let sa = chart::install_rbac(&kube, &ns, PAT_SECRET, TARGET).await;
-    Env {
-        kube,
-        ls,
-        admin,
-        ns,
-        pat,
-        sa,
-        tmp: tempfile::tempdir().unwrap(),
-    }
+    Env(SecretMode::start(TTL, "ha").await)
 }
 
 impl Env {
-    fn args(&self, elect: bool) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--url",
-            &self.ls.url(),
-            "--pat-secret",
-            PAT_SECRET,
-            "--target-secret",
-            TARGET,
-            "--log-level",
-            "debug",
-            "--backoff-initial",
-            "200ms",
-            "--backoff-max",
-            "2s",
-            "--propagation-margin",
-            "0s",
-            "--min-lead",
-            "5s",
-            "--jitter",
-            "0s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if elect {
-            for (k, v) in [
-                ("--leader-elect", None),
-                ("--lease-name", Some(LEASE.to_string())),
-                ("--lease-duration", Some(format!("{LEASE_DURATION}s"))),
-                ("--lease-renew-deadline", Some(format!("{RENEW_DEADLINE}s"))),
-                ("--lease-retry-period", Some(format!("{RETRY}s"))),
-            ] {
-                a.push(k.into());
-                a.extend(v);
-            }
-        }
-        a
-    }
-
-    /// Starts `run` as the chart's ServiceAccount with `LS_POD_NAME=name` (the holder identity).
+    /// Starts `run` as the chart's ServiceAccount with `LS_POD_NAME=name` (the holder identity),
+    /// with the test's lease timings when `elect`.
     fn start(&self, name: &str, elect: bool) -> RefresherProc {
-        let args = self.args(elect);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        RefresherProc::start(
-            self.tmp.path(),
-            name,
-            &args,
-            &[
-                ("KUBECONFIG", self.sa.kubeconfig.to_str().unwrap()),
-                ("HOME", "/nonexistent"),
-                ("LS_POD_NAME", name),
-            ],
-        )
-    }
-
-    fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.admin.clone(), &self.ns)
+        let mut extra: Vec<String> = ["--min-lead", "5s", "--jitter", "0s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if elect {
+            extra.extend([
+                "--leader-elect".into(),
+                "--lease-name".into(),
+                LEASE.into(),
+                "--lease-duration".into(),
+                format!("{LEASE_DURATION}s"),
+                "--lease-renew-deadline".into(),
+                format!("{RENEW_DEADLINE}s"),
+                "--lease-retry-period".into(),
+                format!("{RETRY}s"),
+            ]);
+        }
+        self.start_run(name, "debug", &extra, &[("LS_POD_NAME", name)])
     }
 
     async fn holder(&self) -> Option<String> {
@@ -154,6 +98,29 @@ impl Env {
         })
         .await
         .unwrap_or_else(|| panic!("{who} did not take the Lease within {timeout:?}"))
+    }
+
+    /// Sends `signal` to the leader `from`; `to` must take the Lease within the lease duration plus
+    /// two (jittered) retry periods and write a new token. Returns that token.
+    async fn takeover(&self, from: &RefresherProc, signal: &str, to: &str) -> String {
+        let before = self.token().await.unwrap();
+        process::kill(from.pid(), signal);
+        let t0 = Instant::now();
+        let took = self
+            .wait_holder(to, Duration::from_secs(LEASE_DURATION + 3 * RETRY + 5))
+            .await;
+        let token = self
+            .wait_token_other_than(&before, Duration::from_secs(10))
+            .await;
+        eprintln!(
+            "HA-FIGURES SIG{signal}: {to} held the Lease after {took:.1} s and wrote after {:.1} s (lease {LEASE_DURATION} s, retry {RETRY} s)",
+            t0.elapsed().as_secs_f64()
+        );
+        assert!(
+            took <= (LEASE_DURATION + 2 * RETRY) as f64 + 1.0,
+            "takeover after SIG{signal} took {took:.1} s"
+        );
+        token
     }
 
     async fn token(&self) -> Option<String> {
@@ -276,27 +243,7 @@ async fn two_replicas_one_writer_through_stop_cont_and_kill() {
 
     // SIGSTOP the leader: a partitioned node, which keeps the Lease until it expires.
     let a_applies = count(&a, APPLIES).await;
-    let before = env.token().await.unwrap();
-    process::kill(a.pid(), "STOP");
-    let t0 = Instant::now();
-    let took = env
-        .wait_holder(
-            "replica-b",
-            Duration::from_secs(LEASE_DURATION + 3 * RETRY + 5),
-        )
-        .await;
-    eprintln!("HA-FIGURES takeover after SIGSTOP: {took:.1} s (lease {LEASE_DURATION} s, retry {RETRY} s)");
-    assert!(
-        took <= (LEASE_DURATION + 2 * RETRY) as f64 + 1.0,
-        "takeover took {took:.1} s"
-    );
-    let b_token = env
-        .wait_token_other_than(&before, Duration::from_secs(10))
-        .await;
-    eprintln!(
-        "HA-FIGURES new leader's first write {:.1} s after SIGSTOP",
-        t0.elapsed().as_secs_f64()
-    );
+    let b_token = env.takeover(&a, "STOP", "replica-b").await;
     assert_eq!(count(&b, LEADER).await, 1.0);
 
     // SIGCONT: the old leader finds its margin gone, stands by and writes nothing, through one of
@@ -330,21 +277,7 @@ async fn two_replicas_one_writer_through_stop_cont_and_kill() {
     assert_eq!(code, 200, "a standby with its PAT is ready: {ready}");
 
     // SIGKILL the new leader: the old one takes over again.
-    let before = env.token().await.unwrap();
-    process::kill(b.pid(), "KILL");
-    let took = env
-        .wait_holder(
-            "replica-a",
-            Duration::from_secs(LEASE_DURATION + 3 * RETRY + 5),
-        )
-        .await;
-    eprintln!("HA-FIGURES takeover after SIGKILL: {took:.1} s");
-    assert!(
-        took <= (LEASE_DURATION + 2 * RETRY) as f64 + 1.0,
-        "{took:.1} s"
-    );
-    env.wait_token_other_than(&before, Duration::from_secs(10))
-        .await;
+    env.takeover(&b, "KILL", "replica-a").await;
     // And one more regular refresh under the new leader.
     let last = env.token().await.unwrap();
     env.wait_token_other_than(&last, Duration::from_secs(TTL))
@@ -371,6 +304,17 @@ async fn two_replicas_one_writer_through_stop_cont_and_kill() {
         seen.expiries
     );
 
+    // What the API server saw from the process that led twice and stood by in between.
+    let (_, text) = a.admin_get("/metrics").await;
+    let figures: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("ls_token_refresher_kube_requests_total")
+                || l.starts_with("ls_token_refresher_secret_writes_skipped_total")
+        })
+        .collect();
+    eprintln!("HA-FIGURES replica-a API requests: {figures:?}");
+
     // SIGTERM releases the Lease: nobody holds it afterwards.
     assert!(a.signal_and_wait("TERM").success());
     assert_eq!(env.holder().await, None, "released on SIGTERM");
@@ -378,7 +322,6 @@ async fn two_replicas_one_writer_through_stop_cont_and_kill() {
     secrets.push(&env.pat);
     assert_no_secrets(&a.log_text(), &secrets);
     assert_no_secrets(&b.log_text(), &secrets);
-    drop(env.kube);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,15 +336,7 @@ async fn a_writer_never_replaces_a_later_expiring_token() {
             "annotations":{"ls-token-refresher/expires-at": later}},
         "data":{"token": b64(&other), "authorization": b64(&format!("Bearer {other}")),
             "expires_at": b64(&later)}});
-    let written = env
-        .secrets()
-        .patch(
-            TARGET,
-            &PatchParams::apply("ls-token-refresher"),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
+    let written = env.apply_target_as("ls-token-refresher", &body).await;
     let rv = written.metadata.resource_version.clone();
 
     let url = env.ls.url();
