@@ -609,10 +609,13 @@ impl<S: LeaseStore> Elector<S> {
         };
         let ours = seen.holder.as_deref() == Some(self.identity.as_str());
         // Expiry on our own clock: the record unchanged for its whole duration since we first saw it.
+        // The record's own duration, within what we accept ourselves: a hostile or broken record
+        // (i32::MAX seconds) must not keep the Lease held for decades.
         let their_duration = seen
             .duration
             .filter(|d| *d > 0)
-            .map_or(self.timings.duration, |d| Duration::from_secs(d as u64));
+            .map_or(self.timings.duration, |d| Duration::from_secs(d as u64))
+            .min(MAX_LEASE_DURATION);
         let expired = now >= first_seen + their_duration;
         if !ours && seen.holder.is_some() && !expired {
             self.last = Some(current);

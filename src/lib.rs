@@ -4,7 +4,8 @@
 //! - vocabulary: [`secret`], [`reason`], [`values`], [`clock`], [`token`], [`jwt`];
 //! - operating state: [`metrics`], [`health`], [`notify`], [`telemetry`];
 //! - concerns: [`schedule`] (when), [`exchange`] (Label Studio's API), [`cluster`] (Kubernetes
-//!   client and Events), [`leader`] (leader election and the fencing check), [`source`] (where the PAT comes from), [`sink`] (where tokens go);
+//!   client and Events), [`leader`] (leader election and the fencing check), [`source`] (where
+//!   the PAT comes from), [`sink`] (where tokens go);
 //! - the loop: [`refresher`];
 //! - serving: [`admin`] (health and metrics), [`proxy`] (the auth proxy);
 //! - commands: [`cli`] (the command line, composed from each concern's argument group), [`check`],

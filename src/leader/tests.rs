@@ -353,3 +353,41 @@ async fn released_resolves_after_the_release_and_at_once_without_election() {
     released.await.unwrap();
     assert_eq!(holder(&server), None, "released before `released` resolved");
 }
+
+/// A record claiming an absurd duration (i32::MAX s) from a holder that never renews is taken over
+/// after at most the longest duration we accept ourselves.
+#[tokio::test(start_paused = true)]
+async fn a_hostile_lease_duration_is_capped() {
+    let server = Arc::new(Server::default());
+    *lock(&server.lease) = Some(Lease {
+        metadata: ObjectMeta {
+            name: Some("lease".into()),
+            resource_version: Some("1".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("squatter".into()),
+            lease_duration_seconds: Some(i32::MAX),
+            lease_transitions: Some(i32::MAX),
+            ..LeaseSpec::default()
+        }),
+    });
+    server.rv.store(1, Ordering::SeqCst);
+    let b = replica(&server, "b");
+    let took = run_for(&[&b], 400, 0).await.expect("b takes over");
+    assert!(
+        (300.0..=300.0 + 2.0 * 1.2 + 0.2).contains(&took),
+        "took {took}s"
+    );
+    assert_eq!(
+        lock(&server.lease)
+            .as_ref()
+            .unwrap()
+            .spec
+            .as_ref()
+            .unwrap()
+            .lease_transitions,
+        Some(i32::MAX),
+        "the transition count saturates"
+    );
+}
