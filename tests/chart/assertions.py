@@ -23,6 +23,8 @@ CONTRACT_METRICS = {
     "ls_token_refresher_token_valid",
     "ls_token_refresher_sink_write_errors_total",
     "ls_token_refresher_build_info",
+    # Issue 16: 1 on the replica that leads (always 1 without election); the token alerts skip standbys.
+    "ls_token_refresher_leader",
 }
 CONTRACT_REASONS = {
     "unauthorized", "expired_pat", "revoked_pat", "wrong_token_type", "inactive_user", "bad_request",

@@ -42,7 +42,9 @@ labels:
 {{- $valid := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_token_valid" "") }}
 {{- $last := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_last_success_timestamp_seconds" "") }}
 {{- $patExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_pat_expiration_timestamp_seconds" "") }}
-{{- $sinkErr := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_sink_write_errors_total" "") -}}
+{{- $sinkErr := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_sink_write_errors_total" "") }}
+{{- /* Standby replicas (leader election) publish nothing: the token alerts are about the leader's. */}}
+{{- $standby := printf "(%s == 0)" (include "ls-token-refresher.promSeries" (list . "ls_token_refresher_leader" "")) -}}
 - name: ls-token-refresher
   rules:
     {{- with $a.refreshFailing }}{{ if .enabled }}
@@ -83,6 +85,8 @@ labels:
         ({{ $exp }} - time() < {{ include "ls-token-refresher.seconds" .threshold }})
         and
         ({{ $exp }} - time() > 0)
+        unless
+        {{ $standby }}
       for: {{ .for }}
       {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenRefresherTokenExpiringSoon" .severity) | nindent 6 }}
       annotations:
@@ -95,9 +99,13 @@ labels:
     {{- with $a.tokenExpired }}{{ if .enabled }}
     - alert: LSTokenRefresherTokenExpired
       expr: |-
-        ({{ $valid }} == 0)
-        or
-        ({{ $exp }} > 0 and {{ $exp }} <= time())
+        (
+          ({{ $valid }} == 0)
+          or
+          ({{ $exp }} > 0 and {{ $exp }} <= time())
+        )
+        unless
+        {{ $standby }}
       for: {{ .for }}
       {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenRefresherTokenExpired" .severity) | nindent 6 }}
       annotations:
@@ -113,6 +121,8 @@ labels:
         (time() - {{ $last }} > {{ include "ls-token-refresher.seconds" .threshold }})
         and
         ({{ $last }} > 0)
+        unless
+        {{ $standby }}
       for: {{ .for }}
       {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenRefresherNoRecentSuccess" .severity) | nindent 6 }}
       annotations:

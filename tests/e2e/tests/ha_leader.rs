@@ -369,3 +369,41 @@ async fn a_writer_never_replaces_a_later_expiring_token() {
     assert_eq!(data_of(&now, "token").as_deref(), Some(other.as_str()));
     assert_no_secrets(&out.stderr, &[&other, &env.pat]);
 }
+
+/// `--leader-elect` coordinates writers of one Secret: with a token directory or the proxy (whose
+/// standby copies would stay empty), or without a Secret, it is refused with one line and exit 2;
+/// inconsistent lease timings too. No server is needed: this is decided before connecting.
+#[test]
+fn leader_elect_without_a_lone_secret_sink_or_with_bad_timings_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().to_str().unwrap();
+    let base = ["run", "--url", "http://127.0.0.1:9", "--pat", "not-used"];
+    for (extra, want) in [
+        (
+            &["--token-dir", tokens, "--leader-elect"][..],
+            "--leader-elect (LS_LEADER_ELECT) needs --target-secret as the only output",
+        ),
+        (
+            &["--target-secret", "t", "--token-dir", tokens, "--leader-elect"][..],
+            "--leader-elect (LS_LEADER_ELECT) needs --target-secret as the only output",
+        ),
+        (
+            &["--target-secret", "t", "--proxy-addr", "127.0.0.1:0", "--leader-elect"][..],
+            "--leader-elect (LS_LEADER_ELECT) needs --target-secret as the only output",
+        ),
+        (
+            &["--target-secret", "t", "--leader-elect", "--lease-duration", "10s"][..],
+            "--lease-renew-deadline (LS_LEASE_RENEW_DEADLINE) 10s must be below --lease-duration 10s",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = run_to_end(&args, &[("HOME", "/nonexistent")]);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", out.stderr);
+        let lines: Vec<&str> = out.stderr.lines().filter(|l| l.contains("error")).collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(want),
+            "{extra:?}: {}",
+            out.stderr
+        );
+    }
+}
