@@ -626,6 +626,20 @@ async fn helm_created_target_is_kept_current_across_helm_upgrade() {
         ),
     ] {
         helm("upgrade", extra).await;
+        // The chart's Lease (issue 16): Helm renders no spec, so the upgrade leaves the holder the
+        // refresher (running with the chart's LS_LEADER_ELECT) wrote.
+        let lease =
+            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &ns)
+                .get(chart::FULLNAME)
+                .await
+                .unwrap();
+        assert!(
+            lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .is_some_and(|h| !h.is_empty()),
+            "helm upgrade ({label}) kept the Lease's holder"
+        );
         let (s, auth) = current().await;
         assert_eq!(
             s.metadata
