@@ -8,7 +8,8 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
     admin::AdminArgs, cluster::KubeArgs, controller::ControllerArgs, exchange::LabelStudioArgs,
-    gate::GateArgs, proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs, source::PatSourceArgs,
+    gate::GateArgs, leader::LeaderArgs, proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs,
+    source::PatSourceArgs,
     telemetry::LogArgs, values::Dur,
 };
 
@@ -99,6 +100,9 @@ pub struct RunArgs {
     /// Kubernetes.
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// Leader election among replicas writing one Secret.
+    #[command(flatten)]
+    pub leader: LeaderArgs,
     /// Check.
     #[command(flatten)]
     pub dry_run: DryRunArgs,

@@ -5,6 +5,10 @@
 //! suspend-aware monotonic clock, anchored on when the token was received and corrected for clock
 //! skew with Label Studio, so a wrong wall clock cannot make readiness lie.
 //!
+//! A standby (leader election, another replica writes) is ready when its PAT source holds a PAT:
+//! it could take over at once. It cannot vouch for the token another replica published; that is
+//! the leader's readiness, and the `ls_token_refresher_leader` gauge says which replica leads.
+//!
 //! Alive means the refresh loop has not missed its own deadline: before every sleep or attempt the
 //! loop says by when it will be back ([`Health::expect_by`]); no heartbeat ticks in between.
 
@@ -34,6 +38,8 @@ struct Inner {
     draining: bool,
     loop_deadline: Option<Mono>,
     problem: Option<(Reason, &'static str)>,
+    /// Some while standing by (another replica leads): whether the PAT source holds a PAT.
+    standby: Option<bool>,
 }
 
 /// Shared health state (cheap to clone).
@@ -63,6 +69,7 @@ impl Health {
                 draining: false,
                 loop_deadline: None,
                 problem: None,
+                standby: None,
             })),
             clock,
         }
@@ -132,6 +139,11 @@ impl Health {
         self.lock().problem = problem;
     }
 
+    /// Standing by (Some: whether the PAT source holds a PAT) or leading (None).
+    pub fn set_standby(&self, pat_ready: Option<bool>) {
+        self.lock().standby = pat_ready;
+    }
+
     /// Starts draining: readiness goes false.
     pub fn set_draining(&self) {
         self.lock().draining = true;
@@ -160,6 +172,11 @@ impl Health {
         let g = self.lock();
         if g.draining {
             return Err("draining: shutting down".into());
+        }
+        match g.standby {
+            Some(true) => return Ok(()),
+            Some(false) => return Err("standby: waiting for the PAT source".into()),
+            None => {}
         }
         let why = |base: String| match g.problem {
             Some((r, summary)) => format!("{base}; last error: {r} ({summary})"),

@@ -4,7 +4,8 @@
 //! - vocabulary: [`secret`], [`reason`], [`values`], [`clock`], [`token`], [`jwt`];
 //! - operating state: [`metrics`], [`health`], [`notify`], [`telemetry`];
 //! - concerns: [`schedule`] (when), [`exchange`] (Label Studio's API), [`cluster`] (Kubernetes
-//!   client and Events), [`source`] (where the PAT comes from), [`sink`] (where tokens go);
+//!   client and Events), [`leader`] (leader election and the fencing check), [`source`] (where
+//!   the PAT comes from), [`sink`] (where tokens go);
 //! - the loop: [`refresher`]; many loops' worth as a Kubernetes controller: [`controller`];
 //! - serving: [`admin`] (health and metrics), [`proxy`] (the auth proxy), [`gate`] (the auth gate
 //!   in front of an ML backend; uses the proxy's HTTP hygiene);
@@ -28,6 +29,7 @@ pub mod telemetry;
 
 pub mod cluster;
 pub mod exchange;
+pub mod leader;
 pub mod schedule;
 pub mod sink;
 pub mod source;

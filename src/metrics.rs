@@ -60,6 +60,12 @@ pub struct Metrics {
     pub clock_offset_seconds: Gauge,
     /// 1 for the running version.
     pub build_info: IntGaugeVec,
+    /// 1 while this replica holds the leader-election Lease (with margin left), else 0.
+    pub leader: IntGauge,
+    /// Leadership changes of this replica by `direction` (acquired|lost).
+    pub leader_transitions_total: IntCounterVec,
+    /// Secret writes the sink declined by `reason` (not_leader|newer_published).
+    pub secret_writes_skipped_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -209,6 +215,27 @@ impl Metrics {
             &["version"],
         )
         .unwrap();
+        let leader = IntGauge::with_opts(opts(
+            "leader",
+            "1 while this replica holds the leader-election Lease with margin left (always 1 without election).",
+        ))
+        .unwrap();
+        let leader_transitions_total = IntCounterVec::new(
+            opts(
+                "leader_transitions_total",
+                "Leadership changes of this replica by direction (acquired|lost).",
+            ),
+            &["direction"],
+        )
+        .unwrap();
+        let secret_writes_skipped_total = IntCounterVec::new(
+            opts(
+                "secret_writes_skipped_total",
+                "Target-Secret writes declined by reason: not_leader (fenced) or newer_published (the Secret holds a token expiring later).",
+            ),
+            &["reason"],
+        )
+        .unwrap();
 
         for c in [
             Box::new(refresh_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -233,6 +260,9 @@ impl Metrics {
             Box::new(gate_cache_entries.clone()),
             Box::new(gate_connections.clone()),
             Box::new(build_info.clone()),
+            Box::new(leader.clone()),
+            Box::new(leader_transitions_total.clone()),
+            Box::new(secret_writes_skipped_total.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -247,6 +277,14 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Without election this process is the only writer: it leads.
+        leader.set(1);
+        for d in ["acquired", "lost"] {
+            leader_transitions_total.with_label_values(&[d]);
+        }
+        for r in ["not_leader", "newer_published"] {
+            secret_writes_skipped_total.with_label_values(&[r]);
+        }
 
         Metrics {
             registry,
@@ -272,6 +310,9 @@ impl Metrics {
             gate_cache_entries,
             gate_connections,
             build_info,
+            leader,
+            leader_transitions_total,
+            secret_writes_skipped_total,
         }
     }
 

@@ -240,6 +240,40 @@ impl FromStr for ApiPath {
     }
 }
 
+/// A DNS-subdomain object name (lowercase letters, digits, '-' and '.', alphanumeric at both ends).
+fn is_object_name(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 253
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && v.as_bytes()[0].is_ascii_alphanumeric()
+        && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()
+}
+
+/// A Kubernetes object name (a Lease, a namespace), in its one canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectName(pub String);
+
+impl FromStr for ObjectName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if is_object_name(s) {
+            Ok(ObjectName(s.to_owned()))
+        } else {
+            Err(format!(
+                "'{}' is not an object name (lowercase letters, digits, '-' and '.', at most 253)",
+                shown(s)
+            ))
+        }
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&shown(&self.0))
+    }
+}
+
 /// A `[namespace/]name` reference to a namespaced Kubernetes object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRef {
@@ -264,14 +298,7 @@ impl FromStr for ObjectRef {
             Some((ns, name)) => (Some(ns), name),
             None => (None, t),
         };
-        let valid = |v: &str| {
-            !v.is_empty()
-                && v.len() <= 253
-                && v.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-                && v.as_bytes()[0].is_ascii_alphanumeric()
-                && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()
-        };
+        let valid = is_object_name;
         if !valid(name) || ns.is_some_and(|n| !valid(n) || n.len() > 63 || n.contains('.')) {
             return Err(format!(
                 "'{}' must be `name` or `namespace/name` (lowercase letters, digits, '-' and '.')",

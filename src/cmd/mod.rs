@@ -15,6 +15,7 @@ use crate::{
     cli::Command,
     cluster::{self, Cluster, EventNotifier, KubeArgs},
     exchange::{HttpExchange, LabelStudioArgs},
+    leader::Leadership,
     metrics::Metrics,
     notify::{NoNotifier, Notifier},
     schedule::{Policy, TimingArgs},
@@ -170,6 +171,7 @@ fn build_sinks(
     args: &SinkArgs,
     cluster: Option<&Cluster>,
     metrics: &Arc<Metrics>,
+    leadership: &Leadership,
 ) -> Vec<Box<dyn Sink>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     if let Some(dir) = &args.token_dir {
@@ -180,13 +182,16 @@ fn build_sinks(
         )));
     }
     if let (Some(t), Some(c)) = (&args.target_secret, cluster) {
-        sinks.push(Box::new(SecretSink::new(
-            c.client.clone(),
-            t.namespace_or(&c.namespace),
-            &t.name,
-            args.target_secret_force,
-            metrics.clone(),
-        )));
+        sinks.push(Box::new(
+            SecretSink::new(
+                c.client.clone(),
+                t.namespace_or(&c.namespace),
+                &t.name,
+                args.target_secret_force,
+                metrics.clone(),
+            )
+            .with_leadership(leadership.clone()),
+        ));
     }
     sinks
 }

@@ -26,7 +26,12 @@ pub async fn once(args: OnceArgs) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     let cluster = connect(&args.kube, &args.pat, Some(&args.sinks)).await?;
     let pat = start_source(&args.pat, cluster.as_ref(), &metrics, &shutdown);
-    let sinks = build_sinks(&args.sinks, cluster.as_ref(), &metrics);
+    let sinks = build_sinks(
+        &args.sinks,
+        cluster.as_ref(),
+        &metrics,
+        &crate::leader::Leadership::always(),
+    );
     preflight(&sinks).await?;
     let refresher = Refresher::new(exchange, pat, sinks, policy, metrics);
     finish(refresher, args.once.once_timeout.0, shutdown)

@@ -12,6 +12,7 @@ use crate::{
     admin::{self, AdminArgs},
     cli::{ProxyCommandArgs, RunArgs},
     exchange::{HttpExchange, LabelStudioArgs},
+    leader::{self, LeaderArgs, Leadership},
     metrics::Metrics,
     proxy::{self, ProxyArgs, DEFAULT_PROXY_ADDR},
     refresher::Refresher,
@@ -22,6 +23,7 @@ use crate::{
 pub async fn run(args: RunArgs) -> Result<(), AppError> {
     let (metrics, policy, exchange) =
         prepare(&args.ls, &args.timing, args.sinks.propagation_margin())?;
+    check_leader_args(&args)?;
     if args.dry_run.dry_run {
         return dry_run_ok("run");
     }
@@ -29,7 +31,20 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     let cluster = connect(&args.kube, &args.pat, Some(&args.sinks)).await?;
     let pat = start_source(&args.pat, cluster.as_ref(), &metrics, &shutdown);
-    let mut sinks = build_sinks(&args.sinks, cluster.as_ref(), &metrics);
+    let leadership = match (&cluster, args.leader.leader_elect) {
+        (Some(c), true) => leader::start(
+            c.client.clone(),
+            &args.leader,
+            &c.namespace,
+            leader::identity(args.kube.pod_name.as_deref()),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(AppError::config)?,
+        _ => Leadership::always(),
+    };
+    let mut sinks = build_sinks(&args.sinks, cluster.as_ref(), &metrics, &leadership);
     preflight(&sinks).await?;
     let proxy = args.proxy.proxy_addr.map(|addr| {
         let (sink, tokens) = MemorySink::new();
@@ -45,8 +60,9 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
     );
     let refresher = Refresher::new(exchange, pat, sinks, policy, metrics.clone())
         .with_notifier(notifier)
-        .with_attempt_budget(attempt_budget(&args.ls));
-    serve(
+        .with_attempt_budget(attempt_budget(&args.ls))
+        .with_leadership(leadership.clone());
+    let result = serve(
         refresher,
         &args.ls,
         &args.admin,
@@ -54,7 +70,33 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
         metrics,
         shutdown,
     )
-    .await
+    .await;
+    // The release lets a standby lead at once instead of after a lease duration; bounded by the
+    // election's own request timeout (the retry period), capped here for a hung API server.
+    let _ = tokio::time::timeout(RELEASE_WAIT, leadership.released()).await;
+    result
+}
+
+/// Longest wait for the Lease release at exit (well inside Kubernetes' 30 s grace period).
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `--leader-elect` coordinates writers of one Secret: with any other output a standby would
+/// leave its own token directory or proxy empty, so the combination is refused (exit 2).
+fn check_leader_args(args: &RunArgs) -> Result<(), AppError> {
+    let l: &LeaderArgs = &args.leader;
+    if !l.leader_elect {
+        return Ok(());
+    }
+    if args.sinks.target_secret.is_none()
+        || args.sinks.token_dir.is_some()
+        || args.proxy.proxy_addr.is_some()
+    {
+        return Err(AppError::config(
+            "--leader-elect (LS_LEADER_ELECT) needs --target-secret as the only output: a standby writes nothing, \
+             so its --token-dir or --proxy-addr would stay empty; run those as sidecars without election",
+        ));
+    }
+    l.timings().map(|_| ()).map_err(AppError::config)
 }
 
 /// `proxy`: the refresh loop feeding only the auth proxy.

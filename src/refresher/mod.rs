@@ -28,6 +28,7 @@ use crate::{
     clock::{Clock, Mono, SystemClock},
     exchange::{Exchange, ExchangeError, Identity},
     health::Health,
+    leader::Leadership,
     metrics::Metrics,
     notify::{NoNotifier, Notifier},
     reason::Reason,
@@ -157,6 +158,8 @@ pub struct Refresher<E: Exchange> {
     notifier: Arc<dyn Notifier>,
     rejections: RejectionReport,
     attempt_budget: Duration,
+    /// Whether this replica may refresh and write (always, without leader election).
+    leadership: Leadership,
     /// What every sink holds now (None before the first success).
     current: Option<Published>,
     /// Fingerprint of the legacy token every sink already holds (skip rewriting unchanged files).
@@ -212,6 +215,7 @@ impl<E: Exchange> Refresher<E> {
             notifier: Arc::new(NoNotifier),
             rejections: RejectionReport::default(),
             attempt_budget: DEFAULT_ATTEMPT_BUDGET,
+            leadership: Leadership::always(),
             current: None,
             legacy_published: None,
             offset: 0.0,
@@ -240,6 +244,13 @@ impl<E: Exchange> Refresher<E> {
         self
     }
 
+    /// Refreshes only while `leadership` leads; stands by (PAT source watched, HTTP client built,
+    /// no exchange, no write) otherwise, and refreshes at once on taking over.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
+    }
+
     /// Readiness and liveness, as the admin server reports them.
     pub fn health(&self) -> Health {
         self.health.clone()
@@ -258,6 +269,9 @@ impl<E: Exchange> Refresher<E> {
         }
         let mut state = LoopState::default();
         loop {
+            if !self.leadership.is_leader() && !self.stand_by(&shutdown).await {
+                return Ok(());
+            }
             self.expect_back_in(self.attempt_budget);
             // SIGTERM must not wait for a hanging request (two request timeouts plus a publish can
             // exceed Kubernetes' 30 s grace period). Dropping the attempt is safe: a file write in
@@ -275,6 +289,39 @@ impl<E: Exchange> Refresher<E> {
                 return Ok(());
             }
         }
+    }
+
+    /// Waits, as a standby, until this replica leads (true) or shutdown (false). Another replica
+    /// keeps the published token, and nobody knows when it last refreshed: on taking over, the
+    /// loop refreshes at once (one exchange per takeover) rather than trust a stale schedule.
+    async fn stand_by(&mut self, shutdown: &CancellationToken) -> bool {
+        tracing::info!(
+            identity = %self.leadership.identity(),
+            "standing by: another replica holds the Lease and writes the target"
+        );
+        self.health.expect_by(None);
+        self.metrics.next_refresh_timestamp_seconds.set(0.0);
+        let leadership = self.leadership.clone();
+        loop {
+            let pat_ready = matches!(self.pat.current(), crate::source::PatState::Ready(_));
+            self.health.set_standby(Some(pat_ready));
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                led = leadership.wait_leader() => {
+                    if !led {
+                        return false;
+                    }
+                    break;
+                }
+                _ = self.pat.changed() => {}
+            }
+        }
+        self.health.set_standby(None);
+        tracing::info!(
+            identity = %self.leadership.identity(),
+            "this replica leads: refreshing now"
+        );
+        true
     }
 
     /// `once`/`token`: attempts until success, a permanent failure, or `timeout`.

@@ -1049,3 +1049,47 @@ proptest::proptest! {
         });
     }
 }
+
+/// A standby exchanges nothing and writes nothing, is ready while its PAT source holds a PAT, and
+/// refreshes at once on taking over; a leader whose margin runs out during its sleep stands by
+/// at that moment, not at its next scheduled refresh.
+#[tokio::test(start_paused = true)]
+async fn standby_refreshes_only_while_leading_and_at_once_on_takeover() {
+    let (leadership, set) = crate::leader::Leadership::manual();
+    let mut r = rig(1, &pat());
+    r.refresher = r.refresher.with_leadership(leadership);
+    let (shutdown, task) = spawn(r.refresher);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(r.ls.refreshes(), 0, "a standby does not exchange");
+    assert!(r.sinks[0].sets.lock().unwrap().is_empty(), "nor write");
+    assert!(r.health.is_ready(), "{:?}", r.health.ready());
+    r.publisher.set(PatState::Pending);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        r.health.ready().unwrap_err().contains("standby"),
+        "{:?}",
+        r.health.ready()
+    );
+    r.publisher.set(PatState::Ready(Secret::new(pat())));
+
+    let t0 = tokio::time::Instant::now();
+    set(Some(Duration::from_secs(30)));
+    r.ls.until_refreshes(1).await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(r.sinks[0].sets.lock().unwrap().len(), 1);
+    assert!(r.health.is_ready());
+
+    // The margin runs out (no renewal) long before the token's refresh is due.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(r.ls.refreshes(), 1, "no exchange after the margin ran out");
+    assert_eq!(r.sinks[0].sets.lock().unwrap().len(), 1);
+    assert!(
+        r.health.is_ready(),
+        "a standby again: {:?}",
+        r.health.ready()
+    );
+    set(Some(Duration::from_secs(30)));
+    r.ls.until_refreshes(2).await;
+    stop(shutdown, task).await;
+}

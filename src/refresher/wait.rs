@@ -55,6 +55,7 @@ enum Woke {
     Stepped,
     Rejected,
     Back,
+    Lost,
 }
 
 /// The result of checking the current token.
@@ -94,6 +95,7 @@ impl<E: Exchange> Refresher<E> {
                 .set(self.ls_wall_now() + in_secs);
             let probe = matches!(next, Next::Retry { probe: true, .. });
             let rejections = self.rejections.clone();
+            let leadership = self.leadership.clone();
             let woke = tokio::select! {
                 _ = shutdown.cancelled() => Woke::Shutdown,
                 w = self.clock.sleep_until(wake_at) => match w {
@@ -104,10 +106,15 @@ impl<E: Exchange> Refresher<E> {
                 _ = self.pat.changed() => Woke::PatChanged,
                 _ = rejections.reported() => Woke::Rejected,
                 _ = wait_until_back(&self.exchange, &mut st.seen_down), if probe => Woke::Back,
+                _ = leadership.lost() => Woke::Lost,
             };
             match woke {
                 Woke::Shutdown => return false,
                 Woke::Due => return true,
+                Woke::Lost => {
+                    tracing::warn!("this replica no longer holds the Lease: standing by");
+                    return true;
+                }
                 Woke::PatChanged => {
                     tracing::info!(source = %self.pat.describe, "PAT source changed; refreshing now");
                     self.space_exchanges(st).await;

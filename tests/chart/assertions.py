@@ -26,6 +26,8 @@ CONTRACT_METRICS = {
     # Controller mode, per LabelStudioToken resource.
     "ls_token_refresher_controller_token_ready",
     "ls_token_refresher_controller_token_expiration_timestamp_seconds",
+    # Issue 16: 1 on the replica that leads (always 1 without election); the token alerts skip standbys.
+    "ls_token_refresher_leader",
 }
 # Objects without a namespace.
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "LabelStudioConnection"}
@@ -219,7 +221,16 @@ for name, docs in renders.items():
             }, by_name
             events = {tuple(r["apiGroups"]): set(r["verbs"]) for r in rules if "events" in r["resources"]}
             assert events == {("",): {"create", "patch"}, ("events.k8s.io",): {"create", "patch"}}, events
-            assert len(rules) == 4, rules
+            # Leader election: get/update on the chart's own Lease only; no create (the chart creates the Lease).
+            leases = [r for r in rules if "leases" in r["resources"]]
+            if env.get("LS_LEADER_ELECT") == "true":
+                assert leases == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                   "resourceNames": [env["LS_LEASE_NAME"]], "verbs": ["get", "update"]}], leases
+                lease = one(docs, "Lease")
+                assert lease["metadata"]["name"] == env["LS_LEASE_NAME"] and "spec" not in lease, lease
+            else:
+                assert not leases and not kind(docs, "Lease"), leases
+            assert len(rules) == 4 + len(leases), rules
             (rb,) = run_roles(docs, "RoleBinding")
             assert rb["roleRef"]["name"] == role["metadata"]["name"]
             assert rb["subjects"][0]["name"] == pod_spec(run_dep(docs))["serviceAccountName"]
@@ -747,12 +758,18 @@ def _():
         assert chk["image"] == run["image"], case
         assert tps["serviceAccountName"] == dps["serviceAccountName"], case
         assert tps["automountServiceAccountToken"] is True, case
-        for k in ("hostNetwork", "nodeSelector", "tolerations", "affinity", "imagePullSecrets", "volumes"):
+        for k in ("hostNetwork", "nodeSelector", "tolerations", "imagePullSecrets", "volumes"):
             assert tps.get(k) == dps.get(k), (case, k)
+        # The user's affinity reaches both; the replicas' default anti-affinity (spread over nodes) is theirs only.
+        user = yaml.safe_load((Path(__file__).parent / "values" / f"{case}.yaml").read_text()) or {}
+        assert tps.get("affinity") == (user.get("affinity") or None), case
+        if user.get("affinity"):
+            assert dps["affinity"] == user["affinity"], case
         assert chk.get("volumeMounts") == run.get("volumeMounts"), case
         # Every setting check reads is the refresher's (admin, logging and pod identity are run's own).
         run_env, chk_env = env_of(run), env_of(chk)
-        own = {"LS_ADMIN_ADDR", "LS_LOG_FORMAT", "LS_LOG_LEVEL", "LS_POD_NAME", "LS_POD_NAMESPACE"}
+        own = {"LS_ADMIN_ADDR", "LS_LOG_FORMAT", "LS_LOG_LEVEL", "LS_POD_NAME", "LS_POD_NAMESPACE", "LS_LEADER_ELECT",
+               "LS_LEASE_NAME", "LS_LEASE_DURATION", "LS_LEASE_RENEW_DEADLINE", "LS_LEASE_RETRY_PERIOD"}
         shared = {k: v for k, v in run_env.items() if k not in own}
         assert {k: chk_env.get(k) for k in shared} == shared, case
         assert chk_env["LS_LOG_FORMAT"] == "plain", case
@@ -771,6 +788,32 @@ def _():
     want = f"{values['image']['registry']}/{values['image']['repository']}:{chart['appVersion']}"
     assert [i["image"] for i in images] == [want], (images, want)
     assert (chart_dir / "icon.svg").is_file()
+
+
+@check("HA (issue 16): 2 replicas, leader election on the chart's Lease, PDB, spread over nodes, 30 s node tolerations")
+def _():
+    docs = rendered("minimal")
+    dep = one(docs, "Deployment")
+    ps = pod_spec(dep)
+    env = env_of(ps["containers"][0])
+    assert dep["spec"]["replicas"] == 2, dep["spec"]["replicas"]
+    assert env["LS_LEADER_ELECT"] == "true" and env["LS_LEASE_NAME"] == one(docs, "Lease")["metadata"]["name"], env
+    assert (env["LS_LEASE_DURATION"], env["LS_LEASE_RENEW_DEADLINE"], env["LS_LEASE_RETRY_PERIOD"]) == ("15s", "10s", "2s")
+    pod_name = [e for e in ps["containers"][0]["env"] if e["name"] == "LS_POD_NAME"][0]
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "the holder identity is the pod name"
+    selector = dep["spec"]["selector"]["matchLabels"]
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}, pdb["spec"]
+    (term,) = ps["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"] == {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector}}
+    (spread,) = ps["topologySpreadConstraints"]
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway" and spread["topologyKey"] == "kubernetes.io/hostname"
+    tol = {t["key"]: t for t in ps["tolerations"]}
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        assert tol[key] == {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}, tol
+    # The user's own affinity and spread replace the defaults (values/full.yaml sets both).
+    full = pod_spec(one(rendered("full"), "Deployment"))
+    assert "podAntiAffinity" not in full["affinity"] and len(full["topologySpreadConstraints"]) == 1, full
 
 
 if work_dir:

@@ -44,7 +44,9 @@ labels:
 {{- $patExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_pat_expiration_timestamp_seconds" "") }}
 {{- $sinkErr := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_sink_write_errors_total" "") }}
 {{- $ctlReady := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_controller_token_ready" "") }}
-{{- $ctlExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_controller_token_expiration_timestamp_seconds" "") -}}
+{{- $ctlExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_controller_token_expiration_timestamp_seconds" "") }}
+{{- /* Standby replicas (leader election) publish nothing: the token alerts are about the leader's. */}}
+{{- $standby := printf "(%s == 0)" (include "ls-token-refresher.promSeries" (list . "ls_token_refresher_leader" "")) -}}
 - name: ls-token-refresher
   rules:
     {{- with $a.refreshFailing }}{{ if .enabled }}
@@ -85,6 +87,8 @@ labels:
         ({{ $exp }} - time() < {{ include "ls-token-refresher.seconds" .threshold }})
         and
         ({{ $exp }} - time() > 0)
+        unless
+        {{ $standby }}
       for: {{ .for }}
       {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenRefresherTokenExpiringSoon" .severity) | nindent 6 }}
       annotations:
@@ -97,9 +101,13 @@ labels:
     {{- with $a.tokenExpired }}{{ if .enabled }}
     - alert: LSTokenRefresherTokenExpired
       expr: |-
-        ({{ $valid }} == 0)
-        or
-        ({{ $exp }} > 0 and {{ $exp }} <= time())
+        (
+          ({{ $valid }} == 0)
+          or
+          ({{ $exp }} > 0 and {{ $exp }} <= time())
+        )
+        unless
+        {{ $standby }}
       for: {{ .for }}
       {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenRefresherTokenExpired" .severity) | nindent 6 }}
       annotations:
@@ -115,6 +123,8 @@ labels:
         (time() - {{ $last }} > {{ include "ls-token-refresher.seconds" .threshold }})
         and
         ({{ $last }} > 0)
+        unless
+        {{ $standby }}
       for: {{ .for }}
       {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenRefresherNoRecentSuccess" .severity) | nindent 6 }}
       annotations:

@@ -196,6 +196,7 @@ pub async fn install_rbac(server: &ApiServer, ns: &str, pat: &str, target: &str)
         "role.yaml",
         "rolebinding.yaml",
         "target-secret.yaml",
+        "lease.yaml",
     ] {
         args.extend(["--show-only".into(), format!("templates/{t}")]);
     }
@@ -208,8 +209,8 @@ pub async fn install_rbac(server: &ApiServer, ns: &str, pat: &str, target: &str)
     kinds.sort();
     assert_eq!(
         kinds,
-        ["Role", "RoleBinding", "Secret", "ServiceAccount"],
-        "the chart's RBAC objects"
+        ["Lease", "Role", "RoleBinding", "Secret", "ServiceAccount"],
+        "the chart's RBAC objects (and the leader-election Lease)"
     );
     let out = kubectl_apply(server, &format!("chart-rbac-{ns}"), &yaml, &[]).await;
     assert!(

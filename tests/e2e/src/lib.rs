@@ -56,6 +56,7 @@ pub mod process;
 pub mod prometheus;
 pub mod rbac;
 pub mod refresher;
+pub mod secret_mode;
 #[path = "../../../src/skip.rs"]
 pub mod skip;
 pub mod stock_clients;

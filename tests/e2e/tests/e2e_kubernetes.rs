@@ -14,7 +14,7 @@ use kube::{
     Client,
 };
 use ls_token_refresher_e2e::{
-    chart::{self, SaIdentity},
+    chart,
     clock::rfc3339,
     jwt::jwt_claims,
     kube_api::{can_i_with, create_secret, data_of, secret, secret_data},
@@ -22,85 +22,41 @@ use ls_token_refresher_e2e::{
     label_studio::LabelStudio,
     log_scan::assert_no_secrets,
     refresher::RefresherProc,
+    secret_mode::{SecretMode, PAT_SECRET, TARGET},
     token_dir::read_set,
     wait::poll,
 };
 
-const PAT_SECRET: &str = "ls-pat";
-const TARGET: &str = "ls-token";
+/// The shared fixture, with this file's helpers.
+struct Env(SecretMode);
 
-struct Env {
-    kube: ApiServer,
-    ls: LabelStudio,
-    admin: Client,
-    ns: String,
-    pat: String,
-    /// The chart's ServiceAccount, whose identity the refresher runs with.
-    sa: SaIdentity,
-    tmp: tempfile::TempDir,
+impl std::ops::Deref for Env {
+    type Target = SecretMode;
+    fn deref(&self) -> &SecretMode {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut SecretMode {
+        &mut self.0
+    }
 }
 
 async fn setup(ttl: u64) -> Env {
-    let (kube, ls) = tokio::join!(ApiServer::start(), LabelStudio::start_with_ttl(ttl));
-    let admin = kube.admin_client().await;
-    let ns = kube.create_namespace("e2e").await;
-    let pat = ls.api().create_pat().await;
-    create_secret(&admin, &ns, PAT_SECRET, &[("pat", &pat)]).await;
-    // The chart's ServiceAccount, Role, RoleBinding and (empty) target Secret, rendered by helm.
-    let sa = chart::install_rbac(&kube, &ns, PAT_SECRET, TARGET).await;
-    let tmp = tempfile::tempdir().unwrap();
-    Env {
-        kube,
-        ls,
-        admin,
-        ns,
-        pat,
-        sa,
-        tmp,
-    }
+    Env(SecretMode::start(ttl, "e2e").await)
 }
 
 impl Env {
-    fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(self.admin.clone(), &self.ns)
-    }
-
     /// Starts the refresher as the chart's ServiceAccount, PAT from the Secret, token to the target
     /// Secret (and to a directory when `dir` is set).
     fn start(&self, name: &str, dir: Option<&std::path::Path>, extra: &[&str]) -> RefresherProc {
-        let kubeconfig = &self.sa.kubeconfig;
-        let url = self.ls.url();
-        let mut args: Vec<&str> = vec![
-            "--url",
-            &url,
-            "--pat-secret",
-            PAT_SECRET,
-            "--target-secret",
-            TARGET,
-            "--log-level",
-            "trace",
-            "--backoff-initial",
-            "200ms",
-            "--backoff-max",
-            "2s",
-            "--propagation-margin",
-            "0s",
-        ];
-        let d;
+        let mut args: Vec<String> = Vec::new();
         if let Some(dir) = dir {
-            d = dir.to_str().unwrap().to_owned();
-            args.extend(["--token-dir", &d]);
+            args.extend(["--token-dir".into(), dir.to_str().unwrap().to_owned()]);
         }
-        args.extend(extra.iter().copied());
-        RefresherProc::start(
-            self.tmp.path(),
-            name,
-            &args,
-            &[
-                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-                ("HOME", "/nonexistent"),
-            ],
-        )
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.start_run(name, "trace", &args, &[])
     }
 
     /// The target Secret's (token, authorization, expires_at), if present.
@@ -446,14 +402,7 @@ async fn conflict_with_another_field_manager_is_reported_not_forced() {
         "metadata": {"name": TARGET, "namespace": env.ns},
         "data": {"token": base64::engine::general_purpose::STANDARD.encode("theirs")}
     });
-    env.secrets()
-        .patch(
-            TARGET,
-            &PatchParams::apply("someone-else"),
-            &Patch::Apply(&theirs),
-        )
-        .await
-        .unwrap();
+    env.apply_target_as("someone-else", &theirs).await;
 
     let mut proc = env.start("conflict", None, &[]);
     wait_secret_sink_error(&proc).await;
@@ -677,6 +626,20 @@ async fn helm_created_target_is_kept_current_across_helm_upgrade() {
         ),
     ] {
         helm("upgrade", extra).await;
+        // The chart's Lease (issue 16): Helm renders no spec, so the upgrade leaves the holder the
+        // refresher (running with the chart's LS_LEADER_ELECT) wrote.
+        let lease =
+            Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &ns)
+                .get(chart::FULLNAME)
+                .await
+                .unwrap();
+        assert!(
+            lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .is_some_and(|h| !h.is_empty()),
+            "helm upgrade ({label}) kept the Lease's holder"
+        );
         let (s, auth) = current().await;
         assert_eq!(
             s.metadata

@@ -34,7 +34,7 @@ const MIN_LEAD_SECS: f64 = 30.0;
 
 /// `helm install` of the chart as the release packages it ([`chart::packaged`]: deploy/package-chart.sh,
 /// which deploy/release.sh runs) into the scope's namespace, the PAT Secret created
-/// first (the chart reads an existing one). Values: our image, `labelStudio.url`, `hostNetwork`, a
+/// first (the chart reads an existing one). Values: our image, `labelStudio.url`, `hostNetwork`, one replica, a
 /// free `admin.port` and `admin.address` 127.0.0.1 (on the host network 0.0.0.0 would be every
 /// interface of the machine). Waits for the Deployment (`helm --wait`), then checks the pod as the kubelet ran it:
 /// on the node, host network, uid/gid 65532, no capabilities, no_new_privs, seccomp, read-only root.
@@ -48,6 +48,9 @@ async fn install(scope: &Scope, ls: &LabelStudio, pat: &str) -> Pod {
         format!("image.tag={tag}"),
         format!("labelStudio.url={}", ls.url()),
         "hostNetwork=true".into(),
+        // One node with host networking: a second replica would need the same admin port (README,
+        // "High availability"); the one replica still leads through the chart's Lease.
+        "deployment.replicas=1".into(),
         format!("admin.port={admin}"),
         "admin.address=127.0.0.1".into(),
     ];
