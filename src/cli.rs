@@ -9,8 +9,7 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use crate::{
     admin::AdminArgs, cluster::KubeArgs, controller::ControllerArgs, exchange::LabelStudioArgs,
     gate::GateArgs, leader::LeaderArgs, proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs,
-    source::PatSourceArgs,
-    telemetry::LogArgs, values::Dur,
+    source::PatSourceArgs, telemetry::LogArgs, values::Dur,
 };
 
 /// Keeps a Label Studio access token fresh: exchanges a Personal Access Token (PAT) for short-lived
