@@ -55,6 +55,9 @@ pub struct ControllerCommandArgs {
     /// The controller.
     #[command(flatten)]
     pub controller: ControllerArgs,
+    /// Leader election among replicas (only the leader reconciles).
+    #[command(flatten)]
+    pub leader: LeaderArgs,
     /// Timing defaults for every token resource.
     #[command(flatten)]
     pub timing: TimingArgs,

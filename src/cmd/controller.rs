@@ -11,6 +11,7 @@ use crate::{
     clock::SystemClock,
     controller::{self, resources::crd_documents, Settings},
     health::{Health, Held},
+    leader::{self, Leadership},
     metrics::Metrics,
 };
 
@@ -24,6 +25,9 @@ pub async fn controller(args: ControllerCommandArgs) -> Result<(), AppError> {
         .timing
         .policy(args.controller.propagation_margin.0)
         .map_err(AppError::config)?;
+    if args.leader.leader_elect {
+        args.leader.timings().map_err(AppError::config)?;
+    }
     if args.dry_run.dry_run {
         return dry_run_ok("controller");
     }
@@ -49,7 +53,40 @@ pub async fn controller(args: ControllerCommandArgs) -> Result<(), AppError> {
         admin = %admin_addr,
         "controller starting"
     );
+    let leadership = if args.leader.leader_elect {
+        let namespace = args
+            .kube
+            .pod_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        leader::start(
+            client.clone(),
+            &args.leader,
+            &namespace,
+            leader::identity(args.kube.pod_name.as_deref()),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(AppError::config)?
+    } else {
+        Leadership::always()
+    };
     let ready = health.clone();
+    let mark_ready = move || {
+        ready.set_held(
+            0,
+            Held {
+                valid: true,
+                expires: None,
+            },
+        )
+    };
+    // A standby is ready: it serves nothing and is able to take over (its client is built and
+    // the election runs). The leader is ready once its caches hold their first lists.
+    if leadership.is_elected() {
+        mark_ready();
+    }
     controller::run(
         client,
         Settings {
@@ -58,21 +95,18 @@ pub async fn controller(args: ControllerCommandArgs) -> Result<(), AppError> {
             pod_name: args.kube.pod_name,
         },
         metrics,
+        leadership.clone(),
         move || {
             tracing::info!("caches synced");
-            ready.set_held(
-                0,
-                Held {
-                    valid: true,
-                    expires: None,
-                },
-            );
+            mark_ready();
         },
         shutdown.clone(),
     )
     .await;
     health.set_draining();
     shutdown.cancel();
+    // The release lets a standby lead at once instead of after a lease duration.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), leadership.released()).await;
     let _ = admin_task.await;
     tracing::info!("stopped cleanly");
     Ok(())

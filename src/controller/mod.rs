@@ -39,7 +39,10 @@ use self::{
         LabelStudioConnection, LabelStudioToken, ANNOTATION_REFRESH_NOW, LABEL_PAT_SOURCE,
     },
 };
-use crate::{metrics::Metrics, schedule::Policy, sink::secret::LABEL_MANAGED, values::Dur};
+use crate::{
+    leader::Leadership, metrics::Metrics, schedule::Policy, sink::secret::LABEL_MANAGED,
+    values::Dur,
+};
 
 pub use self::metrics::ControllerMetrics;
 
@@ -163,15 +166,64 @@ pub async fn client(args: &ControllerArgs) -> Result<kube::Client, StartError> {
         .build())
 }
 
-/// Runs the controller until `shutdown`; `synced` is called once every cache has its first list.
+/// Runs the controller until `shutdown`, reconciling only while `leadership` says this replica
+/// leads (at once and always without election): on losing it, every watch and cache is dropped
+/// and the replica stands by again. `synced` is called each time the caches hold their first lists.
 pub async fn run(
     client: kube::Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    synced: impl FnOnce() + Send + 'static,
+    leadership: Leadership,
+    synced: impl Fn() + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) {
     let cmetrics = Arc::new(ControllerMetrics::new(&metrics));
+    let synced = Arc::new(synced);
+    let settings = Arc::new(settings);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            led = leadership.wait_leader() => if !led { return },
+        }
+        tracing::info!(
+            identity = leadership.identity(),
+            "leading: starting the controller"
+        );
+        let term = shutdown.child_token();
+        let serve = serve(
+            client.clone(),
+            settings.clone(),
+            metrics.clone(),
+            cmetrics.clone(),
+            leadership.clone(),
+            synced.clone(),
+            term.clone(),
+        );
+        tokio::pin!(serve);
+        tokio::select! {
+            _ = &mut serve => {}
+            _ = leadership.lost() => {
+                tracing::warn!("lost the lease: standing by (writes stopped at the renew deadline)");
+                term.cancel();
+                serve.await;
+            }
+        }
+        if shutdown.is_cancelled() {
+            return;
+        }
+    }
+}
+
+/// One term of leadership: the watches, caches and controllers, until `shutdown`.
+async fn serve(
+    client: kube::Client,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+    cmetrics: Arc<ControllerMetrics>,
+    leadership: Leadership,
+    synced: Arc<impl Fn() + Send + Sync + 'static>,
+    shutdown: CancellationToken,
+) {
     // Lists are paged so a restart with 10,000 objects never holds one giant answer.
     let wc = || watcher::Config::default().page_size(500);
 
@@ -211,6 +263,7 @@ pub async fn run(
     let shared = Arc::new(Shared::new(
         client.clone(),
         settings,
+        leadership,
         connections.clone(),
         namespaces.clone(),
         metrics,

@@ -34,6 +34,7 @@ use crate::{
     cluster::{pascal_case, publish_event, MANAGER},
     exchange::{ClientConfig, Exchange, ExchangeError, HttpExchange},
     jwt::{self, Usable},
+    leader::Leadership,
     metrics::Metrics,
     reason::Reason,
     refresher::timing::{believable, SKEW_TOLERANCE_SECS},
@@ -86,7 +87,9 @@ struct ConnClient {
 /// exchange cap, the HTTP clients, the per-token memory.
 pub struct Shared {
     client: kube::Client,
-    pub(super) settings: Settings,
+    pub(super) settings: Arc<Settings>,
+    /// The fencing check made right before every write.
+    leadership: Leadership,
     connections: Store<LabelStudioConnection>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     metrics: Arc<Metrics>,
@@ -100,7 +103,8 @@ pub struct Shared {
 impl Shared {
     pub(super) fn new(
         client: kube::Client,
-        settings: Settings,
+        settings: Arc<Settings>,
+        leadership: Leadership,
         connections: Store<LabelStudioConnection>,
         namespaces: Store<PartialObjectMeta<Namespace>>,
         metrics: Arc<Metrics>,
@@ -117,6 +121,7 @@ impl Shared {
         Shared {
             client,
             settings,
+            leadership,
             connections,
             namespaces,
             metrics,
@@ -258,6 +263,10 @@ pub async fn reconcile(
 
 async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, ReconcileError> {
     let key = super::key_of(token);
+    if !ctx.leadership.is_leader() {
+        // A replica whose lease margin ran out neither exchanges nor writes; the controller stops.
+        return Ok(Action::await_change());
+    }
     if token.meta().deletion_timestamp.is_some() {
         // The target Secret goes with it (owner reference, garbage collector).
         ctx.memory
@@ -503,6 +512,21 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
         _ => None,
     };
     let target = (key.namespace.clone(), token.spec.secret_name.clone());
+    // Fencing: the exchange took time; write only while still leading, and never replace a token
+    // that expires later than ours (a previous leader's, paused and resumed, or a concurrent one).
+    if !ctx.leadership.is_leader() {
+        tracing::info!(namespace = %key.namespace, name = %key.name, "lease margin over: the new token is not written");
+        return Ok(Action::await_change());
+    }
+    if let Some((there, there_iat)) = target_meta.as_ref().and_then(|m| published_from(m)) {
+        if there > access.exp() {
+            tracing::info!(namespace = %key.namespace, name = %key.name, "the Secret holds a later-expiring token: kept");
+            ctx.memory(&key, |m| m.published = Some((there, there_iat)));
+            return Ok(Action::requeue(
+                crate::refresher::timing::MIN_REFRESH_INTERVAL,
+            ));
+        }
+    }
     if let Err(e) = write_target(token, ctx, &target, seen_uid, &set).await {
         ctx.cmetrics
             .secret_writes_total
@@ -875,6 +899,9 @@ async fn write_status(
     cond: TokenCondition,
     edit: impl FnOnce(&mut LabelStudioTokenStatus),
 ) -> Result<(), ReconcileError> {
+    if !ctx.leadership.is_leader() {
+        return Ok(());
+    }
     let mut status = token.status.clone().unwrap_or_default();
     status.conditions.retain(|c| c.type_ != cond.type_);
     status.conditions.push(cond);

@@ -226,10 +226,10 @@ for name, docs in renders.items():
             if env.get("LS_LEADER_ELECT") == "true":
                 assert leases == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
                                    "resourceNames": [env["LS_LEASE_NAME"]], "verbs": ["get", "update"]}], leases
-                lease = one(docs, "Lease")
+                (lease,) = [x for x in kind(docs, "Lease") if not is_controller(x)]
                 assert lease["metadata"]["name"] == env["LS_LEASE_NAME"] and "spec" not in lease, lease
             else:
-                assert not leases and not kind(docs, "Lease"), leases
+                assert not leases and not [x for x in kind(docs, "Lease") if not is_controller(x)], leases
             assert len(rules) == 4 + len(leases), rules
             (rb,) = run_roles(docs, "RoleBinding")
             assert rb["roleRef"]["name"] == role["metadata"]["name"]
@@ -303,7 +303,16 @@ for name, docs in renders.items():
         hardened(c, c["name"])
         assert http_path(c.get("readinessProbe")) == "/readyz"
         assert http_path(c.get("livenessProbe")) == "/livez"
-        assert dep["spec"]["strategy"]["type"] == "Recreate"
+        env = env_of(c)
+        if env.get("LS_LEADER_ELECT") == "true":
+            # One leader reconciles; a surge pod stands by.
+            assert env["LS_LEASE_NAME"] == dep["metadata"]["name"], env["LS_LEASE_NAME"]
+            (lease,) = [x for x in kind(docs, "Lease") if is_controller(x)]
+            assert lease["metadata"]["name"] == env["LS_LEASE_NAME"] and "spec" not in lease
+            if dep["spec"]["replicas"] > 1:
+                assert [p for p in kind(docs, "PodDisruptionBudget") if is_controller(p)], "no PDB"
+        else:
+            assert dep["spec"]["strategy"]["type"] == "Recreate"
         assert ps["automountServiceAccountToken"] is True
         (sa,) = [s for s in kind(docs, "ServiceAccount") if is_controller(s)]
         assert sa["automountServiceAccountToken"] is False
@@ -327,7 +336,10 @@ for name, docs in renders.items():
             for rule in r["rules"]:
                 for field in ("apiGroups", "resources", "verbs"):
                     assert "*" not in rule[field], f"wildcard in {rule}"
-                assert not {"delete", "deletecollection", "update", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+                assert not {"delete", "deletecollection", "escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+                if "update" in rule["verbs"]:
+                    # Only the controller's own Lease, by name.
+                    assert rule["resources"] == ["leases"] and rule.get("resourceNames"), rule
         reads = [r for r in croles if not any("secrets" in x["resources"] for x in r["rules"])]
         assert len(reads) == 1
         assert {res for x in reads[0]["rules"] for res in x["resources"]} == {"labelstudioconnections", "namespaces"}

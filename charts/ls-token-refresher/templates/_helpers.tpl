@@ -308,3 +308,57 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+Affinity and topology spread of a workload's pods (pod spec keys): (list $ replicas selectorLabelsYaml). With
+`deployment.spreadOverNodes` and more than one replica, and no user `affinity` / `topologySpreadConstraints`: replicas on
+different nodes when possible (preferred: a one-node cluster still runs them all).
+*/}}
+{{- define "ls-token-refresher.spreadOverNodes" -}}
+{{- $root := index . 0 }}
+{{- $selector := index . 2 }}
+{{- $spread := and $root.Values.deployment.spreadOverNodes (gt (int (index . 1)) 1) }}
+{{- if and $spread (not $root.Values.affinity) }}
+# Replicas on different nodes when possible (preferred: a one-node cluster still runs them all).
+affinity:
+  podAntiAffinity:
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          topologyKey: kubernetes.io/hostname
+          labelSelector:
+            matchLabels:
+              {{- $selector | nindent 14 }}
+{{- end }}
+{{- if $root.Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml $root.Values.topologySpreadConstraints | nindent 2 }}
+{{- else if $spread }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: kubernetes.io/hostname
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- $selector | nindent 8 }}
+{{- end }}
+{{- end }}
+
+{{/* Leader-election environment (env list items) for the Lease named by the argument: (list $ leaseName). */}}
+{{- define "ls-token-refresher.leaderEnv" -}}
+{{- $root := index . 0 }}
+{{- with $root.Values.leaderElection }}
+{{- if .enabled }}
+- name: LS_LEADER_ELECT
+  value: "true"
+- name: LS_LEASE_NAME
+  value: {{ index $ 1 | quote }}
+- name: LS_LEASE_DURATION
+  value: {{ .leaseDuration | quote }}
+- name: LS_LEASE_RENEW_DEADLINE
+  value: {{ .renewDeadline | quote }}
+- name: LS_LEASE_RETRY_PERIOD
+  value: {{ .retryPeriod | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -171,6 +171,9 @@ impl ControllerEnv {
             &format!("fullnameOverride={}", chart::FULLNAME),
             "--show-only",
             "templates/controller-rbac.yaml",
+            // The chart creates the leader-election Lease (the controller may get/update it, not create).
+            "--show-only",
+            "templates/lease.yaml",
         ]
         .iter()
         .map(|s| s.to_string())
