@@ -240,14 +240,16 @@ impl FromStr for ApiPath {
     }
 }
 
-/// A DNS-subdomain object name (lowercase letters, digits, '-' and '.', alphanumeric at both ends).
-fn is_object_name(v: &str) -> bool {
+/// A DNS-subdomain object name (lowercase letters, digits, '-' and '.', alphanumeric at both ends,
+/// no empty label).
+pub fn is_object_name(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 253
         && v.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && v.as_bytes()[0].is_ascii_alphanumeric()
         && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()
+        && !v.contains("..")
 }
 
 /// A Kubernetes object name (a Lease, a namespace), in its one canonical form.

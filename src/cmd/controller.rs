@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{dry_run_ok, spawn_signal_handler, AppError};
+use super::{dry_run_ok, spawn_signal_handler, start_admin, AppError};
 use crate::{
-    admin,
     cli::ControllerCommandArgs,
     clock::SystemClock,
     controller::{self, resources::crd_documents, Settings},
@@ -39,15 +38,7 @@ pub async fn controller(args: ControllerCommandArgs) -> Result<(), AppError> {
     // Ready once every cache holds its first list: before that a reconcile would see no Secrets.
     let health = Health::new(Arc::new(SystemClock::new()), &[CACHES]);
     spawn_signal_handler(shutdown.clone(), Some(health.clone()))?;
-    let (admin_addr, admin_server) = admin::bind(
-        &args.admin,
-        health.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(AppError::config)?;
-    let admin_task = tokio::spawn(admin_server);
+    let (admin_addr, admin_task) = start_admin(&args.admin, &health, &metrics, &shutdown).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         admin = %admin_addr,

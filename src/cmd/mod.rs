@@ -242,6 +242,26 @@ fn notifier(
     ))
 }
 
+/// Binds the admin server now (a busy port fails at start-up) and runs it until `shutdown`.
+async fn start_admin(
+    args: &crate::admin::AdminArgs,
+    health: &crate::health::Health,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<
+    (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+    AppError,
+> {
+    let (addr, server) =
+        crate::admin::bind(args, health.clone(), metrics.clone(), shutdown.clone())
+            .await
+            .map_err(AppError::config)?;
+    Ok((addr, tokio::spawn(server)))
+}
+
 /// Cancels `shutdown` on SIGTERM or SIGINT (Kubernetes sends SIGTERM; a terminal sends SIGINT),
 /// turning readiness false first.
 fn spawn_signal_handler(

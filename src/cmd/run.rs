@@ -6,10 +6,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     attempt_budget, build_sinks, connect, dry_run_ok, notifier, preflight, prepare,
-    spawn_signal_handler, start_source, warn_cleartext, AppError,
+    spawn_signal_handler, start_admin, start_source, warn_cleartext, AppError,
 };
 use crate::{
-    admin::{self, AdminArgs},
+    admin::AdminArgs,
     cli::{ProxyCommandArgs, RunArgs},
     exchange::{HttpExchange, LabelStudioArgs},
     leader::{self, LeaderArgs, Leadership},
@@ -142,15 +142,7 @@ async fn serve(
 ) -> Result<(), AppError> {
     let health = refresher.health();
     spawn_signal_handler(shutdown.clone(), Some(health.clone()))?;
-    let (admin_addr, admin_server) = admin::bind(
-        admin_args,
-        health.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .map_err(AppError::config)?;
-    let admin_task = tokio::spawn(admin_server);
+    let (admin_addr, admin_task) = start_admin(admin_args, &health, &metrics, &shutdown).await?;
     let proxy_task = match proxy {
         Some((addr, args, tokens)) => {
             let proxy = proxy::Proxy::new(

@@ -71,13 +71,7 @@ impl Refusal {
 
 /// True for a DNS-1123 subdomain (the rule for Secret and most object names).
 pub fn is_dns_subdomain(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 253
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && v.as_bytes()[0].is_ascii_alphanumeric()
-        && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()
-        && !v.contains("..")
+    crate::values::is_object_name(v)
 }
 
 /// True for a valid Secret data key.

@@ -260,10 +260,12 @@ async fn serve(
     };
     let concurrency = u16::try_from(settings.args.max_concurrent_exchanges.0.saturating_mul(4))
         .unwrap_or(u16::MAX);
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let shared = Arc::new(Shared::new(
         client.clone(),
         settings,
         leadership,
+        synced_rx,
         connections.clone(),
         namespaces.clone(),
         metrics,
@@ -312,7 +314,9 @@ async fn serve(
             .modify(strip::<_>)
             .reflect(target_writer)
             .touched_objects();
-        ready_waits.push((tokens.clone(), pats.clone(), targets.clone()));
+        // Not the token store: the Controller itself waits for it, and a second waiter could be
+        // the one never woken.
+        ready_waits.push((pats.clone(), targets.clone()));
         let ctx = Arc::new(Ctx::new(shared.clone(), pats, targets));
         let (by_secret, by_conn, by_ns) = (tokens.clone(), tokens.clone(), tokens.clone());
         let shutdown = shutdown.clone();
@@ -348,16 +352,14 @@ async fn serve(
     }
 
     {
+        // The one waiter of every store (see reconcile: concurrent waiters are not all woken).
         let (c, n) = (connections.clone(), namespaces.clone());
         tokio::spawn(async move {
-            for (t, p, g) in ready_waits {
-                let _ = tokio::join!(
-                    t.wait_until_ready(),
-                    p.wait_until_ready(),
-                    g.wait_until_ready()
-                );
+            for (p, g) in ready_waits {
+                let _ = tokio::join!(p.wait_until_ready(), g.wait_until_ready());
             }
             let _ = tokio::join!(c.wait_until_ready(), n.wait_until_ready());
+            synced_tx.send_replace(true);
             synced();
         });
     }

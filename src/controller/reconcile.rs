@@ -90,6 +90,8 @@ pub struct Shared {
     pub(super) settings: Arc<Settings>,
     /// The fencing check made right before every write.
     leadership: Leadership,
+    /// True once every cache of this term holds its first list.
+    synced: tokio::sync::watch::Receiver<bool>,
     connections: Store<LabelStudioConnection>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     metrics: Arc<Metrics>,
@@ -101,10 +103,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         client: kube::Client,
         settings: Arc<Settings>,
         leadership: Leadership,
+        synced: tokio::sync::watch::Receiver<bool>,
         connections: Store<LabelStudioConnection>,
         namespaces: Store<PartialObjectMeta<Namespace>>,
         metrics: Arc<Metrics>,
@@ -122,6 +126,7 @@ impl Shared {
             client,
             settings,
             leadership,
+            synced,
             connections,
             namespaces,
             metrics,
@@ -267,6 +272,11 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
         // A replica whose lease margin ran out neither exchanges nor writes; the controller stops.
         return Ok(Action::await_change());
     }
+    // Decide only from complete caches: a target Secret not listed yet would look missing, and its
+    // token due (a restart would then exchange tokens that still have minutes left).
+    // (One flag set by one waiter: kube's `Store::wait_until_ready` wakes only the last of several
+    // concurrent waiters, and reconciles of many resources start together.)
+    let _ = ctx.synced.clone().wait_for(|ready| *ready).await;
     if token.meta().deletion_timestamp.is_some() {
         // The target Secret goes with it (owner reference, garbage collector).
         ctx.memory
@@ -312,14 +322,7 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
     let target_access =
         guard::target_access(target_meta.as_ref().map(|m| &m.metadata), &key.name, &uid);
     if target_access == TargetAccess::Refuse {
-        return refuse(
-            token,
-            ctx,
-            &status,
-            Refusal::TargetNotOwned,
-            Some(REFUSAL_RECHECK),
-        )
-        .await;
+        return refuse_target(token, ctx, &status).await;
     }
     // The PAT: from an opted-in Secret of this namespace only (the cache holds no other).
     let pat_secret = ctx
@@ -450,14 +453,7 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
         target_access
     };
     if target_access == TargetAccess::Refuse {
-        return refuse(
-            token,
-            ctx,
-            &status,
-            Refusal::TargetNotOwned,
-            Some(REFUSAL_RECHECK),
-        )
-        .await;
+        return refuse_target(token, ctx, &status).await;
     }
 
     let exchange = conn_client
@@ -534,14 +530,7 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
             .inc();
         tracing::warn!(namespace = %key.namespace, name = %key.name, "writing the target Secret failed: {e}");
         if e.refused {
-            return refuse(
-                token,
-                ctx,
-                &status,
-                Refusal::TargetNotOwned,
-                Some(REFUSAL_RECHECK),
-            )
-            .await;
+            return refuse_target(token, ctx, &status).await;
         }
         return failed(
             token,
@@ -783,6 +772,22 @@ fn condition(
         last_transition_time: since,
         observed_generation: token.meta().generation,
     }
+}
+
+/// Refuses a target Secret that is not ours; rechecked now and then (its owner may change it).
+async fn refuse_target(
+    token: &LabelStudioToken,
+    ctx: &Ctx,
+    status: &LabelStudioTokenStatus,
+) -> Result<Action, ReconcileError> {
+    refuse(
+        token,
+        ctx,
+        status,
+        Refusal::TargetNotOwned,
+        Some(REFUSAL_RECHECK),
+    )
+    .await
 }
 
 /// Refuses with a condition (patched only when it changes) and an Event on the transition.

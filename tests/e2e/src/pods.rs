@@ -613,3 +613,56 @@ pub fn min_median_max(values: &[f64]) -> Option<(f64, f64, f64)> {
         (v[0], median, v[n - 1])
     })
 }
+
+/// A Deployment of `replicas` busybox consumers (hostNetwork, uid 10001, read-only) that mount the
+/// Secret `secret` as a directory and run [`CONSUMER`] on its `authorization` file, one sample line
+/// per change (checked every 0.2 s), each token tried against `ls_url`.
+pub fn consumer_deployment(
+    name: &str,
+    replicas: usize,
+    busybox: &str,
+    ls_url: &str,
+    secret: &str,
+) -> Value {
+    let dir = "/var/run/secrets/label-studio";
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "hostNetwork": true,
+                    "automountServiceAccountToken": false,
+                    "enableServiceLinks": false,
+                    "terminationGracePeriodSeconds": 5,
+                    "securityContext": {
+                        "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 2000,
+                        "seccompProfile": {"type": "RuntimeDefault"}
+                    },
+                    "containers": [{
+                        "name": "consumer",
+                        "image": busybox,
+                        "imagePullPolicy": "Never",
+                        "command": ["sh", "-c", CONSUMER],
+                        "env": [
+                            {"name": "LABEL_STUDIO_URL", "value": ls_url},
+                            {"name": "LABEL_STUDIO_AUTHORIZATION_FILE", "value": format!("{dir}/authorization")},
+                            {"name": "SAMPLE_ON", "value": "change"},
+                            {"name": "SAMPLE_EVERY", "value": "0.2"}
+                        ],
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                            "capabilities": {"drop": ["ALL"]}
+                        },
+                        "volumeMounts": [{"name": "token", "mountPath": dir, "readOnly": true}]
+                    }],
+                    "volumes": [{"name": "token", "secret": {"secretName": secret, "defaultMode": 0o440}}]
+                }
+            }
+        }
+    })
+}

@@ -18,7 +18,7 @@ use ls_token_refresher_e2e::{
     jwt::jwt_claims,
     kube_api::secret,
     log_scan::assert_no_secrets,
-    refresher::metric_sum,
+    refresher::{metric_sum, RefresherProc},
     wait::poll,
 };
 use serde_json::json;
@@ -577,6 +577,20 @@ async fn a_tenant_cannot_borrow_the_controllers_rights() {
     drop(ctl);
 }
 
+/// Polls the controller's metrics until the series starting with `prefix` sum to at least `n`;
+/// returns that /metrics text.
+async fn wait_sum(ctl: &RefresherProc, prefix: &str, n: usize, timeout_s: u64) -> Option<String> {
+    poll(
+        Duration::from_secs(timeout_s),
+        Duration::from_millis(250),
+        || async {
+            let m = ctl.admin_get("/metrics").await.1;
+            (metric_sum(&m, prefix) >= n as f64).then_some(m)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_exchanges_nothing_that_is_not_due() {
     const N: usize = 200;
@@ -603,17 +617,11 @@ async fn a_restart_exchanges_nothing_that_is_not_due() {
         Some(sa.kubeconfig.clone()),
         &["--max-concurrent-exchanges", "8"],
     );
-    let all_ready = poll(
-        Duration::from_secs(180),
-        Duration::from_millis(500),
-        || async {
-            let m = ctl.admin_get("/metrics").await.1;
-            (metric_sum(
-                &m,
-                "ls_token_refresher_controller_secret_writes_total{result=\"ok\"",
-            ) >= N as f64)
-                .then_some(())
-        },
+    let all_ready = wait_sum(
+        &ctl,
+        "ls_token_refresher_controller_secret_writes_total{result=\"ok\"",
+        N,
+        180,
     )
     .await;
     assert!(
@@ -642,17 +650,11 @@ async fn a_restart_exchanges_nothing_that_is_not_due() {
         Some(sa.kubeconfig.clone()),
         &["--max-concurrent-exchanges", "8"],
     );
-    let reconciled = poll(
-        Duration::from_secs(120),
-        Duration::from_millis(250),
-        || async {
-            let m = ctl.admin_get("/metrics").await.1;
-            (metric_sum(
-                &m,
-                "ls_token_refresher_controller_reconcile_duration_seconds_count",
-            ) >= N as f64)
-                .then_some(m)
-        },
+    let reconciled = wait_sum(
+        &ctl,
+        "ls_token_refresher_controller_reconcile_duration_seconds_count",
+        N,
+        120,
     )
     .await
     .expect("every resource reconciled after the restart");
@@ -677,5 +679,63 @@ async fn a_restart_exchanges_nothing_that_is_not_due() {
         0.0,
         "no status rewritten"
     );
+
+    // Refresh now: a new annotation value refreshes that one resource once, nothing else.
+    let before = env.target(&ns, "out-7").await.expect("out-7").0;
+    let out = env
+        .kube
+        .kubectl([
+            "annotate",
+            "lstoken",
+            "t7",
+            "-n",
+            &ns,
+            "ls-token-refresher/refresh-now=1",
+            "--overwrite",
+        ])
+        .await;
+    assert!(out.status.success());
+    let fresh = poll(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || async { env.target(&ns, "out-7").await.filter(|t| t.0 != before) },
+    )
+    .await;
+    assert!(fresh.is_some(), "refresh-now did not refresh");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = ctl.admin_get("/metrics").await.1;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "ls_token_refresher_http_requests_total{code=\"2xx\",endpoint=\"refresh\""
+        ),
+        1.0,
+        "exactly one exchange for one refresh-now"
+    );
+    // Suspend: Ready=False suspended, no exchange, the Secret keeps its token.
+    let out = env
+        .kube
+        .kubectl([
+            "patch",
+            "lstoken",
+            "t8",
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ])
+        .await;
+    assert!(out.status.success());
+    env.wait_ready(
+        &ns,
+        "t8",
+        "False",
+        "suspended",
+        Duration::from_secs(15),
+        &ctl,
+    )
+    .await;
+    assert!(env.target(&ns, "out-8").await.is_some());
     drop(ctl);
 }

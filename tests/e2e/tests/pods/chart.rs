@@ -14,7 +14,7 @@ use ls_token_refresher_e2e::{
     free_port,
     kube_api::data_of,
     label_studio::LabelStudio,
-    pods::{self, assert_hardened, condition, container_status, min_median_max, Scope, CONSUMER},
+    pods::{self, assert_hardened, condition, container_status, min_median_max, Scope},
     tools::helm,
     wait::poll,
 };
@@ -150,47 +150,13 @@ async fn chart_secret_reaches_mounting_pods_within_the_propagation_margin() {
     install(&scope, &ls, &pat).await;
     assert_target_current(&scope, &ls).await;
 
-    let dir = "/var/run/secrets/label-studio";
-    let consumers = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "token-consumer"},
-        "spec": {
-            "replicas": CONSUMERS,
-            "selector": {"matchLabels": {"app": "token-consumer"}},
-            "template": {
-                "metadata": {"labels": {"app": "token-consumer"}},
-                "spec": {
-                    "hostNetwork": true,
-                    "automountServiceAccountToken": false,
-                    "enableServiceLinks": false,
-                    "terminationGracePeriodSeconds": 5,
-                    "securityContext": {
-                        "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 2000,
-                        "seccompProfile": {"type": "RuntimeDefault"}
-                    },
-                    "containers": [{
-                        "name": "consumer",
-                        "image": scope.node.busybox(),
-                        "imagePullPolicy": "Never",
-                        "command": ["sh", "-c", CONSUMER],
-                        "env": [
-                            {"name": "LABEL_STUDIO_URL", "value": ls.url()},
-                            {"name": "LABEL_STUDIO_AUTHORIZATION_FILE", "value": format!("{dir}/authorization")},
-                            {"name": "SAMPLE_ON", "value": "change"},
-                            {"name": "SAMPLE_EVERY", "value": "0.2"}
-                        ],
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]}
-                        },
-                        "volumeMounts": [{"name": "token", "mountPath": dir, "readOnly": true}]
-                    }],
-                    "volumes": [{"name": "token", "secret": {"secretName": TARGET, "defaultMode": 0o440}}]
-                }
-            }
-        }
-    });
+    let consumers = pods::consumer_deployment(
+        "token-consumer",
+        CONSUMERS,
+        scope.node.busybox(),
+        &ls.url(),
+        TARGET,
+    );
     scope.apply(&[consumers]).await;
     let pods = scope
         .wait_ready("app=token-consumer", CONSUMERS, Duration::from_secs(120))

@@ -17,6 +17,8 @@
 //!   (passes with the good PAT, fails naming the reason once Label Studio revoked it).
 //! - [`classic_sidecar`]: a consumer under another uid reads the token per request across three
 //!   lifetimes; pod deletion stops the sidecar with exit 0, files intact until then.
+//! - [`controller`]: the chart in controller mode; a tenant's token resource → consumer pods in
+//!   another namespace read accepted tokens across lifetimes from its Secret.
 //! - [`job_once`]: the Job completes and its task used the token.
 //! - [`restart`]: a killed sidecar restarts without the consumer ever reading an expired token.
 //! - [`proxy_sidecar`]: the stock ML backend server (its own image, built offline) behind the
@@ -26,6 +28,7 @@
 
 mod chart;
 mod classic_sidecar;
+mod controller;
 mod job_once;
 mod proxy_sidecar;
 mod restart;
