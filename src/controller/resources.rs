@@ -192,7 +192,7 @@ pub struct LabelStudioConnectionSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_https: bool,
     /// Namespaces whose token resources may use this connection, by their labels (e.g.
-    /// `kubernetes.io/metadata.name: ml`). Absent: every namespace; `{}` (empty) also every namespace.
+    /// `kubernetes.io/metadata.name: ml`, set by Kubernetes 1.21+). Absent or `{}`: every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<NamespaceSelector>,
 }

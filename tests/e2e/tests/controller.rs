@@ -309,6 +309,21 @@ async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_res
         env.target(&ns_a, "other2").await.is_none(),
         "nothing written for a refused resource"
     );
+    // ... until the namespace gets the label: the namespace watch re-evaluates it.
+    let out = env
+        .kube
+        .kubectl(["label", "namespace", &ns_a, "team=ml"])
+        .await;
+    assert!(out.status.success());
+    env.wait_ready(
+        &ns_a,
+        "na",
+        "True",
+        "token_published",
+        Duration::from_secs(20),
+        &ctl,
+    )
+    .await;
 
     // Deleting B's resource deletes its Secret (owner reference) and nothing else.
     let bystander_rv = Api::<Secret>::namespaced(env.admin.clone(), &ns_b)
@@ -418,6 +433,12 @@ async fn a_tenant_cannot_borrow_the_controllers_rights() {
         }
     });
 
+    // Kubernetes 1.20 sets no kubernetes.io/metadata.name label (1.21+ does): select by a label of our own.
+    let out = env
+        .kube
+        .kubectl(["label", "namespace", &other, "team=other"])
+        .await;
+    assert!(out.status.success());
     let pat = env.ls.api().create_pat().await;
     // A valid PAT in a Secret that did not opt in; an opted-in one; a victim Secret; a TLS Secret.
     env.create_secret(&ns, &pat_secret("private-pat", &pat, false))
@@ -432,12 +453,8 @@ async fn a_tenant_cannot_borrow_the_controllers_rights() {
     env.create_secret(&ns, &tls).await;
     env.create_connection("ls", None, None).await;
     // The admin's connection to the "evil" URL admits only another namespace.
-    env.create_connection(
-        "evil",
-        Some(&evil),
-        Some(json!({"kubernetes.io/metadata.name": other})),
-    )
-    .await;
+    env.create_connection("evil", Some(&evil), Some(json!({"team": "other"})))
+        .await;
 
     // The strongest deputy the chart makes: cluster-wide Secret rights (no watchNamespaces).
     let ops = env.kube.create_namespace("ops").await;

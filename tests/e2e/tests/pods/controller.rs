@@ -81,7 +81,8 @@ async fn controller_mode_tokens_reach_pods_of_another_namespace() {
         "metadata": {"name": format!("{}-ls", tenant.ns())},
         "spec": {
             "url": ls.url(),
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": tenant.ns()}}
+            // Kubernetes 1.20 sets no kubernetes.io/metadata.name label: a label of our own.
+            "namespaceSelector": {"matchLabels": {"ls-token-refresher-test/tenant": tenant.ns()}}
         }
     });
     let pat_secret = json!({
@@ -100,6 +101,14 @@ async fn controller_mode_tokens_reach_pods_of_another_namespace() {
             "secretName": "ls-token"
         }
     });
+    ops.node
+        .kubectl_ok(&[
+            "label",
+            "namespace",
+            tenant.ns(),
+            &format!("ls-token-refresher-test/tenant={}", tenant.ns()),
+        ])
+        .await;
     tenant.apply(&[connection, pat_secret, token]).await;
     let ready = poll(
         Duration::from_secs(60),
