@@ -100,6 +100,14 @@ fn as_in_the_pod(c: &serde_json::Value, root: &Path) -> (Vec<String>, Vec<(Strin
         );
         std::fs::write(pat, fake_pat()).unwrap();
     }
+    if let Some(basic) = env.get("LS_GATE_BASIC_AUTH_FILE") {
+        assert!(
+            basic.starts_with(root.to_str().unwrap()),
+            "LS_GATE_BASIC_AUTH_FILE {basic} is not in a volume"
+        );
+        // The gate's Basic credentials for Label Studio's own calls: `user:password`.
+        std::fs::write(basic, "labelstudio:placeholder-basic-password").unwrap();
+    }
     if let Some(ca) = env.get("LS_CA_FILE") {
         assert!(
             ca.starts_with(root.to_str().unwrap()),
