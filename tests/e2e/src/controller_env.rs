@@ -60,6 +60,41 @@ pub fn token(name: &str, connection: &str, pat_secret: &str, target: &str) -> Va
     })
 }
 
+/// Installs the CRDs the binary's `crds` prints (file kept in `dir`) and waits until they are served.
+pub async fn install_crds(kube: &ApiServer, dir: &std::path::Path) {
+    let crds = Command::new(binary())
+        .arg("crds")
+        .output()
+        .expect("run crds");
+    assert!(
+        crds.status.success(),
+        "crds: {}",
+        String::from_utf8_lossy(&crds.stderr)
+    );
+    let file = dir.join("crds.yaml");
+    std::fs::write(&file, &crds.stdout).unwrap();
+    let out = kube.kubectl(["apply", "-f", file.to_str().unwrap()]).await;
+    assert!(
+        out.status.success(),
+        "kubectl apply crds: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kube
+        .kubectl([
+            "wait",
+            "--for=condition=Established",
+            "crd/labelstudiotokens.ls-token-refresher.io",
+            "crd/labelstudioconnections.ls-token-refresher.io",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "CRDs not established: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Everything one controller test needs.
 pub struct ControllerEnv {
     /// The apiserver.
@@ -82,37 +117,7 @@ impl ControllerEnv {
         );
         let admin = kube.admin_client().await;
         let tmp = tempfile::tempdir().unwrap();
-        let crds = Command::new(binary())
-            .arg("crds")
-            .output()
-            .expect("run crds");
-        assert!(
-            crds.status.success(),
-            "crds: {}",
-            String::from_utf8_lossy(&crds.stderr)
-        );
-        let file = tmp.path().join("crds.yaml");
-        std::fs::write(&file, &crds.stdout).unwrap();
-        let out = kube.kubectl(["apply", "-f", file.to_str().unwrap()]).await;
-        assert!(
-            out.status.success(),
-            "kubectl apply crds: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = kube
-            .kubectl([
-                "wait",
-                "--for=condition=Established",
-                "crd/labelstudiotokens.ls-token-refresher.io",
-                "crd/labelstudioconnections.ls-token-refresher.io",
-                "--timeout=60s",
-            ])
-            .await;
-        assert!(
-            out.status.success(),
-            "CRDs not established: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        install_crds(&kube, tmp.path()).await;
         ControllerEnv {
             kube,
             ls,
