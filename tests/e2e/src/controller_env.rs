@@ -1,4 +1,4 @@
-//! The controller on a real kube-apiserver + Label Studio: the CRDs from the binary's `crds`, a
+//! The controller on a real kube-apiserver + Label Studio: the CRDs as the chart installs them, a
 //! `LabelStudioConnection` to the real Label Studio, PAT Secrets opted in, token resources, the
 //! controller process, and (optionally) kube-controller-manager's garbage collector, which is what
 //! deletes a token resource's Secret through its owner reference.
@@ -61,6 +61,43 @@ pub fn token(name: &str, connection: &str, pat_secret: &str, target: &str) -> Va
     })
 }
 
+/// Installs the CRDs as the chart renders them and waits until they are served.
+pub async fn install_crds(kube: &ApiServer, _dir: &std::path::Path) {
+    // The CRDs as the chart installs them (its files are the binary's `crds`, drift-checked).
+    let yaml = chart::render(
+        "default",
+        &[
+            "--set",
+            "controller.enabled=true",
+            "--set",
+            "deployment.enabled=false",
+            "--show-only",
+            "templates/controller-crds.yaml",
+        ],
+    )
+    .await;
+    let out = chart::kubectl_apply(kube, "crds", &yaml, &[]).await;
+    assert!(
+        out.status.success(),
+        "kubectl apply crds: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = kube
+        .kubectl([
+            "wait",
+            "--for=condition=Established",
+            "crd/labelstudiotokens.ls-token-refresher.io",
+            "crd/labelstudioconnections.ls-token-refresher.io",
+            "--timeout=60s",
+        ])
+        .await;
+    assert!(
+        out.status.success(),
+        "CRDs not established: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Everything one controller test needs.
 pub struct ControllerEnv {
     /// The apiserver.
@@ -83,39 +120,7 @@ impl ControllerEnv {
         );
         let admin = kube.admin_client().await;
         let tmp = tempfile::tempdir().unwrap();
-        // The CRDs as the chart installs them (its files are the binary's `crds`, drift-checked).
-        let yaml = chart::render(
-            "default",
-            &[
-                "--set",
-                "controller.enabled=true",
-                "--set",
-                "deployment.enabled=false",
-                "--show-only",
-                "templates/controller-crds.yaml",
-            ],
-        )
-        .await;
-        let out = chart::kubectl_apply(&kube, "crds", &yaml, &[]).await;
-        assert!(
-            out.status.success(),
-            "kubectl apply crds: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let out = kube
-            .kubectl([
-                "wait",
-                "--for=condition=Established",
-                "crd/labelstudiotokens.ls-token-refresher.io",
-                "crd/labelstudioconnections.ls-token-refresher.io",
-                "--timeout=60s",
-            ])
-            .await;
-        assert!(
-            out.status.success(),
-            "CRDs not established: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        install_crds(&kube, tmp.path()).await;
         ControllerEnv {
             kube,
             ls,

@@ -48,6 +48,7 @@ pub mod kube_apiserver;
 pub mod label_studio;
 pub mod log_scan;
 pub mod ls_api;
+pub mod ls_standin;
 pub mod node;
 pub mod pki;
 pub mod pods;

@@ -85,6 +85,13 @@ async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_res
     )
     .await;
 
+    // Ready once its caches are listed (bench/RESULTS.md §5 found /readyz stuck at 503 before the
+    // caches got one waiter each).
+    assert_eq!(
+        ctl.admin_get("/readyz").await,
+        (200, "ok\n".to_string()),
+        "the controller's readiness"
+    );
     // Each Secret holds its own user's token; status names the user and the expiry.
     let (_, auth_a, _, _) = env.target(&ns_a, "ls-token").await.expect("target A");
     let (_, auth_b, _, _) = env.target(&ns_b, "ls-token").await.expect("target B");
