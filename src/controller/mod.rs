@@ -299,6 +299,15 @@ async fn serve(
             .default_backoff()
             .modify(strip::<_>)
             .reflect(token_writer)
+            // A deleted resource is never reconciled again (no finalizer): forget it here.
+            .inspect({
+                let shared = shared.clone();
+                move |e| {
+                    if let Ok(watcher::Event::Delete(t)) = e {
+                        shared.forget(&key_of(t));
+                    }
+                }
+            })
             .applied_objects()
             // Status patches of our own change neither the generation nor the refresh-now annotation.
             .predicate_filter(spec_or_refresh_request, Default::default());

@@ -103,6 +103,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Drops what is kept about a deleted resource: its memory and its metric series.
+    pub(super) fn forget(&self, key: &TokenKey) {
+        self.memory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.cmetrics.forget(&key.namespace, &key.name);
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         client: kube::Client,
@@ -279,11 +288,7 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
     let _ = ctx.synced.clone().wait_for(|ready| *ready).await;
     if token.meta().deletion_timestamp.is_some() {
         // The target Secret goes with it (owner reference, garbage collector).
-        ctx.memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key);
-        ctx.cmetrics.forget(&key.namespace, &key.name);
+        ctx.forget(&key);
         return Ok(Action::await_change());
     }
     let status = token.status.clone().unwrap_or_default();
