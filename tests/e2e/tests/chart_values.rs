@@ -195,6 +195,10 @@ async fn every_rendered_refresher_container_passes_the_binarys_own_validation() 
             "tests/chart/values/library-only.yaml" => 0,
             w if w.starts_with("deploy/monitoring") => 0,
             "deploy/classic-sidecar.yaml" => 2,
+            // The controller next to the single-token Deployment.
+            "tests/chart/values/controller-namespaces.yaml" => 2,
+            // A tenant's objects only (connection, PAT Secret, token resource).
+            "deploy/controller-examples.yaml" => 0,
             _ => 1,
         };
         assert_eq!(
