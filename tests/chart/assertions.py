@@ -28,7 +28,12 @@ CONTRACT_METRICS = {
     "ls_token_refresher_controller_token_expiration_timestamp_seconds",
     # Issue 16: 1 on the replica that leads (always 1 without election); the token alerts skip standbys.
     "ls_token_refresher_leader",
+    # Issue 17: PAT rotation (result rotated, recovered, failed or refused) and the PAT's iat (0 if unknown).
+    "ls_token_refresher_pat_rotations_total",
+    "ls_token_refresher_pat_issued_timestamp_seconds",
 }
+CONTRACT_ROTATION_RESULTS = {"rotated", "recovered", "failed", "refused"}
+ROTATION_ENV = {"LS_ROTATE_PAT_EVERY", "LS_ROTATE_PAT_BEFORE_EXPIRY"}
 # Objects without a namespace.
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "LabelStudioConnection"}
 CONTRACT_REASONS = {
@@ -42,6 +47,7 @@ REQUIRED_ALERTS = {
     "LSTokenRefresherTokenExpired",
     "LSTokenRefresherNoRecentSuccess",
     "LSTokenRefresherPATExpiringSoon",
+    "LSTokenRefresherPATRotationFailing",
 }
 
 results = []
@@ -214,9 +220,13 @@ for name, docs in renders.items():
             for r in secrets:
                 assert r.get("resourceNames"), f"secrets rule without resourceNames: {r}"
                 assert "create" not in r["verbs"], f"create on secrets: {r}"
-            by_name = {tuple(r["resourceNames"]): set(r["verbs"]) for r in secrets}
+            by_name = {}
+            for r in secrets:
+                by_name.setdefault(tuple(r["resourceNames"]), set()).update(r["verbs"])
+            # PAT rotation (LS_ROTATE_PAT_*) writes the new PAT back: `patch` on the PAT Secret then, never without.
+            rotation = bool(ROTATION_ENV & set(env))
             assert by_name == {
-                (env["LS_PAT_SECRET"],): {"get", "list", "watch"},
+                (env["LS_PAT_SECRET"],): {"get", "list", "watch"} | ({"patch"} if rotation else set()),
                 (env["LS_TARGET_SECRET"],): {"get", "patch"},
             }, by_name
             events = {tuple(r["apiGroups"]): set(r["verbs"]) for r in rules if "events" in r["resources"]}
@@ -230,7 +240,7 @@ for name, docs in renders.items():
                 assert lease["metadata"]["name"] == env["LS_LEASE_NAME"] and "spec" not in lease, lease
             else:
                 assert not leases and not [x for x in kind(docs, "Lease") if not is_controller(x)], leases
-            assert len(rules) == 4 + len(leases), rules
+            assert len(rules) == 4 + len(leases) + rotation, rules
             (rb,) = run_roles(docs, "RoleBinding")
             assert rb["roleRef"]["name"] == role["metadata"]["name"]
             assert rb["subjects"][0]["name"] == pod_spec(run_dep(docs))["serviceAccountName"]
@@ -247,10 +257,12 @@ for name, docs in renders.items():
         assert not target.get("data") and not target.get("stringData"), target
         assert target["type"] == "Opaque"
         assert target["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # ... and, with PAT rotation on, the PAT Secret it writes the new PAT into.
+        pat = {env["LS_PAT_SECRET"]} if ROTATION_ENV & set(env) else set()
         for role in run_roles(docs):
             names = {n for r in role["rules"] if "secrets" in r["resources"] for n in r["resourceNames"]
                      if "patch" in r["verbs"]}
-            assert names == {target["metadata"]["name"]}, names
+            assert names == {target["metadata"]["name"]} | pat, names
 
     @check(f"{name}: Service exposes the named admin port, also while not ready")
     def _():
@@ -382,6 +394,12 @@ for name, docs in renders.items():
                 assert used <= CONTRACT_METRICS, f"{r['alert']} uses {used - CONTRACT_METRICS}"
                 for reasons in re.findall(r'reason=~"([^"]+)"', r["expr"]):
                     assert set(reasons.split("|")) <= CONTRACT_REASONS, reasons
+                results = set()
+                for found in re.findall(r'pat_rotations_total\{result=~"([^"]+)"', r["expr"]):
+                    results |= set(found.split("|"))
+                assert results <= CONTRACT_ROTATION_RESULTS, results
+                if r["alert"] == "LSTokenRefresherPATRotationFailing":
+                    assert results == CONTRACT_ROTATION_RESULTS, f"{r['alert']} reads results {results}"
                 assert r["labels"]["severity"] in ("critical", "warning", "info", "none")
                 assert r["annotations"]["summary"] and r["annotations"]["description"]
 
@@ -786,6 +804,40 @@ def _():
         assert {k: chk_env.get(k) for k in shared} == shared, case
         assert chk_env["LS_LOG_FORMAT"] == "plain", case
     assert not kind(rendered("no-helm-test"), "Pod"), "tests.enabled=false still renders the test pod"
+
+
+@check("pat.rotation: env on the run container and `patch` on the PAT Secret only when set; never on the test pod")
+def _():
+    docs = rendered("rotation")
+    user = yaml.safe_load((Path(__file__).parent / "values" / "rotation.yaml").read_text())
+    dep = run_dep(docs)
+    (c,) = pod_spec(dep)["containers"]
+    env = env_of(c)
+    assert env["LS_PAT_SECRET"] == user["pat"]["existingSecret"], env["LS_PAT_SECRET"]
+    assert env["LS_ROTATE_PAT_EVERY"] == user["pat"]["rotation"]["every"], env
+    assert env["LS_ROTATE_PAT_BEFORE_EXPIRY"] == user["pat"]["rotation"]["beforeExpiry"], env
+    # The helm test pod runs `check`, which rotates nothing.
+    (pod,) = kind(docs, "Pod")
+    assert not ROTATION_ENV & set(env_of(pod_spec(pod)["containers"][0])), "rotation env on the helm test pod"
+    (role,) = run_roles(docs)
+    writes = [r for r in role["rules"] if "secrets" in r["resources"] and env["LS_PAT_SECRET"] in r["resourceNames"]
+              and "patch" in r["verbs"]]
+    assert writes == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [env["LS_PAT_SECRET"]],
+                       "verbs": ["patch"]}], writes
+    # The default (and every other value set without pat.rotation): read-only on the PAT Secret, no rotation env.
+    for case in ("minimal", "full", "target-not-created"):
+        docs = rendered(case)
+        env = env_of(pod_spec(run_dep(docs))["containers"][0])
+        assert not ROTATION_ENV & set(env), (case, env)
+        for role in run_roles(docs):
+            for r in role["rules"]:
+                if "secrets" in r["resources"] and env["LS_PAT_SECRET"] in r["resourceNames"]:
+                    assert "patch" not in r["verbs"], (case, r)
+    # Either duration alone turns rotation on, and only its own variable is set.
+    env = env_of(pod_spec(run_dep(rendered("rotation-before-expiry-only")))["containers"][0])
+    assert {k: env.get(k) for k in ROTATION_ENV} == {"LS_ROTATE_PAT_EVERY": None, "LS_ROTATE_PAT_BEFORE_EXPIRY": "30d"}
+    assert "patch" in {v for r in run_roles(rendered("rotation-before-expiry-only"))[0]["rules"]
+                       if env["LS_PAT_SECRET"] in r.get("resourceNames", []) for v in r["verbs"]}
 
 
 @check("Chart.yaml: icon, home is this project, sources, maintainers, Artifact Hub annotations")

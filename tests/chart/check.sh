@@ -116,6 +116,7 @@ conventions=(
   "probes-off|$url --set=probes.startup.enabled=false --set=probes.liveness.enabled=false --set=probes.readiness.timeoutSeconds=7 --set=probes.readiness.initialDelaySeconds=3"
   "strategy-recreate|$url --set=deployment.strategy.type=Recreate"
   "no-helm-test|$url --set=tests.enabled=false"
+  "rotation-before-expiry-only|$url --set=pat.existingSecret=label-studio-pat --set=pat.rotation.beforeExpiry=30d"
 )
 for case in "${conventions[@]}"; do
   IFS='|' read -r set_name args <<<"$case"

@@ -42,6 +42,8 @@ labels:
 {{- $valid := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_token_valid" "") }}
 {{- $last := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_last_success_timestamp_seconds" "") }}
 {{- $patExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_pat_expiration_timestamp_seconds" "") }}
+{{- $rotBad := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_pat_rotations_total" "result=~\"failed|refused\"") }}
+{{- $rotGood := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_pat_rotations_total" "result=~\"rotated|recovered\"") }}
 {{- $sinkErr := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_sink_write_errors_total" "") }}
 {{- $ctlReady := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_controller_token_ready" "") }}
 {{- $ctlExp := include "ls-token-refresher.promSeries" (list . "ls_token_refresher_controller_token_expiration_timestamp_seconds" "") }}
@@ -149,7 +151,9 @@ labels:
         summary: The Label Studio Personal Access Token expires soon.
         description: >-
           The PAT used by ls-token-refresher {{`{{ $labels.namespace }}/{{ $labels.pod }}`}} expires in
-          {{`{{ $value | humanizeDuration }}`}}. Create a new PAT and put it into the PAT Secret.
+          {{`{{ $value | humanizeDuration }}`}}. Create a new PAT and put it into the PAT Secret, or let the
+          refresher rotate it (pat.rotation); with rotation on, a rotation is late: see
+          LSTokenRefresherPATRotationFailing.
         {{- with include "ls-token-refresher.runbook" (list $ "LSTokenRefresherPATExpiringSoon") }}{{ . | nindent 8 }}{{ end }}
     - alert: LSTokenRefresherPATExpiringSoon
       expr: |-
@@ -163,8 +167,27 @@ labels:
         description: >-
           The PAT used by ls-token-refresher {{`{{ $labels.namespace }}/{{ $labels.pod }}`}} expires in
           {{`{{ $value | humanizeDuration }}`}} (negative: already expired). Create a new PAT and put it into the
-          PAT Secret.
+          PAT Secret (with pat.rotation on, a rotation is late: see LSTokenRefresherPATRotationFailing).
         {{- with include "ls-token-refresher.runbook" (list $ "LSTokenRefresherPATExpiringSoon") }}{{ . | nindent 8 }}{{ end }}
+    {{- end }}{{ end }}
+    {{- with $a.patRotationFailing }}{{ if .enabled }}
+    - alert: LSTokenRefresherPATRotationFailing
+      expr: |-
+        (sum without (result) (increase({{ $rotBad }}[{{ .window }}])) > 0)
+        unless
+        (sum without (result) (increase({{ $rotGood }}[{{ .window }}])) > 0)
+      for: {{ .for }}
+      {{- include "ls-token-refresher.alertLabels" (list $ "LSTokenRefresherPATRotationFailing" .severity) | nindent 6 }}
+      annotations:
+        summary: The Label Studio PAT rotation fails.
+        description: >-
+          ls-token-refresher {{`{{ $labels.namespace }}/{{ $labels.pod }}`}} ({{`{{ $labels.instance }}`}}) had a PAT
+          rotation fail or refused within {{ .window }}, and none succeeded in that time: the PAT ages towards its
+          expiry. The log line of the attempt names the reason. Check that the Role may `patch` the PAT Secret
+          (pat.rotation adds that rule; with rbac.create=false grant it yourself) and that no other field manager
+          (kubectl apply, a GitOps tool, an ExternalSecret) owns or syncs the PAT key. See the chart README's
+          "PAT rotation".
+        {{- with include "ls-token-refresher.runbook" (list $ "LSTokenRefresherPATRotationFailing") }}{{ . | nindent 8 }}{{ end }}
     {{- end }}{{ end }}
     {{- with $a.sinkWriteErrors }}{{ if .enabled }}
     - alert: LSTokenRefresherSinkWriteErrors

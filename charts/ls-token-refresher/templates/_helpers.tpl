@@ -362,3 +362,41 @@ topologySpreadConstraints:
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when PAT rotation is on: pat.rotation.every and/or pat.rotation.beforeExpiry set (both empty = off, the
+default). Fails the render when the chart itself manages the PAT Secret (pat.create): the next `helm upgrade` would
+write the value from the values file, by then the old and revoked PAT, back over the rotated one. Also fails on a
+duration the refresher would refuse at start (zero, or beyond its one-year limit), rather than ship a crash loop.
+*/}}
+{{- define "ls-token-refresher.patRotation" -}}
+{{- $r := .Values.pat.rotation | default dict }}
+{{- if or $r.every $r.beforeExpiry }}
+{{- if .Values.pat.create }}
+{{- fail "pat.rotation needs a PAT Secret the chart does not manage (pat.create is true: the next helm upgrade would put the old, revoked PAT back): create the Secret yourself, set pat.existingSecret and pat.create=false" }}
+{{- end }}
+{{- range $key := list "every" "beforeExpiry" }}
+{{- with get $r $key }}
+{{- $s := include "ls-token-refresher.seconds" . | int }}
+{{- if or (le $s 0) (gt $s 31536000) }}
+{{- fail (printf "pat.rotation.%s (%s) must be longer than 0 and at most 365d" $key .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- true }}
+{{- end }}
+{{- end }}
+
+{{/* The rotation environment of the `run` container (env list items); empty with rotation off. */}}
+{{- define "ls-token-refresher.rotationEnv" -}}
+{{- if include "ls-token-refresher.patRotation" . }}
+{{- with .Values.pat.rotation.every }}
+- name: LS_ROTATE_PAT_EVERY
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.pat.rotation.beforeExpiry }}
+- name: LS_ROTATE_PAT_BEFORE_EXPIRY
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
