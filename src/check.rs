@@ -258,6 +258,18 @@ pub async fn run(args: CheckArgs) -> Result<Report, ConfigError> {
             Err(e) => r.fail(step, e.message),
         }
     }
+
+    // 7. PAT rotation: would writing the new PAT back work (nothing is rotated)?
+    if args.rotate.policy().is_some() {
+        let kube = cluster.as_ref().map(|c| (c.client.clone(), c.namespace.as_str()));
+        match args.rotate.store(&args.pat, kube) {
+            Ok(store) => match store.check().await {
+                Ok(what) => r.ok("pat rotation", what),
+                Err(refusal) => r.fail("pat rotation", refusal.detail),
+            },
+            Err(e) => r.fail("pat rotation", e),
+        }
+    }
     shutdown.cancel();
     Ok(r)
 }

@@ -8,7 +8,8 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 
 use crate::{
     admin::AdminArgs, cluster::KubeArgs, controller::ControllerArgs, exchange::LabelStudioArgs,
-    gate::GateArgs, leader::LeaderArgs, proxy::ProxyArgs, schedule::TimingArgs, sink::SinkArgs,
+    gate::GateArgs, leader::LeaderArgs, proxy::ProxyArgs, rotate::RotateArgs, schedule::TimingArgs,
+    sink::SinkArgs,
     source::PatSourceArgs, telemetry::LogArgs, values::Dur,
 };
 
@@ -105,6 +106,9 @@ pub struct RunArgs {
     /// Leader election among replicas writing one Secret.
     #[command(flatten)]
     pub leader: LeaderArgs,
+    /// PAT rotation (opt-in).
+    #[command(flatten)]
+    pub rotate: RotateArgs,
     /// Check.
     #[command(flatten)]
     pub dry_run: DryRunArgs,
@@ -223,6 +227,9 @@ pub struct CheckArgs {
     /// Kubernetes.
     #[command(flatten)]
     pub kube: KubeArgs,
+    /// PAT rotation: checks that the new PAT could be written back.
+    #[command(flatten)]
+    pub rotate: RotateArgs,
 }
 
 /// How long `once` and `token` retry.

@@ -148,6 +148,10 @@ impl Notifier for EventNotifier {
     fn recovered(&self, note: &'static str) -> BoxFuture<'_, ()> {
         Box::pin(self.publish(EventType::Normal, "TokenRefreshed".into(), note))
     }
+    fn rotation(&self, warning: bool, reason: &'static str, note: &'static str) -> BoxFuture<'_, ()> {
+        let kind = if warning { EventType::Warning } else { EventType::Normal };
+        Box::pin(self.publish(kind, reason.into(), note))
+    }
 }
 
 /// Reference to a pod, for Events.

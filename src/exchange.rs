@@ -4,7 +4,11 @@
 //! `check`. Every request has a timeout, a size-capped body and a counter; every outcome is
 //! classified into a [`Reason`] using the real server's responses (see the shared API facts).
 
+mod lifecycle;
+
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
+
+pub use self::lifecycle::{parse_list, LifecycleError, PatApi, Truncated, MAX_LISTED};
 
 use reqwest::{header, StatusCode};
 

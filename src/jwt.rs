@@ -103,6 +103,40 @@ pub fn decode_claims(token: &str) -> Result<Claims, JwtError> {
     serde_json::from_slice::<Claims>(&bytes).map_err(|_| JwtError::BadPayload)
 }
 
+/// A short, non-reversible identity of a JWT's `jti` claim (16 hex digits of a domain-separated
+/// SHA-256), readable from a full token or from the `header.payload` form Label Studio lists. The
+/// rotation intent records it: it names which PAT a rotation started from without storing any
+/// part of the token (the payload alone is enough to blacklist a PAT, unauthenticated).
+pub fn jti_fingerprint(token: &str) -> Option<String> {
+    let token = token.trim();
+    if token.len() > MAX_JWT_LEN {
+        return None;
+    }
+    let mut parts = token.split('.');
+    let (Some(_header), Some(payload)) = (parts.next(), parts.next()) else {
+        return None;
+    };
+    if parts.nth(1).is_some() {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Jti {
+        jti: String,
+    }
+    let Jti { jti } = serde_json::from_slice(&bytes).ok()?;
+    if jti.is_empty() {
+        return None;
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"ls-token-refresher/jti\0");
+    ctx.update(jti.as_bytes());
+    let digest = ctx.finish();
+    Some(digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Tells which kind of credential `secret` is.
 pub fn classify(secret: &Secret) -> Result<CredentialKind, JwtError> {
     let value = secret.expose();

@@ -5,7 +5,8 @@
 //! - operating state: [`metrics`], [`health`], [`notify`], [`telemetry`];
 //! - concerns: [`schedule`] (when), [`exchange`] (Label Studio's API), [`cluster`] (Kubernetes
 //!   client and Events), [`leader`] (leader election and the fencing check), [`source`] (where
-//!   the PAT comes from), [`sink`] (where tokens go);
+//!   the PAT comes from), [`sink`] (where tokens go), [`rotate`] (replacing the PAT itself and
+//!   writing it back, crash-safe);
 //! - the loop: [`refresher`]; many loops' worth as a Kubernetes controller: [`controller`];
 //! - serving: [`admin`] (health and metrics), [`proxy`] (the auth proxy), [`gate`] (the auth gate
 //!   in front of an ML backend; uses the proxy's HTTP hygiene);
@@ -33,6 +34,7 @@ pub mod leader;
 pub mod schedule;
 pub mod sink;
 pub mod source;
+pub mod rotate;
 
 pub mod refresher;
 

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub leader_transitions_total: IntCounterVec,
     /// Secret writes the sink declined by `reason` (not_leader|newer_published).
     pub secret_writes_skipped_total: IntCounterVec,
+    /// PAT rotations by closed-set `result` (rotated|recovered|failed|refused).
+    pub pat_rotations_total: IntCounterVec,
+    /// `iat` of the PAT in use (0 when unknown or a legacy token).
+    pub pat_issued_timestamp_seconds: Gauge,
 }
 
 impl Metrics {
@@ -236,6 +240,18 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let pat_rotations_total = IntCounterVec::new(
+            opts(
+                "pat_rotations_total",
+                "PAT rotations by result: rotated, recovered (a lost rotation repaired), failed, refused (write-back not possible).",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let pat_issued_timestamp_seconds = gauge(
+            "pat_issued_timestamp_seconds",
+            "Issue time (unix seconds, the iat claim) of the PAT in use; 0 when unknown or a legacy token.",
+        );
 
         for c in [
             Box::new(refresh_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -263,6 +279,8 @@ impl Metrics {
             Box::new(leader.clone()),
             Box::new(leader_transitions_total.clone()),
             Box::new(secret_writes_skipped_total.clone()),
+            Box::new(pat_rotations_total.clone()),
+            Box::new(pat_issued_timestamp_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -313,6 +331,18 @@ impl Metrics {
             leader,
             leader_transitions_total,
             secret_writes_skipped_total,
+            pat_rotations_total,
+            pat_issued_timestamp_seconds,
+        }
+    }
+
+    /// Rotation results, a closed set (see the rotation module).
+    pub const ROTATION_RESULTS: [&'static str; 4] = ["rotated", "recovered", "failed", "refused"];
+
+    /// Pre-creates the rotation series (only with rotation configured).
+    pub fn register_rotation(&self) {
+        for r in Self::ROTATION_RESULTS {
+            self.pat_rotations_total.with_label_values(&[r]);
         }
     }
 

@@ -12,6 +12,11 @@ pub trait Notifier: Send + Sync {
     fn warning(&self, reason: Reason, note: &'static str) -> BoxFuture<'_, ()>;
     /// Recovered after a failure.
     fn recovered(&self, note: &'static str) -> BoxFuture<'_, ()>;
+    /// A PAT rotation ended: `reason` is a fixed PascalCase Event reason (`PatRotated`, …).
+    fn rotation(&self, warning: bool, reason: &'static str, note: &'static str) -> BoxFuture<'_, ()> {
+        let _ = (warning, reason, note);
+        Box::pin(async {})
+    }
 }
 
 /// A notifier that does nothing.

@@ -16,6 +16,7 @@ use crate::{
     metrics::Metrics,
     proxy::{self, ProxyArgs, DEFAULT_PROXY_ADDR},
     refresher::Refresher,
+    rotate::Rotator,
     sink::{memory::MemorySink, Sink},
 };
 
@@ -24,6 +25,7 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
     let (metrics, policy, exchange) =
         prepare(&args.ls, &args.timing, args.sinks.propagation_margin())?;
     check_leader_args(&args)?;
+    args.rotate.check_source(&args.pat).map_err(AppError::config)?;
     if args.dry_run.dry_run {
         return dry_run_ok("run");
     }
@@ -58,10 +60,38 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
         cluster.as_ref(),
         &metrics,
     );
-    let refresher = Refresher::new(exchange, pat, sinks, policy, metrics.clone())
+    let rotation = match args.rotate.policy() {
+        Some(rotation_policy) => {
+            let kube = cluster.as_ref().map(|c| (c.client.clone(), c.namespace.as_str()));
+            let store = args.rotate.store(&args.pat, kube).map_err(AppError::config)?;
+            let rotator = Rotator::new(
+                Arc::new(exchange.clone()),
+                store,
+                rotation_policy,
+                metrics.clone(),
+                leadership.clone(),
+            )
+            .with_notifier(notifier.clone());
+            // Reported now; re-checked before every rotation (RBAC may be granted later).
+            match rotator.check().await {
+                Ok(what) => tracing::info!("PAT rotation on: {what}"),
+                Err(r) => tracing::warn!(
+                    reason = r.reason,
+                    "PAT rotation is configured but will not happen until this is fixed: {}",
+                    r.detail
+                ),
+            }
+            Some(Box::new(rotator))
+        }
+        None => None,
+    };
+    let mut refresher = Refresher::new(exchange, pat, sinks, policy, metrics.clone())
         .with_notifier(notifier)
         .with_attempt_budget(attempt_budget(&args.ls))
         .with_leadership(leadership.clone());
+    if let Some(rotator) = rotation {
+        refresher = refresher.with_rotation(rotator);
+    }
     let result = serve(
         refresher,
         &args.ls,

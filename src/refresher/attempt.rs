@@ -2,6 +2,8 @@
 //! token, time it against Label Studio's clock, publish it to every sink. And what the loop does
 //! with the outcome: plan the next refresh, or back off.
 
+use std::time::Duration;
+
 use super::{
     timing::{Anchor, JwtTiming, SKEW_WARN_SECS},
     wait::Next,
@@ -13,11 +15,17 @@ use crate::{
     health::Held,
     jwt::{self, CredentialKind, Usable},
     reason::Reason,
+    rotate::{Access, Outcome, MIN_ROTATE_EVERY},
     schedule,
     secret::Secret,
     source::PatState,
     token::{Authorization, Scheme, TokenSet},
 };
+
+/// Longest single wait for a rotation (a year: `Duration::from_secs_f64` must not see the
+/// 200-year lifetime of an open-source PAT as one number of seconds, and the loop wakes for
+/// refreshes every few minutes anyway).
+const MAX_WAIT_SECS: f64 = 365.0 * 86_400.0;
 
 impl<E: Exchange> Refresher<E> {
     /// One attempt: PAT → exchange → validate → publish. Counts and times it.
@@ -51,6 +59,7 @@ impl<E: Exchange> Refresher<E> {
 
     async fn attempt_steps(&mut self) -> Result<Published, AttemptError> {
         let pat = self.read_pat()?;
+        self.last_pat = Some(pat.clone());
         match self.tell_kind(&pat)? {
             Usable::Pat { .. } => {
                 let (access, received, wall) = self.exchange_pat(&pat).await?;
@@ -76,10 +85,20 @@ impl<E: Exchange> Refresher<E> {
         }
     }
 
-    /// Step 1: the PAT the source holds now.
-    fn read_pat(&self) -> Result<Secret, AttemptError> {
+    /// Step 1: the PAT the source holds now — or the one we rotated it to, while the source still
+    /// shows the PAT that rotation replaced (our write-back is on its way through the watch).
+    fn read_pat(&mut self) -> Result<Secret, AttemptError> {
         match self.pat.current() {
-            PatState::Ready(p) => Ok(p),
+            PatState::Ready(p) => {
+                if let Some((new, replaced)) = &self.pat_override {
+                    if p.fingerprint() == *replaced {
+                        return Ok(new.clone());
+                    }
+                    // The source moved on (our write-back arrived, or a person's change): it wins.
+                    self.pat_override = None;
+                }
+                Ok(p)
+            }
             PatState::Pending => Err(AttemptError::failed(
                 Reason::SourceUnavailable,
                 "waiting for the PAT source",
@@ -302,7 +321,91 @@ impl<E: Exchange> Refresher<E> {
             sinks = self.sinks.len(),
             "token published"
         );
+        if self.rotation_step(&p, st).await {
+            // Refresh with the new PAT at once: proves it, and the published token is its own.
+            return Next::Refresh(self.clock.now());
+        }
         Next::Refresh(at)
+    }
+
+    /// After a success: rotate the PAT if due (the fresh access token authenticates the call),
+    /// and plan the wake-up for the next rotation. True when a new PAT is to be used now.
+    async fn rotation_step(&mut self, p: &Published, st: &mut LoopState) -> bool {
+        st.rotate_at = None;
+        let (Some(pat), Some(exp)) = (self.last_pat.clone(), p.set.expires_at) else {
+            return false;
+        };
+        let Some(rotation) = self.rotation.as_mut() else {
+            return false;
+        };
+        let access = Access {
+            token: p.set.auth.token.clone(),
+            exp,
+        };
+        let ls_now = self.clock.wall() + self.offset;
+        let outcome = rotation.rotate(&access, &pat, ls_now, self.clock.wall()).await;
+        if let Some(new) = self.take_new_pat(outcome, &pat) {
+            return new;
+        }
+        let ls_now = self.clock.wall() + self.offset;
+        let now = self.clock.now();
+        st.rotate_at = self
+            .rotation
+            .as_mut()
+            .and_then(|r| r.due_in(&pat, ls_now))
+            // Never sooner than the minimum period: whatever the claims say, a PAT that stays due
+            // (a refused write-back backs off inside the rotator) costs at most one refresh per it.
+            .map(|s| now.after(Duration::from_secs_f64(s.clamp(MIN_ROTATE_EVERY.as_secs_f64(), MAX_WAIT_SECS))));
+        false
+    }
+
+    /// Puts a new PAT from a rotation in use. Some(true): refresh with it now; Some(false): it is
+    /// already in use (a write-back still pending); None: nothing new.
+    fn take_new_pat(&mut self, outcome: Outcome, old: &Secret) -> Option<bool> {
+        let new = match outcome {
+            Outcome::Rotated(n) | Outcome::Recovered(n) | Outcome::Unpersisted(n) => n,
+            Outcome::Unchanged => return None,
+        };
+        if new == *old {
+            return Some(false);
+        }
+        let replaced = match &self.pat_override {
+            // A rotation of a PAT we rotated to: the source still shows the one before.
+            Some((current, replaced)) if current == old => *replaced,
+            _ => old.fingerprint(),
+        };
+        self.pat_override = Some((new, replaced));
+        Some(true)
+    }
+
+    /// After a refresh refused as blacklisted: if a rotation of ours was lost, repair it with an
+    /// access token still valid (in memory, or read back from the sinks). Some: retry now.
+    async fn try_recover(&mut self) -> Option<Next> {
+        let pat = self.last_pat.clone()?;
+        self.rotation.as_ref()?;
+        let mut candidates = Vec::new();
+        if let Some(p) = &self.current {
+            candidates.push(p.set.auth.token.clone());
+        }
+        for sink in &self.sinks {
+            if let Ok(Some(t)) = tokio::time::timeout(PUBLISH_TIMEOUT, sink.read_back()).await {
+                candidates.push(t);
+            }
+        }
+        let ls_now = self.clock.wall() + self.offset;
+        let wall = self.clock.wall();
+        let outcome = self
+            .rotation
+            .as_mut()?
+            .recover(&pat, candidates, ls_now, wall)
+            .await?;
+        match self.take_new_pat(outcome, &pat)? {
+            true => Some(Next::Retry {
+                at: self.clock.now(),
+                probe: false,
+            }),
+            false => None,
+        }
     }
 
     /// After a failure: report it (once per streak), ask the source to re-read a rejected PAT,
@@ -321,6 +424,11 @@ impl<E: Exchange> Refresher<E> {
         }
         if e.config && (st.attempts == 1 || (identified_now && !st.succeeded)) {
             return Err(e);
+        }
+        if e.reason == Reason::RevokedPat {
+            if let Some(next) = self.try_recover().await {
+                return Ok(next);
+            }
         }
         tracing::warn!(
             reason = e.reason.as_str(),

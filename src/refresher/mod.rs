@@ -32,7 +32,9 @@ use crate::{
     metrics::Metrics,
     notify::{NoNotifier, Notifier},
     reason::Reason,
+    rotate::Rotate,
     schedule::{Backoff, Policy},
+    secret::Secret,
     sink::Sink,
     source::PatHandle,
     token::TokenSet,
@@ -170,6 +172,13 @@ pub struct Refresher<E: Exchange> {
     offset_warned: bool,
     /// The lead-time warning is given once.
     lead_warned: bool,
+    /// PAT rotation, when configured.
+    rotation: Option<Box<dyn Rotate>>,
+    /// A PAT rotated (or repaired) by us, used instead of the source's value while the source
+    /// still holds the PAT it replaced (fingerprint): until our write-back shows up in the watch.
+    pat_override: Option<(Secret, u64)>,
+    /// The PAT the last attempt used.
+    last_pat: Option<Secret>,
 }
 
 impl<E: Exchange> Refresher<E> {
@@ -221,7 +230,17 @@ impl<E: Exchange> Refresher<E> {
             offset: 0.0,
             offset_warned: false,
             lead_warned: false,
+            rotation: None,
+            pat_override: None,
+            last_pat: None,
         }
+    }
+
+    /// Rotates the PAT on the rotator's schedule, between refreshes (never during one), and
+    /// repairs a rotation whose answer was lost.
+    pub fn with_rotation(mut self, rotation: Box<dyn Rotate>) -> Self {
+        self.rotation = Some(rotation);
+        self
     }
 
     /// Uses `clock` (tests: a manual clock on tokio's paused time). Rebuilds the health state.
@@ -418,4 +437,6 @@ struct LoopState {
     last_check: Option<Mono>,
     /// `/health` failed during this failure streak: Label Studio answering it again is news.
     seen_down: bool,
+    /// When the PAT is due for rotation (None: never, or no rotation configured).
+    rotate_at: Option<Mono>,
 }

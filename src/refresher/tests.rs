@@ -1093,3 +1093,113 @@ async fn standby_refreshes_only_while_leading_and_at_once_on_takeover() {
     r.ls.until_refreshes(2).await;
     stop(shutdown, task).await;
 }
+
+/// A scripted rotator: due at a fixed Label Studio time, answers rotations and repairs from a
+/// script, records what it was given.
+struct FakeRotate {
+    due_at: f64,
+    rotations: VecDeque<crate::rotate::Outcome>,
+    repairs: VecDeque<Option<crate::rotate::Outcome>>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl crate::rotate::Rotate for FakeRotate {
+    fn due_in(&mut self, _pat: &Secret, ls_now: f64) -> Option<f64> {
+        Some((self.due_at - ls_now).max(0.0))
+    }
+    fn rotate<'a>(
+        &'a mut self,
+        access: &'a crate::rotate::Access,
+        pat: &'a Secret,
+        ls_now: f64,
+        _wall: f64,
+    ) -> BoxFuture<'a, crate::rotate::Outcome> {
+        Box::pin(async move {
+            if ls_now < self.due_at {
+                return crate::rotate::Outcome::Unchanged;
+            }
+            self.log.lock().unwrap().push(format!(
+                "rotate {} with access exp {}",
+                pat.expose(),
+                access.exp
+            ));
+            self.due_at = f64::MAX;
+            self.rotations
+                .pop_front()
+                .unwrap_or(crate::rotate::Outcome::Unchanged)
+        })
+    }
+    fn recover<'a>(
+        &'a mut self,
+        pat: &'a Secret,
+        candidates: Vec<Secret>,
+        _ls_now: f64,
+        _wall: f64,
+    ) -> BoxFuture<'a, Option<crate::rotate::Outcome>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(format!(
+                "recover {} with {} candidate(s)",
+                pat.expose(),
+                candidates.len()
+            ));
+            self.repairs.pop_front().flatten()
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_due_rotation_wakes_the_loop_and_the_new_pat_is_used_at_once() {
+    let (old, new) = (pat(), pat());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut r = rig(1, &old);
+    r.refresher = r.refresher.with_rotation(Box::new(FakeRotate {
+        due_at: WALL0 + 60.0,
+        rotations: VecDeque::from([crate::rotate::Outcome::Rotated(Secret::new(new.clone()))]),
+        repairs: VecDeque::new(),
+        log: log.clone(),
+    }));
+    let (ls, sink) = (r.ls.clone(), r.sinks[0].clone());
+    let (shutdown, task) = spawn(r.refresher);
+    sink.until(1).await;
+    ls.until_refreshes(3).await;
+    let times = ls.refresh_times();
+    let pats = ls.seen_pats.lock().unwrap().clone();
+    assert_eq!(pats[..3], [old.clone(), old.clone(), new.clone()], "old, old (woken for the rotation), then the new one at once");
+    // The 300 s token would be refreshed after ~200 s: the second refresh is the rotation's.
+    assert!((times[1] - times[0] - 60.0).abs() < 6.0, "woke for the rotation at 60 s: {times:?}");
+    assert!(times[2] - times[1] < 2.0, "the new PAT is used at once: {times:?}");
+    assert_eq!(log.lock().unwrap().len(), 1, "one rotation: {:?}", log.lock().unwrap());
+    // The source still shows the old PAT (the write-back has not arrived): the new one stays in use.
+    sink.until(3).await;
+    ls.until_refreshes(4).await;
+    assert_eq!(ls.seen_pats.lock().unwrap()[3], new);
+    stop(shutdown, task).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blacklisted_pat_goes_to_the_rotator_for_repair_with_the_token_in_hand() {
+    let (old, new) = (pat(), pat());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut r = rig(1, &old);
+    r.refresher = r.refresher.with_rotation(Box::new(FakeRotate {
+        due_at: f64::MAX,
+        rotations: VecDeque::new(),
+        repairs: VecDeque::from([Some(crate::rotate::Outcome::Recovered(Secret::new(new.clone())))]),
+        log: log.clone(),
+    }));
+    let (ls, sink) = (r.ls.clone(), r.sinks[0].clone());
+    let (shutdown, task) = spawn(r.refresher);
+    sink.until(1).await;
+    ls.refreshes
+        .lock()
+        .unwrap()
+        .push_back(Err(http_err(Reason::RevokedPat, 401)));
+    sink.until(2).await;
+    let times = ls.refresh_times();
+    let pats = ls.seen_pats.lock().unwrap().clone();
+    assert_eq!(pats[1..3], [old.clone(), new.clone()]);
+    assert!(times[2] - times[1] < 2.0, "repaired and used without a backoff: {times:?}");
+    // The in-memory token and the sink's (this fake sink reads nothing back): one candidate.
+    assert_eq!(*log.lock().unwrap(), [format!("recover {old} with 1 candidate(s)")]);
+    stop(shutdown, task).await;
+}

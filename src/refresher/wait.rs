@@ -86,7 +86,9 @@ impl<E: Exchange> Refresher<E> {
     ) -> bool {
         let mut check_due: Option<Mono> = None;
         loop {
-            let due = next.at();
+            // A rotation due before the refresh wakes the loop for an attempt: rotation needs a
+            // fresh access token, and runs right after it.
+            let due = st.rotate_at.map_or(next.at(), |r| r.min(next.at()));
             let wake_at = check_due.map_or(due, |c| c.min(due));
             self.expect_back_at(wake_at);
             let in_secs = due.since(self.clock.now()).as_secs_f64();

@@ -199,6 +199,15 @@ impl Sink for FileSink {
         })
     }
 
+    fn read_back(&self) -> BoxFuture<'_, Option<crate::secret::Secret>> {
+        let path = self.dir.join("token");
+        Box::pin(async move {
+            let text = tokio::fs::read_to_string(path).await.ok()?;
+            let token = crate::secret::Secret::new(text);
+            (!token.is_empty()).then_some(token)
+        })
+    }
+
     fn publish<'a>(&'a self, set: &'a TokenSet) -> BoxFuture<'a, Result<(), SinkError>> {
         let this = self.clone();
         let set = set.clone();

@@ -91,6 +91,11 @@ pub trait Sink: Send + Sync {
     fn preflight(&self) -> BoxFuture<'_, Result<String, SinkError>>;
     /// Publishes `set` as one consistent unit.
     fn publish<'a>(&'a self, set: &'a TokenSet) -> BoxFuture<'a, Result<(), SinkError>>;
+    /// The token this sink holds now, read back (a restart's last resort for repairing a lost PAT
+    /// rotation: the access token published before it). None when nothing is held or readable.
+    fn read_back(&self) -> BoxFuture<'_, Option<crate::secret::Secret>> {
+        Box::pin(async { None })
+    }
     /// True when a failed preflight must stop start-up (a local misconfiguration); false when it
     /// may be transient (an API server away) and is only reported.
     fn preflight_is_fatal(&self) -> bool {

@@ -354,6 +354,18 @@ impl Sink for SecretSink {
         })
     }
 
+    fn read_back(&self) -> BoxFuture<'_, Option<crate::secret::Secret>> {
+        Box::pin(async move {
+            let found = tokio::time::timeout(APPLY_TIMEOUT, self.api.get_opt(&self.name))
+                .await
+                .ok()?
+                .ok()??;
+            let bytes = found.data?.remove("token")?;
+            let token = crate::secret::Secret::new(String::from_utf8(bytes.0).ok()?);
+            (!token.is_empty()).then_some(token)
+        })
+    }
+
     fn publish<'a>(&'a self, set: &'a TokenSet) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(self.publish_fenced(set))
     }

@@ -185,7 +185,22 @@ pub async fn service_account(server: &ApiServer, ns: &str, sa: &str) -> SaIdenti
 /// `helm install` creates besides the Deployment — applies them, and returns the ServiceAccount's
 /// identity. The Role is the chart's own, never a copy.
 pub async fn install_rbac(server: &ApiServer, ns: &str, pat: &str, target: &str) -> SaIdentity {
+    install_rbac_with(server, ns, pat, target, &[]).await
+}
+
+/// [`install_rbac`] with extra `--set` values (e.g. `pat.rotation.every=5s`, which adds `patch` on
+/// the PAT Secret to the Role).
+pub async fn install_rbac_with(
+    server: &ApiServer,
+    ns: &str,
+    pat: &str,
+    target: &str,
+    sets: &[&str],
+) -> SaIdentity {
     let mut args: Vec<String> = name_values(pat, target);
+    for s in sets {
+        args.extend(["--set".into(), (*s).into()]);
+    }
     // A URL is required to render; these objects do not use it.
     args.extend([
         "--set".into(),

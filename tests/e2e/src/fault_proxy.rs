@@ -64,6 +64,12 @@ pub enum Fault {
     Oversized(usize),
     /// Forward, send the real head (real Content-Length) and half the body, then close.
     CutMidBody,
+    /// Forward (Label Studio acts on the request), then close without a byte of the answer: an
+    /// answer lost after the server committed.
+    DropAnswer,
+    /// Forward, write the whole answer, then SIGKILL this process at once: a crash right after
+    /// the answer arrived, before the client could act on it.
+    AnswerThenKill(u32),
 }
 
 impl Fault {
@@ -84,6 +90,8 @@ impl Fault {
             Fault::InvalidJson => "200-invalid-json".into(),
             Fault::Oversized(n) => format!("200-oversized-{}KiB", n / 1024),
             Fault::CutMidBody => "cut-mid-body".into(),
+            Fault::DropAnswer => "drop-answer".into(),
+            Fault::AnswerThenKill(_) => "answer-then-kill".into(),
         }
     }
 }
@@ -109,6 +117,8 @@ pub struct RequestRecord {
 }
 
 struct Shared {
+    /// Every `refresh` (a new PAT) seen in an answer of `/api/token/rotate/`, delivered or not.
+    rotated: Mutex<Vec<String>>,
     upstream: SocketAddr,
     fault: watch::Sender<Fault>,
     tokens: TokenLog,
@@ -132,6 +142,7 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let (fault, _) = watch::channel(Fault::Pass);
         let shared = Arc::new(Shared {
+            rotated: Mutex::new(Vec::new()),
             upstream,
             fault,
             tokens: TokenLog::default(),
@@ -176,6 +187,11 @@ impl FaultProxy {
     /// Every access token Label Studio handed out through this proxy (delivered or not).
     pub fn tokens(&self) -> Vec<String> {
         self.shared.tokens.all()
+    }
+
+    /// Every new PAT Label Studio answered a rotation with through this proxy (delivered or not).
+    pub fn rotated_pats(&self) -> Vec<String> {
+        self.shared.rotated.lock().unwrap().clone()
     }
 
     /// Every request seen so far.
@@ -321,6 +337,14 @@ where
     let forward = || async {
         let resp = forward(shared.upstream, req).await;
         shared.tokens.capture(&req.path, &resp);
+        if req.path.starts_with("/api/token/rotate") {
+            if let Some(p) = serde_json::from_slice::<serde_json::Value>(&resp.body)
+                .ok()
+                .and_then(|v| v["refresh"].as_str().map(str::to_owned))
+            {
+                shared.rotated.lock().unwrap().push(p);
+            }
+        }
         resp
     };
     let ok = |r: std::io::Result<()>| r.is_ok();
@@ -330,6 +354,20 @@ where
             ok(s.write_all(&render(&resp, false)).await)
         }
         Fault::Refuse => false,
+        Fault::DropAnswer => {
+            let _ = forward().await;
+            false
+        }
+        Fault::AnswerThenKill(pid) => {
+            let resp = forward().await;
+            let written = s.write_all(&render(&resp, false)).await.is_ok() && s.flush().await.is_ok();
+            // kill(2) directly: microseconds, while the client still has to read the answer and
+            // make its next request (a `kill` process would take milliseconds to start).
+            if let Some(p) = rustix::process::Pid::from_raw(*pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+            written
+        }
         Fault::BlackHole => {
             // Hold the request until the client gives up (EOF) or the limit; discard anything sent.
             let mut sink = [0u8; 4096];
