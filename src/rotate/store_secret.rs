@@ -121,7 +121,7 @@ pub fn foreign_owner(secret: &K8sSecret, key: &str) -> Option<Refusal> {
             return Some(Refusal {
                 reason: "owned_by_other",
                 detail: format!(
-                    "the PAT key {key:?} is written by field manager {manager:?} (a controller such as External Secrets, a 1Password or Vault operator, or GitOps would put the old, blacklisted PAT back): rotate the PAT in that store, or hand the key over with `kubectl apply --server-side --field-manager={FIELD_MANAGER} --force-conflicts`"
+                    "the PAT key {key:?} is written by field manager {manager:?} (a controller such as External Secrets, a 1Password or Vault operator, or GitOps would put the old, blacklisted PAT back): rotate the PAT in that store instead (its next sync brings it here); if nothing manages the key any more, recreate the Secret with `kubectl create secret generic`"
                 ),
             });
         }

@@ -37,7 +37,7 @@ use ls_token_refresher_e2e::{
     kube_apiserver::ApiServer,
     label_studio::LabelStudio,
     log_scan::assert_no_secrets,
-    ls_api::detail,
+    ls_api::{detail, http_client},
     refresher::RefresherProc,
     wait::wait_for,
 };
@@ -154,7 +154,8 @@ impl Env {
 /// and any refused.
 fn start_reader(env: &Env, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
     let secrets = env.secrets();
-    let api = env.ls.api().clone();
+    let whoami = format!("{}/api/current-user/whoami", env.ls.url());
+    let client = http_client();
     let seen = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(Mutex::new(Vec::new()));
     let (s2, r2) = (seen.clone(), refused.clone());
@@ -163,7 +164,10 @@ fn start_reader(env: &Env, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()
         while !stop.load(Ordering::Relaxed) {
             if let Ok(s) = secrets.get(TARGET).await {
                 if let Some(auth) = data_of(&s, "authorization").filter(|a| !a.is_empty()) {
-                    let status = api.whoami(&auth).await;
+                    let status = match client.get(&whoami).header("Authorization", &auth).send().await {
+                        Ok(r) => r.status().as_u16(),
+                        Err(_) => 0,
+                    };
                     if auth != last {
                         s2.fetch_add(1, Ordering::Relaxed);
                         last = auth.clone();
@@ -279,6 +283,7 @@ async fn rotates_under_load_and_survives_a_lost_answer_and_a_kill() {
     secrets.extend(env.proxy.rotated_pats());
     secrets.extend(env.proxy.tokens());
     secrets.push(after);
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     for text in [p.log_text(), kill_log, q.log_text()] {
         assert_no_secrets(&text, &secrets);
     }
@@ -324,19 +329,12 @@ async fn refusals_and_a_single_rotator() {
     assert!(env.rotate_requests().is_empty());
     drop(p);
 
-    // Hand the key over (as the refusal says), then two replicas with election: one rotates.
-    env.secrets()
-        .patch(
-            PAT_SECRET,
-            &PatchParams::apply("ls-token-refresher-rotation").force(),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": { "name": PAT_SECRET },
-                "data": { "pat": pat_b64 },
-            })),
-        )
+    // Nothing manages the key any more: the Secret is recreated as the refusal says.
+    env.secrets().delete(PAT_SECRET, &Default::default()).await.unwrap();
+    wait_for(Duration::from_secs(10), || async { env.secrets().get_opt(PAT_SECRET).await.unwrap().is_none() })
         .await
-        .unwrap();
+        .expect("the PAT Secret is gone");
+    create_pat_secret(&env.admin, &env.ns, &pat, "kubectl-create").await;
     let elect = |name: &'static str| {
         env.start(name, &["--rotate-pat-every", EVERY, "--leader-elect", "--lease-name", chart::FULLNAME,
             "--lease-duration", "6s", "--lease-renew-deadline", "4s", "--lease-retry-period", "1s"])
