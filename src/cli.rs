@@ -9,8 +9,7 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use crate::{
     admin::AdminArgs, cluster::KubeArgs, controller::ControllerArgs, exchange::LabelStudioArgs,
     gate::GateArgs, leader::LeaderArgs, proxy::ProxyArgs, rotate::RotateArgs, schedule::TimingArgs,
-    sink::SinkArgs,
-    source::PatSourceArgs, telemetry::LogArgs, values::Dur,
+    sink::SinkArgs, source::PatSourceArgs, telemetry::LogArgs, values::Dur,
 };
 
 /// Keeps a Label Studio access token fresh: exchanges a Personal Access Token (PAT) for short-lived
@@ -29,6 +28,9 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up and moved into the command that runs: boxing the larger argument sets
+// would save nothing worth an indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Keep the token fresh until SIGTERM/SIGINT (the sidecar / Deployment mode).
     Run(RunArgs),

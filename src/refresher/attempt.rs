@@ -119,13 +119,16 @@ impl<E: Exchange> Refresher<E> {
 
     /// Step 2: what the credential is (a PAT, a legacy token, or a configuration mistake).
     fn tell_kind(&self, pat: &Secret) -> Result<Usable, AttemptError> {
-        let pat_exp = match jwt::classify(pat) {
-            Ok(CredentialKind::Pat(c)) => c.exp.unwrap_or(0),
-            _ => 0,
+        let (pat_iat, pat_exp) = match jwt::classify(pat) {
+            Ok(CredentialKind::Pat(c)) => (c.iat.unwrap_or(0), c.exp.unwrap_or(0)),
+            _ => (0, 0),
         };
         self.metrics
             .pat_expiration_timestamp_seconds
             .set(pat_exp as f64);
+        self.metrics
+            .pat_issued_timestamp_seconds
+            .set(pat_iat as f64);
         jwt::usable(pat, &self.pat.describe, self.ls_wall_now())
             .map_err(|e| AttemptError::config(e.reason(), e.reason().summary(), e.to_string()))
     }
@@ -343,7 +346,9 @@ impl<E: Exchange> Refresher<E> {
             exp,
         };
         let ls_now = self.clock.wall() + self.offset;
-        let outcome = rotation.rotate(&access, &pat, ls_now, self.clock.wall()).await;
+        let outcome = rotation
+            .rotate(&access, &pat, ls_now, self.clock.wall())
+            .await;
         if let Some(new) = self.take_new_pat(outcome, &pat) {
             return new;
         }
@@ -355,7 +360,11 @@ impl<E: Exchange> Refresher<E> {
             .and_then(|r| r.due_in(&pat, ls_now))
             // Never sooner than the minimum period: whatever the claims say, a PAT that stays due
             // (a refused write-back backs off inside the rotator) costs at most one refresh per it.
-            .map(|s| now.after(Duration::from_secs_f64(s.clamp(MIN_ROTATE_EVERY.as_secs_f64(), MAX_WAIT_SECS))));
+            .map(|s| {
+                now.after(Duration::from_secs_f64(
+                    s.clamp(MIN_ROTATE_EVERY.as_secs_f64(), MAX_WAIT_SECS),
+                ))
+            });
         false
     }
 
