@@ -1147,17 +1147,34 @@ impl crate::rotate::Rotate for FakeRotate {
     }
 }
 
+/// Attaches a [`FakeRotate`] to the rig's refresher; returns its log.
+fn with_fake_rotation(
+    r: &mut Rig,
+    due_at: f64,
+    rotations: Vec<crate::rotate::Outcome>,
+    repairs: Vec<Option<crate::rotate::Outcome>>,
+) -> Arc<Mutex<Vec<String>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let refresher = std::mem::replace(&mut r.refresher, rig(0, "x").refresher);
+    r.refresher = refresher.with_rotation(Box::new(FakeRotate {
+        due_at,
+        rotations: rotations.into(),
+        repairs: repairs.into(),
+        log: log.clone(),
+    }));
+    log
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_due_rotation_wakes_the_loop_and_the_new_pat_is_used_at_once() {
     let (old, new) = (pat(), pat());
-    let log = Arc::new(Mutex::new(Vec::new()));
     let mut r = rig(1, &old);
-    r.refresher = r.refresher.with_rotation(Box::new(FakeRotate {
-        due_at: WALL0 + 60.0,
-        rotations: VecDeque::from([crate::rotate::Outcome::Rotated(Secret::new(new.clone()))]),
-        repairs: VecDeque::new(),
-        log: log.clone(),
-    }));
+    let log = with_fake_rotation(
+        &mut r,
+        WALL0 + 60.0,
+        vec![crate::rotate::Outcome::Rotated(Secret::new(new.clone()))],
+        vec![],
+    );
     let (ls, sink) = (r.ls.clone(), r.sinks[0].clone());
     let (shutdown, task) = spawn(r.refresher);
     sink.until(1).await;

@@ -390,6 +390,19 @@ impl LsApi {
     }
 }
 
+/// `GET url` with `Authorization: <authorization>` → HTTP status (0 when no answer arrived).
+pub async fn status_with(client: &reqwest::Client, url: &str, authorization: &str) -> u16 {
+    match client
+        .get(url)
+        .header("authorization", authorization)
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
 /// The `detail` of a Label Studio error body (or the body itself if it has none).
 pub fn detail(body: &Value) -> String {
     match body.get("detail") {

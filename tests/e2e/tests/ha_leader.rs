@@ -162,6 +162,7 @@ fn spawn_reader(env: &Env, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<See
     let secrets = env.secrets();
     let whoami = format!("{}/api/current-user/whoami", env.ls.url());
     let http = ls_token_refresher_e2e::ls_api::http_client();
+    use ls_token_refresher_e2e::ls_api::status_with;
     tokio::spawn(async move {
         let mut seen = Seen::default();
         while !stop.load(Ordering::SeqCst) {
@@ -174,15 +175,7 @@ fn spawn_reader(env: &Env, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<See
                 match jwt_exp(&token) {
                     Some(exp) if (exp as f64) > now && rfc3339(exp) == exp_key => {
                         seen.expiries.push(exp);
-                        let code = match http
-                            .get(&whoami)
-                            .header("authorization", &auth)
-                            .send()
-                            .await
-                        {
-                            Ok(r) => r.status().as_u16(),
-                            Err(_) => 0,
-                        };
+                        let code = status_with(&http, &whoami, &auth).await;
                         if code != 200 {
                             seen.problems
                                 .push(format!("read {}: Label Studio answered {code}", seen.reads));

@@ -37,7 +37,7 @@ use ls_token_refresher_e2e::{
     kube_apiserver::ApiServer,
     label_studio::LabelStudio,
     log_scan::assert_no_secrets,
-    ls_api::{detail, http_client},
+    ls_api::{detail, http_client, status_with},
     refresher::{run_to_end, RefresherProc},
     wait::wait_for,
 };
@@ -164,6 +164,18 @@ impl Env {
         }
     }
 
+    /// Rotate calls at least the period apart (less: a second rotator, or a rotation loop).
+    fn assert_one_rotator(&self) {
+        let rotations = self.rotate_requests();
+        for w in rotations.windows(2) {
+            let gap = w[1].duration_since(w[0]).as_secs_f64();
+            assert!(
+                gap >= 4.5,
+                "two rotations {gap:.2} s apart: the period is 5 s"
+            );
+        }
+    }
+
     fn rotate_requests(&self) -> Vec<Instant> {
         self.proxy
             .requests()
@@ -195,15 +207,7 @@ fn start_reader(
         while !stop.load(Ordering::Relaxed) {
             if let Ok(s) = secrets.get(TARGET).await {
                 if let Some(auth) = data_of(&s, "authorization").filter(|a| !a.is_empty()) {
-                    let status = match client
-                        .get(&whoami)
-                        .header("Authorization", &auth)
-                        .send()
-                        .await
-                    {
-                        Ok(r) => r.status().as_u16(),
-                        Err(_) => 0,
-                    };
+                    let status = status_with(&client, &whoami, &auth).await;
                     if auth != last {
                         s2.fetch_add(1, Ordering::Relaxed);
                         last = auth.clone();
@@ -282,14 +286,7 @@ async fn rotates_under_load_and_survives_a_lost_answer_and_a_kill() {
         env.assert_refused_as_blacklisted(old, "a replaced PAT")
             .await;
     }
-    let rotations = env.rotate_requests();
-    for w in rotations.windows(2) {
-        let gap = w[1].duration_since(w[0]).as_secs_f64();
-        assert!(
-            gap >= 4.5,
-            "two rotations {gap:.2} s apart: the period is 5 s"
-        );
-    }
+    env.assert_one_rotator();
 
     // 2. The next rotate answer is lost after Label Studio committed.
     let before = env.stored_pat().await;
@@ -542,14 +539,7 @@ async fn refusals_and_a_single_rotator() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let rotations = env.rotate_requests();
-    for w in rotations.windows(2) {
-        let gap = w[1].duration_since(w[0]).as_secs_f64();
-        assert!(
-            gap >= 4.5,
-            "two rotations {gap:.2} s apart: a second rotator"
-        );
-    }
+    env.assert_one_rotator();
     let current = env.stored_pat().await;
     env.pat_works(&current)
         .await
