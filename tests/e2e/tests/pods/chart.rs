@@ -9,7 +9,6 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
 use ls_token_refresher_e2e::{
-    chart,
     clock::unix_now,
     free_port,
     kube_api::data_of,
@@ -20,7 +19,7 @@ use ls_token_refresher_e2e::{
 };
 use serde_json::json;
 
-use crate::label_studio;
+use crate::{helm_install, label_studio};
 
 const RELEASE: &str = "ls-token-refresher";
 /// The chart's Secret names for this release (`<fullname>-pat`, `<fullname>-token`).
@@ -41,11 +40,7 @@ const MIN_LEAD_SECS: f64 = 30.0;
 async fn install(scope: &Scope, ls: &LabelStudio, pat: &str) -> Pod {
     scope.create_secret(PAT_SECRET, &[("pat", pat)]).await;
     let admin = free_port();
-    let (registry, repository, tag) = scope.node.image().parts();
     let sets = [
-        format!("image.registry={registry}"),
-        format!("image.repository={repository}"),
-        format!("image.tag={tag}"),
         format!("labelStudio.url={}", ls.url()),
         "hostNetwork=true".into(),
         // One node with host networking: a second replica would need the same admin port (README,
@@ -54,32 +49,7 @@ async fn install(scope: &Scope, ls: &LabelStudio, pat: &str) -> Pod {
         format!("admin.port={admin}"),
         "admin.address=127.0.0.1".into(),
     ];
-    let package = chart::packaged().to_str().expect("UTF-8 temp path");
-    let mut args = vec![
-        "install",
-        RELEASE,
-        package,
-        "--namespace",
-        scope.ns(),
-        "--wait",
-        "--timeout",
-        "180s",
-    ];
-    for s in &sets {
-        args.extend(["--set", s.as_str()]);
-    }
-    let out = helm(&args, Some(&scope.node.kubeconfig())).await;
-    assert!(
-        out.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        scope.diagnose().await
-    );
-    let selector = format!("app.kubernetes.io/instance={RELEASE}");
-    let pod = scope
-        .wait_ready(&selector, 1, Duration::from_secs(60))
-        .await
-        .remove(0);
+    let pod = helm_install(scope, RELEASE, &sets).await;
     let spec = pod.spec.as_ref().unwrap();
     assert_eq!(spec.node_name.as_deref(), Some(scope.node.env("NODE_NAME")));
     assert_eq!(spec.host_network, Some(true));

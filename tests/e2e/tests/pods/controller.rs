@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use ls_token_refresher_e2e::{
-    chart, free_port,
+    free_port,
     pods::{self, assert_hardened, Scope},
     tools::helm,
     wait::poll,
 };
 use serde_json::json;
 
-use crate::label_studio;
+use crate::{helm_install, label_studio};
 
 const RELEASE: &str = "ls-controller";
 /// As the chart propagation test: the chart's default lead (minLead 30 s + propagationMargin 90 s)
@@ -31,11 +31,7 @@ async fn controller_mode_tokens_reach_pods_of_another_namespace() {
         Scope::new("ctl-tenant")
     );
     let admin = free_port();
-    let (registry, repository, tag) = ops.node.image().parts();
     let sets = [
-        format!("image.registry={registry}"),
-        format!("image.repository={repository}"),
-        format!("image.tag={tag}"),
         "deployment.enabled=false".into(),
         "controller.enabled=true".into(),
         // One node with host networking: one replica (it still leads through the chart's Lease).
@@ -46,32 +42,7 @@ async fn controller_mode_tokens_reach_pods_of_another_namespace() {
         // The CRDs are cluster-scoped: another install on the shared node must not own them.
         "controller.crds.keep=false".into(),
     ];
-    let package = chart::packaged().to_str().expect("UTF-8 temp path");
-    let mut args = vec![
-        "install",
-        RELEASE,
-        package,
-        "--namespace",
-        ops.ns(),
-        "--wait",
-        "--timeout",
-        "180s",
-    ];
-    for s in &sets {
-        args.extend(["--set", s.as_str()]);
-    }
-    let out = helm(&args, Some(&ops.node.kubeconfig())).await;
-    assert!(
-        out.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        ops.diagnose().await
-    );
-    let selector = format!("app.kubernetes.io/instance={RELEASE}");
-    let pod = ops
-        .wait_ready(&selector, 1, Duration::from_secs(60))
-        .await
-        .remove(0);
+    let pod = helm_install(&ops, RELEASE, &sets).await;
     assert_hardened(&ops.node, &pod, "controller", 65532, 65532);
 
     // The admin's connection; the tenant's opted-in PAT and token resource.

@@ -55,6 +55,51 @@ async fn label_studio(ttl_secs: u64) -> (LabelStudio, String) {
     (ls, pat)
 }
 
+/// `helm install RELEASE` of the chart as the release packages it ([`chart::packaged`]:
+/// deploy/package-chart.sh, which deploy/release.sh runs) into `scope`'s namespace with our image
+/// and `sets`, waiting for it (`helm --wait`); returns the release's one Ready pod.
+async fn helm_install(
+    scope: &Scope,
+    release: &str,
+    sets: &[String],
+) -> k8s_openapi::api::core::v1::Pod {
+    let (registry, repository, tag) = scope.node.image().parts();
+    let mut all = vec![
+        format!("image.registry={registry}"),
+        format!("image.repository={repository}"),
+        format!("image.tag={tag}"),
+    ];
+    all.extend_from_slice(sets);
+    let package = ls_token_refresher_e2e::chart::packaged()
+        .to_str()
+        .expect("UTF-8 temp path");
+    let mut args = vec![
+        "install",
+        release,
+        package,
+        "--namespace",
+        scope.ns(),
+        "--wait",
+        "--timeout",
+        "180s",
+    ];
+    for s in &all {
+        args.extend(["--set", s.as_str()]);
+    }
+    let out = ls_token_refresher_e2e::tools::helm(&args, Some(&scope.node.kubeconfig())).await;
+    assert!(
+        out.status.success(),
+        "helm install failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        scope.diagnose().await
+    );
+    let selector = format!("app.kubernetes.io/instance={release}");
+    scope
+        .wait_ready(&selector, 1, Duration::from_secs(60))
+        .await
+        .remove(0)
+}
+
 /// The PAT Secret the deploy/ manifests read (`label-studio-pat`, key `pat`).
 const DEPLOY_PAT_SECRET: &str = "label-studio-pat";
 /// The classic sidecar's Deployment, pod label, app and sidecar containers (deploy/classic-sidecar.yaml).
