@@ -2,8 +2,6 @@
 //! token, time it against Label Studio's clock, publish it to every sink. And what the loop does
 //! with the outcome: plan the next refresh, or back off.
 
-use std::time::Duration;
-
 use super::{
     timing::{Anchor, JwtTiming, SKEW_WARN_SECS},
     wait::Next,
@@ -15,7 +13,7 @@ use crate::{
     health::Held,
     jwt::{self, CredentialKind, Usable},
     reason::Reason,
-    rotate::{Access, Outcome, MIN_ROTATE_EVERY},
+    rotate::{secs, Access, Outcome, MIN_ROTATE_EVERY},
     schedule,
     secret::Secret,
     source::PatState,
@@ -360,11 +358,7 @@ impl<E: Exchange> Refresher<E> {
             .and_then(|r| r.due_in(&pat, ls_now))
             // Never sooner than the minimum period: whatever the claims say, a PAT that stays due
             // (a refused write-back backs off inside the rotator) costs at most one refresh per it.
-            .map(|s| {
-                now.after(Duration::from_secs_f64(
-                    s.clamp(MIN_ROTATE_EVERY.as_secs_f64(), MAX_WAIT_SECS),
-                ))
-            });
+            .map(|s| now.after(secs(s.max(MIN_ROTATE_EVERY.as_secs_f64()), MAX_WAIT_SECS)));
         false
     }
 

@@ -567,9 +567,7 @@ impl<A: PatApi> Rotator<A> {
         result: &'static str,
     ) -> Outcome {
         let deadline = tokio::time::Instant::now()
-            + Duration::from_secs_f64(
-                (access.exp as f64 - PERSIST_RESERVE_SECS - ls_now).clamp(0.0, 600.0),
-            );
+            + secs(access.exp as f64 - PERSIST_RESERVE_SECS - ls_now, 600.0);
         let mut pause = PERSIST_PAUSE_FIRST;
         loop {
             match self.store.persist(&new).await {
@@ -677,6 +675,16 @@ impl<A: PatApi> Rotator<A> {
             .pat_rotations_total
             .with_label_values(&[result])
             .inc();
+    }
+}
+
+/// `s` seconds as a Duration within `0..=max`; anything not finite is zero (claims and clocks
+/// are outside values: no arithmetic on them may panic).
+pub fn secs(s: f64, max: f64) -> Duration {
+    if s.is_finite() {
+        Duration::from_secs_f64(s.clamp(0.0, max))
+    } else {
+        Duration::ZERO
     }
 }
 

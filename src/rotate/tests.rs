@@ -522,3 +522,67 @@ fn rotation_periods_below_the_minimum_are_refused() {
     assert!("720h".parse::<RotateEvery>().is_ok());
     assert!("0".parse::<RotateEvery>().is_err());
 }
+
+mod hostile {
+    //! Generated hostile inputs at the rotation's boundaries: Label Studio's list answer, the
+    //! intent annotation (anyone who may edit the Secret writes it), and a PAT's claims.
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::exchange::{parse_list, MAX_LISTED};
+
+    proptest! {
+        #[test]
+        fn list_answers_never_panic_and_only_base64url_parts_pass(body in prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..400),
+            "\\[(\\{\"token\":\"[A-Za-z0-9_.\\- =+/%\\\\]{0,40}\"\\},?){0,20}\\]".prop_map(String::into_bytes),
+        ]) {
+            if let Some(tokens) = parse_list(&body) {
+                prop_assert!(tokens.len() <= MAX_LISTED);
+                for t in tokens {
+                    let parts: Vec<&str> = t.expose().split('.').collect();
+                    prop_assert!((2..=3).contains(&parts.len()));
+                    for p in &parts[..2] {
+                        prop_assert!(!p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn intents_are_honoured_only_in_the_one_form_we_write(text in prop_oneof![
+            any::<String>(),
+            "\\{\"from\":\"[0-9a-fA-F]{14,18}\",\"at\":-?[0-9]{1,20}\\}[ \n]?",
+        ]) {
+            if let Some(i) = Intent::decode(&text) {
+                prop_assert_eq!(i.encode(), text);
+                prop_assert!(i.from.len() == 16);
+                let _ = i.names(&pat("x", 1), f64::MAX);
+            }
+        }
+
+        #[test]
+        fn claims_never_make_the_schedule_panic(iat in any::<i64>(), exp in any::<i64>(), now in any::<f64>(), every in 5u64..=31_536_000, before in 1u64..=31_536_000) {
+            let policy = RotationPolicy { every: Some(Duration::from_secs(every)), before_expiry: Some(Duration::from_secs(before)) };
+            let due = policy.due(Some(iat), Some(exp)).unwrap();
+            prop_assert!(due.is_finite());
+            let _ = policy.margin_exceeds_lifetime(Some(iat), Some(exp));
+            let d = secs(due - now, 1e9);
+            prop_assert!(d <= Duration::from_secs(1_000_000_000));
+            let token = Secret::new(make_jwt(&format!(r#"{{"token_type":"refresh","iat":{iat},"exp":{exp},"jti":"j"}}"#)));
+            let ls = FakeLs::default();
+            let store = MemStore::holding(&token);
+            let (mut r, _) = rotator(&ls, &store, every);
+            if let Some(w) = r.due_in(&token, now) {
+                prop_assert!(w >= 0.0 || w.is_nan());
+            }
+        }
+
+        #[test]
+        fn jti_fingerprints_never_panic(token in "[A-Za-z0-9_.\\-=]{0,200}") {
+            if let Some(f) = jwt::jti_fingerprint(&token) {
+                prop_assert_eq!(f.len(), 16);
+            }
+        }
+    }
+}
