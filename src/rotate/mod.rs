@@ -298,6 +298,8 @@ pub struct Rotator<A: PatApi> {
     /// A new PAT not yet written back.
     unpersisted: Option<Secret>,
     notifier: Arc<dyn Notifier>,
+    /// Sets the process-wide `pat_issued_timestamp_seconds` (one PAT per process: `run`).
+    issued_gauge: bool,
 }
 
 impl<A: PatApi> Rotator<A> {
@@ -322,7 +324,15 @@ impl<A: PatApi> Rotator<A> {
             margin_warned: false,
             unpersisted: None,
             notifier: Arc::new(NoNotifier),
+            issued_gauge: true,
         }
+    }
+
+    /// Leaves the process-wide PAT gauge alone: one of many rotators (the controller, one per
+    /// token resource, reports each PAT's issue time in its status instead).
+    pub fn without_issued_gauge(mut self) -> Self {
+        self.issued_gauge = false;
+        self
     }
 
     /// Reports rotations as Kubernetes Events.
@@ -347,9 +357,11 @@ impl<A: PatApi> Rotator<A> {
         let Ok(CredentialKind::Pat(c)) = jwt::classify(pat) else {
             return None;
         };
-        self.metrics
-            .pat_issued_timestamp_seconds
-            .set(c.iat.unwrap_or(0) as f64);
+        if self.issued_gauge {
+            self.metrics
+                .pat_issued_timestamp_seconds
+                .set(c.iat.unwrap_or(0) as f64);
+        }
         let mut policy = self.policy;
         if policy.margin_exceeds_lifetime(c.iat, c.exp) {
             if !self.margin_warned {
