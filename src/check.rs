@@ -261,7 +261,9 @@ pub async fn run(args: CheckArgs) -> Result<Report, ConfigError> {
 
     // 7. PAT rotation: would writing the new PAT back work (nothing is rotated)?
     if args.rotate.policy().is_some() {
-        let kube = cluster.as_ref().map(|c| (c.client.clone(), c.namespace.as_str()));
+        let kube = cluster
+            .as_ref()
+            .map(|c| (c.client.clone(), c.namespace.as_str()));
         match args.rotate.store(&args.pat, kube) {
             Ok(store) => match store.check().await {
                 Ok(what) => r.ok("pat rotation", what),

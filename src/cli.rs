@@ -9,8 +9,7 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use crate::{
     admin::AdminArgs, cluster::KubeArgs, controller::ControllerArgs, exchange::LabelStudioArgs,
     gate::GateArgs, leader::LeaderArgs, proxy::ProxyArgs, rotate::RotateArgs, schedule::TimingArgs,
-    sink::SinkArgs,
-    source::PatSourceArgs, telemetry::LogArgs, values::Dur,
+    sink::SinkArgs, source::PatSourceArgs, telemetry::LogArgs, values::Dur,
 };
 
 /// Keeps a Label Studio access token fresh: exchanges a Personal Access Token (PAT) for short-lived
@@ -28,6 +27,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start-up and matched once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Keep the token fresh until SIGTERM/SIGINT (the sidecar / Deployment mode).

@@ -148,8 +148,17 @@ impl Notifier for EventNotifier {
     fn recovered(&self, note: &'static str) -> BoxFuture<'_, ()> {
         Box::pin(self.publish(EventType::Normal, "TokenRefreshed".into(), note))
     }
-    fn rotation(&self, warning: bool, reason: &'static str, note: &'static str) -> BoxFuture<'_, ()> {
-        let kind = if warning { EventType::Warning } else { EventType::Normal };
+    fn rotation(
+        &self,
+        warning: bool,
+        reason: &'static str,
+        note: &'static str,
+    ) -> BoxFuture<'_, ()> {
+        let kind = if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
         Box::pin(self.publish(kind, reason.into(), note))
     }
 }

@@ -134,7 +134,12 @@ pub fn jti_fingerprint(token: &str) -> Option<String> {
     ctx.update(b"ls-token-refresher/jti\0");
     ctx.update(jti.as_bytes());
     let digest = ctx.finish();
-    Some(digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect())
+    Some(
+        digest.as_ref()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// The `user_id` claim of a JWT (a number or a string in Label Studio's tokens, rendered as

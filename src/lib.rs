@@ -31,10 +31,10 @@ pub mod telemetry;
 pub mod cluster;
 pub mod exchange;
 pub mod leader;
+pub mod rotate;
 pub mod schedule;
 pub mod sink;
 pub mod source;
-pub mod rotate;
 
 pub mod refresher;
 

@@ -13,7 +13,12 @@ pub trait Notifier: Send + Sync {
     /// Recovered after a failure.
     fn recovered(&self, note: &'static str) -> BoxFuture<'_, ()>;
     /// A PAT rotation ended: `reason` is a fixed PascalCase Event reason (`PatRotated`, …).
-    fn rotation(&self, warning: bool, reason: &'static str, note: &'static str) -> BoxFuture<'_, ()> {
+    fn rotation(
+        &self,
+        warning: bool,
+        reason: &'static str,
+        note: &'static str,
+    ) -> BoxFuture<'_, ()> {
         let _ = (warning, reason, note);
         Box::pin(async {})
     }

@@ -25,7 +25,9 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
     let (metrics, policy, exchange) =
         prepare(&args.ls, &args.timing, args.sinks.propagation_margin())?;
     check_leader_args(&args)?;
-    args.rotate.check_source(&args.pat).map_err(AppError::config)?;
+    args.rotate
+        .check_source(&args.pat)
+        .map_err(AppError::config)?;
     if args.dry_run.dry_run {
         return dry_run_ok("run");
     }
@@ -62,8 +64,13 @@ pub async fn run(args: RunArgs) -> Result<(), AppError> {
     );
     let rotation = match args.rotate.policy() {
         Some(rotation_policy) => {
-            let kube = cluster.as_ref().map(|c| (c.client.clone(), c.namespace.as_str()));
-            let store = args.rotate.store(&args.pat, kube).map_err(AppError::config)?;
+            let kube = cluster
+                .as_ref()
+                .map(|c| (c.client.clone(), c.namespace.as_str()));
+            let store = args
+                .rotate
+                .store(&args.pat, kube)
+                .map_err(AppError::config)?;
             let rotator = Rotator::new(
                 Arc::new(exchange.clone()),
                 store,

@@ -40,12 +40,14 @@ impl LifecycleError {
     /// the answer (timeout, connection cut, 5xx from a proxy in front): the caller must find out.
     pub fn is_lost(&self) -> bool {
         match self {
-            LifecycleError::Exchange(e) => matches!(
-                e,
-                ExchangeError::Timeout { .. }
-                    | ExchangeError::Network { .. }
-                    | ExchangeError::InvalidResponse { .. }
-            ) || matches!(e, ExchangeError::Http { status, .. } if *status >= 500),
+            LifecycleError::Exchange(e) => {
+                matches!(
+                    e,
+                    ExchangeError::Timeout { .. }
+                        | ExchangeError::Network { .. }
+                        | ExchangeError::InvalidResponse { .. }
+                ) || matches!(e, ExchangeError::Http { status, .. } if *status >= 500)
+            }
             LifecycleError::AlreadyHolds => false,
         }
     }
@@ -72,19 +74,36 @@ pub trait PatApi: Send + Sync + 'static {
         pat: &Secret,
     ) -> impl Future<Output = Result<Secret, LifecycleError>> + Send;
     /// The caller's live PATs, truncated.
-    fn list(&self, access: &Secret)
-        -> impl Future<Output = Result<Vec<Truncated>, LifecycleError>> + Send;
+    fn list(
+        &self,
+        access: &Secret,
+    ) -> impl Future<Output = Result<Vec<Truncated>, LifecycleError>> + Send;
     /// Blacklists a (truncated) PAT; Ok(false) when Label Studio says it is already dead.
-    fn blacklist(&self, token: &Truncated)
-        -> impl Future<Output = Result<bool, LifecycleError>> + Send;
+    fn blacklist(
+        &self,
+        token: &Truncated,
+    ) -> impl Future<Output = Result<bool, LifecycleError>> + Send;
     /// Creates a PAT for the caller (409 while the caller holds one).
-    fn create(&self, access: &Secret) -> impl Future<Output = Result<Secret, LifecycleError>> + Send;
+    fn create(
+        &self,
+        access: &Secret,
+    ) -> impl Future<Output = Result<Secret, LifecycleError>> + Send;
 }
 
 impl HttpExchange {
-    fn bearer(&self, what: &'static str, access: &Secret) -> Result<header::HeaderValue, ExchangeError> {
-        let mut v = header::HeaderValue::from_str(&format!("Bearer {}", access.expose()))
-            .map_err(|_| self.invalid(what, "access token contains characters not allowed in a header"))?;
+    fn bearer(
+        &self,
+        what: &'static str,
+        access: &Secret,
+    ) -> Result<header::HeaderValue, ExchangeError> {
+        let mut v = header::HeaderValue::from_str(&format!("Bearer {}", access.expose())).map_err(
+            |_| {
+                self.invalid(
+                    what,
+                    "access token contains characters not allowed in a header",
+                )
+            },
+        )?;
         v.set_sensitive(true);
         Ok(v)
     }
@@ -215,7 +234,11 @@ mod tests {
             br#"{"token":"a.b"}"#,
             b"<html>",
         ] {
-            assert!(parse_list(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_list(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let many = format!("[{}]", vec![r#"{"token":"a.b"}"#; MAX_LISTED + 1].join(","));
         assert!(parse_list(many.as_bytes()).is_none());

@@ -343,7 +343,9 @@ impl<E: Exchange> Refresher<E> {
             exp,
         };
         let ls_now = self.clock.wall() + self.offset;
-        let outcome = rotation.rotate(&access, &pat, ls_now, self.clock.wall()).await;
+        let outcome = rotation
+            .rotate(&access, &pat, ls_now, self.clock.wall())
+            .await;
         if let Some(new) = self.take_new_pat(outcome, &pat) {
             return new;
         }
@@ -355,7 +357,11 @@ impl<E: Exchange> Refresher<E> {
             .and_then(|r| r.due_in(&pat, ls_now))
             // Never sooner than the minimum period: whatever the claims say, a PAT that stays due
             // (a refused write-back backs off inside the rotator) costs at most one refresh per it.
-            .map(|s| now.after(Duration::from_secs_f64(s.clamp(MIN_ROTATE_EVERY.as_secs_f64(), MAX_WAIT_SECS))));
+            .map(|s| {
+                now.after(Duration::from_secs_f64(
+                    s.clamp(MIN_ROTATE_EVERY.as_secs_f64(), MAX_WAIT_SECS),
+                ))
+            });
         false
     }
 

@@ -1164,11 +1164,26 @@ async fn a_due_rotation_wakes_the_loop_and_the_new_pat_is_used_at_once() {
     ls.until_refreshes(3).await;
     let times = ls.refresh_times();
     let pats = ls.seen_pats.lock().unwrap().clone();
-    assert_eq!(pats[..3], [old.clone(), old.clone(), new.clone()], "old, old (woken for the rotation), then the new one at once");
+    assert_eq!(
+        pats[..3],
+        [old.clone(), old.clone(), new.clone()],
+        "old, old (woken for the rotation), then the new one at once"
+    );
     // The 300 s token would be refreshed after ~200 s: the second refresh is the rotation's.
-    assert!((times[1] - times[0] - 60.0).abs() < 6.0, "woke for the rotation at 60 s: {times:?}");
-    assert!(times[2] - times[1] < 2.0, "the new PAT is used at once: {times:?}");
-    assert_eq!(log.lock().unwrap().len(), 1, "one rotation: {:?}", log.lock().unwrap());
+    assert!(
+        (times[1] - times[0] - 60.0).abs() < 6.0,
+        "woke for the rotation at 60 s: {times:?}"
+    );
+    assert!(
+        times[2] - times[1] < 2.0,
+        "the new PAT is used at once: {times:?}"
+    );
+    assert_eq!(
+        log.lock().unwrap().len(),
+        1,
+        "one rotation: {:?}",
+        log.lock().unwrap()
+    );
     // The source still shows the old PAT (the write-back has not arrived): the new one stays in use.
     sink.until(3).await;
     ls.until_refreshes(4).await;
@@ -1184,7 +1199,9 @@ async fn a_blacklisted_pat_goes_to_the_rotator_for_repair_with_the_token_in_hand
     r.refresher = r.refresher.with_rotation(Box::new(FakeRotate {
         due_at: f64::MAX,
         rotations: VecDeque::new(),
-        repairs: VecDeque::from([Some(crate::rotate::Outcome::Recovered(Secret::new(new.clone())))]),
+        repairs: VecDeque::from([Some(crate::rotate::Outcome::Recovered(Secret::new(
+            new.clone(),
+        )))]),
         log: log.clone(),
     }));
     let (ls, sink) = (r.ls.clone(), r.sinks[0].clone());
@@ -1198,8 +1215,14 @@ async fn a_blacklisted_pat_goes_to_the_rotator_for_repair_with_the_token_in_hand
     let times = ls.refresh_times();
     let pats = ls.seen_pats.lock().unwrap().clone();
     assert_eq!(pats[1..3], [old.clone(), new.clone()]);
-    assert!(times[2] - times[1] < 2.0, "repaired and used without a backoff: {times:?}");
+    assert!(
+        times[2] - times[1] < 2.0,
+        "repaired and used without a backoff: {times:?}"
+    );
     // The in-memory token and the sink's (this fake sink reads nothing back): one candidate.
-    assert_eq!(*log.lock().unwrap(), [format!("recover {old} with 1 candidate(s)")]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [format!("recover {old} with 1 candidate(s)")]
+    );
     stop(shutdown, task).await;
 }

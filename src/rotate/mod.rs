@@ -237,8 +237,11 @@ pub trait PatStore: Send + Sync {
     /// was checked.
     fn check(&self) -> BoxFuture<'_, Result<String, Refusal>>;
     /// Records `intent` next to the PAT, which must still be `pat` (the PAT itself unchanged).
-    fn begin<'a>(&'a self, intent: &'a Intent, pat: &'a Secret)
-        -> BoxFuture<'a, Result<(), StoreError>>;
+    fn begin<'a>(
+        &'a self,
+        intent: &'a Intent,
+        pat: &'a Secret,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The recorded intent, if any (ours, well-formed).
     fn intent(&self) -> BoxFuture<'_, Result<Option<Intent>, StoreError>>;
     /// Writes `pat` and clears the intent (in one write where the store allows).
@@ -387,7 +390,13 @@ impl<A: PatApi> Rotator<A> {
 
     /// Rotates `pat` if due, in the crash-safe order of the module docs. `access` is a token just
     /// issued for `pat`; `wall_now` is our wall clock (intent times).
-    pub async fn rotate(&mut self, access: &Access, pat: &Secret, ls_now: f64, wall_now: f64) -> Outcome {
+    pub async fn rotate(
+        &mut self,
+        access: &Access,
+        pat: &Secret,
+        ls_now: f64,
+        wall_now: f64,
+    ) -> Outcome {
         if let Some(new) = self.unpersisted.clone() {
             return self.retry_persist(new).await;
         }
@@ -418,7 +427,8 @@ impl<A: PatApi> Rotator<A> {
             }
         }
         let Some(from) = jwt::jti_fingerprint(pat.expose()) else {
-            self.fail("the PAT has no jti claim: cannot record which PAT a rotation starts from").await;
+            self.fail("the PAT has no jti claim: cannot record which PAT a rotation starts from")
+                .await;
             return Outcome::Unchanged;
         };
         // 2. The intent, where a restart sees it.
@@ -427,7 +437,10 @@ impl<A: PatApi> Rotator<A> {
             at: wall_now as i64,
         };
         if let Err(e) = self.store.begin(&intent, pat).await {
-            self.fail(&format!("recording the rotation intent failed, not rotating: {e}")).await;
+            self.fail(&format!(
+                "recording the rotation intent failed, not rotating: {e}"
+            ))
+            .await;
             return Outcome::Unchanged;
         }
         // 3. Rotate (fenced again: the intent write took a round trip).
@@ -447,7 +460,8 @@ impl<A: PatApi> Rotator<A> {
                 }
             }
             Err(e) => {
-                self.fail(&format!("Label Studio refused the PAT rotation: {e}")).await;
+                self.fail(&format!("Label Studio refused the PAT rotation: {e}"))
+                    .await;
                 Outcome::Unchanged
             }
         }
@@ -467,7 +481,10 @@ impl<A: PatApi> Rotator<A> {
             Ok(Some(i)) => i,
             Ok(None) => return None,
             Err(e) => {
-                tracing::warn!(reason = "store_unavailable", "cannot read the rotation intent: {e}");
+                tracing::warn!(
+                    reason = "store_unavailable",
+                    "cannot read the rotation intent: {e}"
+                );
                 return None;
             }
         };
@@ -510,20 +527,33 @@ impl<A: PatApi> Rotator<A> {
         let listed = match self.api.list(&access.token).await {
             Ok(l) => l,
             Err(e) => {
-                self.fail(&format!("repairing the rotation: listing the PATs failed: {e}")).await;
+                self.fail(&format!(
+                    "repairing the rotation: listing the PATs failed: {e}"
+                ))
+                .await;
                 return None;
             }
         };
         let old_id = jwt::jti_fingerprint(old.expose());
-        if old_id.is_some() && listed.iter().any(|t| jwt::jti_fingerprint(t.expose()) == old_id) {
-            self.fail("the rotation did not happen (the old PAT is still live); it will be retried").await;
+        if old_id.is_some()
+            && listed
+                .iter()
+                .any(|t| jwt::jti_fingerprint(t.expose()) == old_id)
+        {
+            self.fail(
+                "the rotation did not happen (the old PAT is still live); it will be retried",
+            )
+            .await;
             return None;
         }
         for t in &listed {
             match self.api.blacklist(t).await {
                 Ok(_) => {}
                 Err(e) => {
-                    self.fail(&format!("repairing the rotation: blacklisting the lost PAT failed: {e}")).await;
+                    self.fail(&format!(
+                        "repairing the rotation: blacklisting the lost PAT failed: {e}"
+                    ))
+                    .await;
                     return None;
                 }
             }
@@ -531,16 +561,27 @@ impl<A: PatApi> Rotator<A> {
         match self.api.create(&access.token).await {
             Ok(new) => Some(self.settle(new, access, ls_now, "recovered").await),
             Err(e) => {
-                self.fail(&format!("repairing the rotation: creating a PAT failed: {e}")).await;
+                self.fail(&format!(
+                    "repairing the rotation: creating a PAT failed: {e}"
+                ))
+                .await;
                 None
             }
         }
     }
 
     /// 4. Persist the new PAT while `access` lasts.
-    async fn settle(&mut self, new: Secret, access: &Access, ls_now: f64, result: &'static str) -> Outcome {
+    async fn settle(
+        &mut self,
+        new: Secret,
+        access: &Access,
+        ls_now: f64,
+        result: &'static str,
+    ) -> Outcome {
         let deadline = tokio::time::Instant::now()
-            + Duration::from_secs_f64((access.exp as f64 - PERSIST_RESERVE_SECS - ls_now).clamp(0.0, 600.0));
+            + Duration::from_secs_f64(
+                (access.exp as f64 - PERSIST_RESERVE_SECS - ls_now).clamp(0.0, 600.0),
+            );
         let mut pause = PERSIST_PAUSE_FIRST;
         loop {
             match self.store.persist(&new).await {
@@ -561,18 +602,29 @@ impl<A: PatApi> Rotator<A> {
                     );
                     return if result == "recovered" {
                         self.notifier
-                            .rotation(false, "PatRotationRecovered", "a lost PAT rotation was repaired: a new PAT is written back")
+                            .rotation(
+                                false,
+                                "PatRotationRecovered",
+                                "a lost PAT rotation was repaired: a new PAT is written back",
+                            )
                             .await;
                         Outcome::Recovered(new)
                     } else {
                         self.notifier
-                            .rotation(false, "PatRotated", "the PAT was rotated and the new one written back")
+                            .rotation(
+                                false,
+                                "PatRotated",
+                                "the PAT was rotated and the new one written back",
+                            )
                             .await;
                         Outcome::Rotated(new)
                     };
                 }
                 Err(e) if tokio::time::Instant::now() + pause < deadline => {
-                    tracing::warn!(reason = "persist_failed", "writing the new PAT back failed (retrying): {e}");
+                    tracing::warn!(
+                        reason = "persist_failed",
+                        "writing the new PAT back failed (retrying): {e}"
+                    );
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(PERSIST_PAUSE_MAX);
                 }
@@ -602,7 +654,10 @@ impl<A: PatApi> Rotator<A> {
                 Outcome::Rotated(new)
             }
             Err(e) => {
-                tracing::warn!(reason = "persist_failed", "writing the new PAT back failed again: {e}");
+                tracing::warn!(
+                    reason = "persist_failed",
+                    "writing the new PAT back failed again: {e}"
+                );
                 Outcome::Unpersisted(new)
             }
         }
@@ -613,7 +668,11 @@ impl<A: PatApi> Rotator<A> {
         tracing::warn!(reason = "rotation_failed", "PAT rotation failed: {message}");
         self.back_off();
         self.notifier
-            .rotation(true, "PatRotationFailed", "PAT rotation failed (the PAT in use is unchanged): see the log")
+            .rotation(
+                true,
+                "PatRotationFailed",
+                "PAT rotation failed (the PAT in use is unchanged): see the log",
+            )
             .await;
     }
 
@@ -639,23 +698,43 @@ pub trait Rotate: Send + Sync {
     /// See [`Rotator::due_in`].
     fn due_in(&mut self, pat: &Secret, ls_now: f64) -> Option<f64>;
     /// See [`Rotator::rotate`].
-    fn rotate<'a>(&'a mut self, access: &'a Access, pat: &'a Secret, ls_now: f64, wall_now: f64)
-        -> BoxFuture<'a, Outcome>;
+    fn rotate<'a>(
+        &'a mut self,
+        access: &'a Access,
+        pat: &'a Secret,
+        ls_now: f64,
+        wall_now: f64,
+    ) -> BoxFuture<'a, Outcome>;
     /// See [`Rotator::recover`].
-    fn recover<'a>(&'a mut self, pat: &'a Secret, candidates: Vec<Secret>, ls_now: f64, wall_now: f64)
-        -> BoxFuture<'a, Option<Outcome>>;
+    fn recover<'a>(
+        &'a mut self,
+        pat: &'a Secret,
+        candidates: Vec<Secret>,
+        ls_now: f64,
+        wall_now: f64,
+    ) -> BoxFuture<'a, Option<Outcome>>;
 }
 
 impl<A: PatApi> Rotate for Rotator<A> {
     fn due_in(&mut self, pat: &Secret, ls_now: f64) -> Option<f64> {
         Rotator::due_in(self, pat, ls_now)
     }
-    fn rotate<'a>(&'a mut self, access: &'a Access, pat: &'a Secret, ls_now: f64, wall_now: f64)
-        -> BoxFuture<'a, Outcome> {
+    fn rotate<'a>(
+        &'a mut self,
+        access: &'a Access,
+        pat: &'a Secret,
+        ls_now: f64,
+        wall_now: f64,
+    ) -> BoxFuture<'a, Outcome> {
         Box::pin(Rotator::rotate(self, access, pat, ls_now, wall_now))
     }
-    fn recover<'a>(&'a mut self, pat: &'a Secret, candidates: Vec<Secret>, ls_now: f64, wall_now: f64)
-        -> BoxFuture<'a, Option<Outcome>> {
+    fn recover<'a>(
+        &'a mut self,
+        pat: &'a Secret,
+        candidates: Vec<Secret>,
+        ls_now: f64,
+        wall_now: f64,
+    ) -> BoxFuture<'a, Option<Outcome>> {
         Box::pin(Rotator::recover(self, pat, candidates, ls_now, wall_now))
     }
 }

@@ -126,7 +126,11 @@ impl PatStore for FileStore {
         })
     }
 
-    fn begin<'a>(&'a self, intent: &'a Intent, pat: &'a Secret) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn begin<'a>(
+        &'a self,
+        intent: &'a Intent,
+        pat: &'a Secret,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         let (path, ipath, dir) = (self.path.clone(), self.intent_path(), self.dir());
         let text = intent.encode();
         let pat = pat.clone();
@@ -134,7 +138,9 @@ impl PatStore for FileStore {
             let r = tokio::task::spawn_blocking(move || {
                 let held = std::fs::read_to_string(&path).map(Secret::new)?;
                 if held != pat {
-                    return Err(std::io::Error::other("the PAT in the file changed since it was read"));
+                    return Err(std::io::Error::other(
+                        "the PAT in the file changed since it was read",
+                    ));
                 }
                 write_atomic(&ipath, &dir, text.as_bytes(), NEW_FILE_MODE)
             })
@@ -201,16 +207,32 @@ mod tests {
         let store = FileStore::new(path.clone());
         assert!(store.check().await.is_ok());
         assert_eq!(store.intent().await.unwrap(), None);
-        let intent = Intent { from: "0123456789abcdef".into(), at: 1_800_000_000 };
-        assert!(store.begin(&intent, &Secret::new("other")).await.is_err(), "a changed PAT is not rotated");
+        let intent = Intent {
+            from: "0123456789abcdef".into(),
+            at: 1_800_000_000,
+        };
+        assert!(
+            store.begin(&intent, &Secret::new("other")).await.is_err(),
+            "a changed PAT is not rotated"
+        );
         store.begin(&intent, &Secret::new("old")).await.unwrap();
         assert_eq!(store.intent().await.unwrap(), Some(intent));
         store.persist(&Secret::new("new")).await.unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         assert_eq!(store.intent().await.unwrap(), None);
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("pat")], "no temporary files left");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("pat")],
+            "no temporary files left"
+        );
     }
 
     #[tokio::test]
@@ -221,7 +243,10 @@ mod tests {
         std::fs::write(data.join("pat"), "x").unwrap();
         std::os::unix::fs::symlink("..2026_12_07", dir.path().join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/pat", dir.path().join("pat")).unwrap();
-        let r = FileStore::new(dir.path().join("pat")).check().await.unwrap_err();
+        let r = FileStore::new(dir.path().join("pat"))
+            .check()
+            .await
+            .unwrap_err();
         assert_eq!(r.reason, "kubelet_mount");
         assert!(r.detail.contains("--pat-secret"), "{}", r.detail);
 
@@ -229,10 +254,15 @@ mod tests {
         // the probe file goes does) is a refusal, before anything is rotated.
         let blocked = tempfile::tempdir().unwrap();
         std::fs::write(blocked.path().join("pat"), "x").unwrap();
-        let probe = blocked.path().join(format!(".ls-token-refresher-probe-{}", std::process::id()));
+        let probe = blocked
+            .path()
+            .join(format!(".ls-token-refresher-probe-{}", std::process::id()));
         std::fs::create_dir(&probe).unwrap();
         std::fs::write(probe.join("keep"), "x").unwrap();
-        let r = FileStore::new(blocked.path().join("pat")).check().await.unwrap_err();
+        let r = FileStore::new(blocked.path().join("pat"))
+            .check()
+            .await
+            .unwrap_err();
         assert_eq!(r.reason, "not_writable");
     }
 
@@ -242,7 +272,12 @@ mod tests {
         let path = dir.path().join("pat");
         std::fs::write(&path, "x").unwrap();
         let store = FileStore::new(path);
-        for text in ["{}", "{\"from\":\"zz\",\"at\":1}", "not json", "{\"at\":1,\"from\":\"0123456789abcdef\"}"] {
+        for text in [
+            "{}",
+            "{\"from\":\"zz\",\"at\":1}",
+            "not json",
+            "{\"at\":1,\"from\":\"0123456789abcdef\"}",
+        ] {
             std::fs::write(store.intent_path(), text).unwrap();
             assert_eq!(store.intent().await.unwrap(), None, "{text}");
         }

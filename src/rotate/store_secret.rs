@@ -52,7 +52,9 @@ impl SecretStore {
         match tokio::time::timeout(CALL_TIMEOUT, self.api.get_opt(&self.name)).await {
             Ok(Ok(s)) => Ok(s),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer from the API server within {CALL_TIMEOUT:?}")),
+            Err(_) => Err(format!(
+                "no answer from the API server within {CALL_TIMEOUT:?}"
+            )),
         }
     }
 
@@ -77,7 +79,8 @@ impl SecretStore {
         if !annotations.is_null() {
             meta["annotations"] = annotations;
         }
-        let mut body = serde_json::json!({ "apiVersion": "v1", "kind": "Secret", "metadata": meta });
+        let mut body =
+            serde_json::json!({ "apiVersion": "v1", "kind": "Secret", "metadata": meta });
         if !data.is_null() {
             body["data"] = data;
         }
@@ -181,27 +184,40 @@ impl PatStore for SecretStore {
         })
     }
 
-    fn begin<'a>(&'a self, intent: &'a Intent, pat: &'a Secret) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn begin<'a>(
+        &'a self,
+        intent: &'a Intent,
+        pat: &'a Secret,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let err = |e: String| StoreError(format!("{}: {e}", self.describe()));
             // Every apply of ours carries the key: server-side apply would delete a field this
             // manager owns and leaves out. The value must still be the PAT being rotated, and the
             // resourceVersion pins it: a person's change in between wins.
-            let secret = self.get().await.map_err(err)?.ok_or_else(|| err("not found".into()))?;
+            let secret = self
+                .get()
+                .await
+                .map_err(err)?
+                .ok_or_else(|| err("not found".into()))?;
             let held = secret
                 .data
                 .as_ref()
                 .and_then(|d| d.get(&self.key))
                 .map(|v| Secret::new(String::from_utf8_lossy(&v.0)));
             if held.as_ref() != Some(pat) {
-                return Err(err("the PAT in the Secret changed since it was read; not rotating".into()));
+                return Err(err(
+                    "the PAT in the Secret changed since it was read; not rotating".into(),
+                ));
             }
             let mut body = self.body(
                 serde_json::json!({ INTENT_ANNOTATION: intent.encode() }),
                 self.pat_data(pat.expose()),
             );
-            body["metadata"]["resourceVersion"] = secret.metadata.resource_version.unwrap_or_default().into();
-            self.apply(body, false).await.map_err(|e| err(e.to_string()))
+            body["metadata"]["resourceVersion"] =
+                secret.metadata.resource_version.unwrap_or_default().into();
+            self.apply(body, false)
+                .await
+                .map_err(|e| err(e.to_string()))
         })
     }
 
@@ -258,17 +274,36 @@ mod tests {
 
     #[test]
     fn people_and_we_may_own_the_key_controllers_may_not() {
-        for ok in ["kubectl-create", "kubectl", "kubectl-client-side-apply", "helm", FIELD_MANAGER] {
-            assert_eq!(foreign_owner(&secret(vec![managed(ok, "pat")], vec![]), "pat"), None, "{ok}");
+        for ok in [
+            "kubectl-create",
+            "kubectl",
+            "kubectl-client-side-apply",
+            "helm",
+            FIELD_MANAGER,
+        ] {
+            assert_eq!(
+                foreign_owner(&secret(vec![managed(ok, "pat")], vec![]), "pat"),
+                None,
+                "{ok}"
+            );
         }
-        for bad in ["external-secrets", "onepassword-operator", "argocd-controller", "kustomize-controller", ""] {
+        for bad in [
+            "external-secrets",
+            "onepassword-operator",
+            "argocd-controller",
+            "kustomize-controller",
+            "",
+        ] {
             let r = foreign_owner(&secret(vec![managed(bad, "pat")], vec![]), "pat").expect(bad);
             assert_eq!(r.reason, "owned_by_other");
             assert!(r.detail.contains(&format!("{bad:?}")), "{}", r.detail);
         }
         // Another key of the same Secret is someone else's business.
         assert_eq!(
-            foreign_owner(&secret(vec![managed("external-secrets", "other")], vec![]), "pat"),
+            foreign_owner(
+                &secret(vec![managed("external-secrets", "other")], vec![]),
+                "pat"
+            ),
             None
         );
         let owner = OwnerReference {
@@ -283,6 +318,9 @@ mod tests {
             controller: None,
             ..owner
         };
-        assert_eq!(foreign_owner(&secret(vec![], vec![not_controller]), "pat"), None);
+        assert_eq!(
+            foreign_owner(&secret(vec![], vec![not_controller]), "pat"),
+            None
+        );
     }
 }

@@ -32,7 +32,11 @@ fn access(exp: i64) -> Access {
 
 fn truncate(t: &Secret) -> Truncated {
     let mut parts = t.expose().split('.');
-    Secret::new(format!("{}.{}", parts.next().unwrap(), parts.next().unwrap()))
+    Secret::new(format!(
+        "{}.{}",
+        parts.next().unwrap(),
+        parts.next().unwrap()
+    ))
 }
 
 #[derive(Default)]
@@ -58,7 +62,10 @@ impl FakeLs {
     }
     fn mint(ls: &mut Ls) -> Secret {
         ls.minted += 1;
-        let p = pat(&format!("minted{}", ls.minted), 1_900_000_000 + i64::from(ls.minted));
+        let p = pat(
+            &format!("minted{}", ls.minted),
+            1_900_000_000 + i64::from(ls.minted),
+        );
         ls.live.push(p.clone());
         p
     }
@@ -167,7 +174,11 @@ impl PatStore for MemStore {
         let r = self.0.lock().unwrap().refuse.clone();
         Box::pin(async move { r.map_or(Ok("ok".into()), Err) })
     }
-    fn begin<'a>(&'a self, intent: &'a Intent, pat: &'a Secret) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn begin<'a>(
+        &'a self,
+        intent: &'a Intent,
+        pat: &'a Secret,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut h = self.0.lock().unwrap();
         let r = if h.pat.as_ref() == Some(pat) {
             h.intent = Some(intent.clone());
@@ -227,12 +238,24 @@ async fn rotates_when_due_in_the_crash_safe_order() {
     let (mut r, m) = rotator(&ls, &store, 60);
 
     assert_eq!(r.due_in(&old, T0 + 10.0), Some(50.0));
-    assert!(matches!(r.rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0).await, Outcome::Unchanged));
+    assert!(matches!(
+        r.rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0)
+            .await,
+        Outcome::Unchanged
+    ));
     assert!(ls.calls().is_empty(), "not due: nothing asked");
 
-    let out = r.rotate(&access(T0 as i64 + 360), &old, T0 + 61.0, T0 + 61.0).await;
-    let Outcome::Rotated(new) = out else { panic!("{out:?}") };
-    assert_eq!(store.log(), ["begin", "persist"], "intent recorded before the rotate call, persisted after");
+    let out = r
+        .rotate(&access(T0 as i64 + 360), &old, T0 + 61.0, T0 + 61.0)
+        .await;
+    let Outcome::Rotated(new) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        store.log(),
+        ["begin", "persist"],
+        "intent recorded before the rotate call, persisted after"
+    );
     assert_eq!(store.pat(), Some(new.clone()));
     assert_eq!(store.intent_now(), None, "the persist cleared the intent");
     assert!(ls.is_dead(&old));
@@ -251,14 +274,27 @@ async fn refused_write_back_never_rotates_and_backs_off() {
     });
     let (mut r, m) = rotator(&ls, &store, 5);
     for _ in 0..3 {
-        let out = r.rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0).await;
+        let out = r
+            .rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0)
+            .await;
         assert!(matches!(out, Outcome::Unchanged));
     }
-    assert!(ls.calls().is_empty(), "Label Studio never asked: {:?}", ls.calls());
+    assert!(
+        ls.calls().is_empty(),
+        "Label Studio never asked: {:?}",
+        ls.calls()
+    );
     assert!(store.log().is_empty(), "nothing written");
-    assert_eq!(count(&m, "refused"), 1, "backed off after the first refusal");
+    assert_eq!(
+        count(&m, "refused"),
+        1,
+        "backed off after the first refusal"
+    );
     let wait = r.due_in(&old, T0 + 10.0).unwrap();
-    assert!((RETRY_FIRST.as_secs_f64() - 1.0..=RETRY_FIRST.as_secs_f64()).contains(&wait), "{wait}");
+    assert!(
+        (RETRY_FIRST.as_secs_f64() - 1.0..=RETRY_FIRST.as_secs_f64()).contains(&wait),
+        "{wait}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,13 +305,17 @@ async fn a_lost_answer_is_repaired_with_the_access_token_in_hand() {
     let store = MemStore::holding(&old);
     let (mut r, m) = rotator(&ls, &store, 5);
 
-    let out = r.rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0).await;
-    let Outcome::Recovered(new) = out else { panic!("{out:?}") };
+    let out = r
+        .rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0)
+        .await;
+    let Outcome::Recovered(new) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!(ls.calls(), ["rotate", "list", "blacklist", "create"]);
     let lost = pat("minted1", 1_900_000_001);
     assert!(ls.is_dead(&lost), "the PAT nobody saw is blacklisted");
     assert!(ls.is_dead(&old));
-    assert_eq!(ls.live(), [new.clone()]);
+    assert_eq!(ls.live(), std::slice::from_ref(&new));
     assert_eq!(store.pat(), Some(new));
     assert_eq!(count(&m, "recovered"), 1);
 }
@@ -287,11 +327,20 @@ async fn a_rotate_that_never_arrived_is_not_repaired_and_keeps_the_intent() {
     ls.0.lock().unwrap().drop_next_request = true;
     let store = MemStore::holding(&old);
     let (mut r, m) = rotator(&ls, &store, 5);
-    let out = r.rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0).await;
+    let out = r
+        .rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0)
+        .await;
     assert!(matches!(out, Outcome::Unchanged));
-    assert_eq!(ls.calls(), ["rotate", "list"], "the old PAT is listed: nothing blacklisted");
-    assert_eq!(ls.live(), [old.clone()]);
-    assert!(store.intent_now().is_some(), "kept: a late commit would still be repaired");
+    assert_eq!(
+        ls.calls(),
+        ["rotate", "list"],
+        "the old PAT is listed: nothing blacklisted"
+    );
+    assert_eq!(ls.live(), std::slice::from_ref(&old));
+    assert!(
+        store.intent_now().is_some(),
+        "kept: a late commit would still be repaired"
+    );
     assert_eq!(count(&m, "failed"), 1);
 }
 
@@ -306,20 +355,37 @@ async fn a_restart_repairs_a_rotation_that_died_with_the_process() {
     {
         // The first process rotates, cannot persist (as good as killed before the write-back).
         let (mut first, _) = rotator(&ls, &store, 5);
-        let out = first.rotate(&access(T0 as i64 + 30), &old, T0 + 10.0, T0 + 10.0).await;
+        let out = first
+            .rotate(&access(T0 as i64 + 30), &old, T0 + 10.0, T0 + 10.0)
+            .await;
         assert!(matches!(out, Outcome::Unpersisted(_)), "{out:?}");
     }
     store.0.lock().unwrap().failing_persists = 0;
     assert!(ls.is_dead(&old));
     let (mut second, m) = rotator(&ls, &store, 5);
     // No access token left: nothing to do, said loudly, counted.
-    assert!(second.recover(&old, vec![access(T0 as i64 + 5).token], T0 + 20.0, T0 + 20.0).await.is_none());
+    assert!(second
+        .recover(
+            &old,
+            vec![access(T0 as i64 + 5).token],
+            T0 + 20.0,
+            T0 + 20.0
+        )
+        .await
+        .is_none());
     assert_eq!(count(&m, "failed"), 1);
     // With the access token the first process published (still valid):
     let out = second
-        .recover(&old, vec![Secret::new("garbage"), access(T0 as i64 + 300).token], T0 + 20.0, T0 + 20.0)
+        .recover(
+            &old,
+            vec![Secret::new("garbage"), access(T0 as i64 + 300).token],
+            T0 + 20.0,
+            T0 + 20.0,
+        )
         .await;
-    let Some(Outcome::Recovered(new)) = out else { panic!("{out:?}") };
+    let Some(Outcome::Recovered(new)) = out else {
+        panic!("{out:?}")
+    };
     assert_eq!(store.pat(), Some(new.clone()));
     assert_eq!(ls.live(), [new]);
 }
@@ -331,17 +397,26 @@ async fn a_blacklisting_that_is_not_ours_is_left_to_a_person() {
     let store = MemStore::holding(&old);
     let (mut r, _) = rotator(&ls, &store, 5);
     // No intent at all.
-    assert!(r.recover(&old, vec![access(T0 as i64 + 300).token], T0, T0).await.is_none());
+    assert!(r
+        .recover(&old, vec![access(T0 as i64 + 300).token], T0, T0)
+        .await
+        .is_none());
     // An intent for another PAT, and one too old to act on.
     for intent in [
-        Intent { from: jwt::jti_fingerprint(pat("other", 1).expose()).unwrap(), at: T0 as i64 },
+        Intent {
+            from: jwt::jti_fingerprint(pat("other", 1).expose()).unwrap(),
+            at: T0 as i64,
+        },
         Intent {
             from: jwt::jti_fingerprint(old.expose()).unwrap(),
             at: T0 as i64 - INTENT_TTL.as_secs() as i64 - 1,
         },
     ] {
         store.0.lock().unwrap().intent = Some(intent);
-        assert!(r.recover(&old, vec![access(T0 as i64 + 300).token], T0, T0).await.is_none());
+        assert!(r
+            .recover(&old, vec![access(T0 as i64 + 300).token], T0, T0)
+            .await
+            .is_none());
     }
     assert!(ls.calls().is_empty(), "{:?}", ls.calls());
 }
@@ -353,9 +428,20 @@ async fn a_persist_that_fails_for_a_while_is_retried_within_the_access_token() {
     let store = MemStore::holding(&old);
     store.0.lock().unwrap().failing_persists = 3;
     let (mut r, m) = rotator(&ls, &store, 5);
-    let out = r.rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0).await;
+    let out = r
+        .rotate(&access(T0 as i64 + 300), &old, T0 + 10.0, T0 + 10.0)
+        .await;
     assert!(matches!(out, Outcome::Rotated(_)), "{out:?}");
-    assert_eq!(store.log(), ["begin", "persist failed", "persist failed", "persist failed", "persist"]);
+    assert_eq!(
+        store.log(),
+        [
+            "begin",
+            "persist failed",
+            "persist failed",
+            "persist failed",
+            "persist"
+        ]
+    );
     assert_eq!(count(&m, "rotated"), 1);
 }
 
@@ -366,11 +452,16 @@ async fn an_unpersisted_pat_is_written_on_the_next_call_instead_of_rotating_agai
     let store = MemStore::holding(&old);
     store.0.lock().unwrap().failing_persists = u32::MAX;
     let (mut r, _) = rotator(&ls, &store, 5);
-    let Outcome::Unpersisted(new) = r.rotate(&access(T0 as i64 + 60), &old, T0 + 10.0, T0 + 10.0).await else {
+    let Outcome::Unpersisted(new) = r
+        .rotate(&access(T0 as i64 + 60), &old, T0 + 10.0, T0 + 10.0)
+        .await
+    else {
         panic!()
     };
     store.0.lock().unwrap().failing_persists = 0;
-    let out = r.rotate(&access(T0 as i64 + 400), &new, T0 + 100.0, T0 + 100.0).await;
+    let out = r
+        .rotate(&access(T0 as i64 + 400), &new, T0 + 100.0, T0 + 100.0)
+        .await;
     assert!(matches!(&out, Outcome::Rotated(p) if *p == new), "{out:?}");
     assert_eq!(ls.calls(), ["rotate"], "one rotation only");
     assert_eq!(store.pat(), Some(new));
@@ -398,13 +489,24 @@ fn policy_due_times_saturate_and_pick_the_earlier_trigger() {
 
 #[test]
 fn intents_round_trip_only_in_our_form() {
-    let i = Intent { from: "0123456789abcdef".into(), at: 1_900_000_000 };
+    let i = Intent {
+        from: "0123456789abcdef".into(),
+        at: 1_900_000_000,
+    };
     assert_eq!(Intent::decode(&i.encode()), Some(i.clone()));
-    for bad in ["", "{}", " {\"from\":\"0123456789abcdef\",\"at\":1}", "{\"from\":\"0123456789ABCDEF0\",\"at\":1}"] {
+    for bad in [
+        "",
+        "{}",
+        " {\"from\":\"0123456789abcdef\",\"at\":1}",
+        "{\"from\":\"0123456789ABCDEF0\",\"at\":1}",
+    ] {
         assert_eq!(Intent::decode(bad), None, "{bad}");
     }
     let p = pat("x", 1);
-    let mine = Intent { from: jwt::jti_fingerprint(p.expose()).unwrap(), at: 1000 };
+    let mine = Intent {
+        from: jwt::jti_fingerprint(p.expose()).unwrap(),
+        at: 1000,
+    };
     assert!(mine.names(&p, 1000.0 + INTENT_TTL.as_secs_f64()));
     assert!(!mine.names(&p, 1001.0 + INTENT_TTL.as_secs_f64()));
     assert!(!mine.names(&pat("y", 1), 1000.0));
@@ -413,7 +515,10 @@ fn intents_round_trip_only_in_our_form() {
 #[test]
 fn rotation_periods_below_the_minimum_are_refused() {
     assert!("4s".parse::<RotateEvery>().is_err());
-    assert_eq!("5s".parse::<RotateEvery>(), Ok(RotateEvery(MIN_ROTATE_EVERY)));
+    assert_eq!(
+        "5s".parse::<RotateEvery>(),
+        Ok(RotateEvery(MIN_ROTATE_EVERY))
+    );
     assert!("720h".parse::<RotateEvery>().is_ok());
     assert!("0".parse::<RotateEvery>().is_err());
 }

@@ -360,7 +360,8 @@ where
         }
         Fault::AnswerThenKill(pid) => {
             let resp = forward().await;
-            let written = s.write_all(&render(&resp, false)).await.is_ok() && s.flush().await.is_ok();
+            let written =
+                s.write_all(&render(&resp, false)).await.is_ok() && s.flush().await.is_ok();
             // kill(2) directly: microseconds, while the client still has to read the answer and
             // make its next request (a `kill` process would take milliseconds to start).
             if let Some(p) = rustix::process::Pid::from_raw(*pid as i32) {

@@ -91,7 +91,9 @@ async fn create_pat_secret(admin: &Client, ns: &str, pat: &str, manager: &str) {
         field_manager: Some(manager.into()),
         ..Default::default()
     };
-    api.create(&pp, &secret(PAT_SECRET, &[("pat", pat)])).await.unwrap();
+    api.create(&pp, &secret(PAT_SECRET, &[("pat", pat)]))
+        .await
+        .unwrap();
 }
 
 impl Env {
@@ -104,22 +106,42 @@ impl Env {
     }
 
     async fn stored_pat(&self) -> String {
-        self.key(PAT_SECRET, "pat").await.expect("the PAT Secret holds a PAT")
+        self.key(PAT_SECRET, "pat")
+            .await
+            .expect("the PAT Secret holds a PAT")
     }
 
     fn start(&self, name: &str, extra: &[&str]) -> RefresherProc {
         let url = self.proxy.url();
         let mut args = vec![
-            "--url", &url, "--pat-secret", PAT_SECRET, "--target-secret", TARGET,
-            "--log-level", "debug", "--backoff-initial", "200ms", "--backoff-max", "2s",
-            "--propagation-margin", "0s", "--min-lead", "5s", "--jitter", "0s",
+            "--url",
+            &url,
+            "--pat-secret",
+            PAT_SECRET,
+            "--target-secret",
+            TARGET,
+            "--log-level",
+            "debug",
+            "--backoff-initial",
+            "200ms",
+            "--backoff-max",
+            "2s",
+            "--propagation-margin",
+            "0s",
+            "--min-lead",
+            "5s",
+            "--jitter",
+            "0s",
         ];
         args.extend_from_slice(extra);
         RefresherProc::start(
             self.tmp.path(),
             name,
             &args,
-            &[("KUBECONFIG", self.sa.kubeconfig.to_str().unwrap()), ("HOME", "/nonexistent")],
+            &[
+                ("KUBECONFIG", self.sa.kubeconfig.to_str().unwrap()),
+                ("HOME", "/nonexistent"),
+            ],
         )
     }
 
@@ -136,7 +158,9 @@ impl Env {
     async fn assert_refused_as_blacklisted(&self, pat: &str, what: &str) {
         match self.pat_works(pat).await {
             Err(d) if d.contains("blacklisted") => {}
-            other => panic!("{what}: expected Label Studio to refuse it as blacklisted, got {other:?}"),
+            other => {
+                panic!("{what}: expected Label Studio to refuse it as blacklisted, got {other:?}")
+            }
         }
     }
 
@@ -152,7 +176,14 @@ impl Env {
 
 /// Reads the target Secret every 0.3 s and calls whoami with each new token: counts tokens seen
 /// and any refused.
-fn start_reader(env: &Env, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
+fn start_reader(
+    env: &Env,
+    stop: Arc<AtomicBool>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<AtomicUsize>,
+    Arc<Mutex<Vec<String>>>,
+) {
     let secrets = env.secrets();
     let whoami = format!("{}/api/current-user/whoami", env.ls.url());
     let client = http_client();
@@ -164,7 +195,12 @@ fn start_reader(env: &Env, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()
         while !stop.load(Ordering::Relaxed) {
             if let Ok(s) = secrets.get(TARGET).await {
                 if let Some(auth) = data_of(&s, "authorization").filter(|a| !a.is_empty()) {
-                    let status = match client.get(&whoami).header("Authorization", &auth).send().await {
+                    let status = match client
+                        .get(&whoami)
+                        .header("Authorization", &auth)
+                        .send()
+                        .await
+                    {
                         Ok(r) => r.status().as_u16(),
                         Err(_) => 0,
                     };
@@ -173,7 +209,10 @@ fn start_reader(env: &Env, stop: Arc<AtomicBool>) -> (tokio::task::JoinHandle<()
                         last = auth.clone();
                     }
                     if status != 200 {
-                        r2.lock().unwrap().push(format!("HTTP {status} (token #{})", s2.load(Ordering::Relaxed)));
+                        r2.lock().unwrap().push(format!(
+                            "HTTP {status} (token #{})",
+                            s2.load(Ordering::Relaxed)
+                        ));
                     }
                 }
             }
@@ -195,7 +234,11 @@ async fn rotates_under_load_and_survives_a_lost_answer_and_a_kill() {
     let mut pats = vec![first_pat.clone()];
     let t0 = Instant::now();
     while p.metric(ROTATED).await.unwrap_or(0.0) < 5.0 {
-        assert!(t0.elapsed() < Duration::from_secs(90), "fewer than 5 rotations in 90 s; log:\n{}", p.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "fewer than 5 rotations in 90 s; log:\n{}",
+            p.log_text()
+        );
         let now = env.stored_pat().await;
         if pats.last() != Some(&now) {
             pats.push(now);
@@ -219,17 +262,33 @@ async fn rotates_under_load_and_survives_a_lost_answer_and_a_kill() {
         seen.load(Ordering::Relaxed),
         refused.len()
     );
-    assert!(refused.is_empty(), "a reader saw refused tokens: {refused:?}");
-    assert!(seen.load(Ordering::Relaxed) >= 5, "the reader saw a new token after each rotation");
-    assert!(pats.len() >= 6, "the Secret held each rotated PAT: {} seen", pats.len());
-    env.pat_works(&current).await.expect("the Secret holds a live PAT");
+    assert!(
+        refused.is_empty(),
+        "a reader saw refused tokens: {refused:?}"
+    );
+    assert!(
+        seen.load(Ordering::Relaxed) >= 5,
+        "the reader saw a new token after each rotation"
+    );
+    assert!(
+        pats.len() >= 6,
+        "the Secret held each rotated PAT: {} seen",
+        pats.len()
+    );
+    env.pat_works(&current)
+        .await
+        .expect("the Secret holds a live PAT");
     for old in &pats[..pats.len() - 1] {
-        env.assert_refused_as_blacklisted(old, "a replaced PAT").await;
+        env.assert_refused_as_blacklisted(old, "a replaced PAT")
+            .await;
     }
     let rotations = env.rotate_requests();
     for w in rotations.windows(2) {
         let gap = w[1].duration_since(w[0]).as_secs_f64();
-        assert!(gap >= 4.5, "two rotations {gap:.2} s apart: the period is 5 s");
+        assert!(
+            gap >= 4.5,
+            "two rotations {gap:.2} s apart: the period is 5 s"
+        );
     }
 
     // 2. The next rotate answer is lost after Label Studio committed.
@@ -242,10 +301,17 @@ async fn rotates_under_load_and_survives_a_lost_answer_and_a_kill() {
     let lost = env.proxy.rotated_pats()[lost_before].clone();
     let repaired = env.stored_pat().await;
     assert_ne!(repaired, before);
-    assert_ne!(repaired, lost, "the lost PAT was never seen by the refresher");
-    env.pat_works(&repaired).await.expect("the repaired PAT works");
-    env.assert_refused_as_blacklisted(&before, "the PAT the lost rotation replaced").await;
-    env.assert_refused_as_blacklisted(&lost, "the PAT whose answer was lost").await;
+    assert_ne!(
+        repaired, lost,
+        "the lost PAT was never seen by the refresher"
+    );
+    env.pat_works(&repaired)
+        .await
+        .expect("the repaired PAT works");
+    env.assert_refused_as_blacklisted(&before, "the PAT the lost rotation replaced")
+        .await;
+    env.assert_refused_as_blacklisted(&lost, "the PAT whose answer was lost")
+        .await;
     p.wait_ready(200, Duration::from_secs(10)).await;
 
     // 3. SIGKILL the moment the rotate answer is written, before the write-back.
@@ -254,27 +320,56 @@ async fn rotates_under_load_and_survives_a_lost_answer_and_a_kill() {
     env.proxy.set(Fault::AnswerThenKill(p.pid()));
     let status = p.wait_exit(Duration::from_secs(30));
     env.proxy.set(Fault::Pass);
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "killed by the proxy");
-    assert_eq!(env.stored_pat().await, dead, "the kill landed before the write-back");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed by the proxy"
+    );
+    assert_eq!(
+        env.stored_pat().await,
+        dead,
+        "the kill landed before the write-back"
+    );
     // Without the recovery path this is the end: the Secret's PAT is dead, the new one unknown.
-    env.assert_refused_as_blacklisted(&dead, "the Secret's PAT after the kill").await;
+    env.assert_refused_as_blacklisted(&dead, "the Secret's PAT after the kill")
+        .await;
     assert!(env.key(PAT_SECRET, "pat").await.is_some());
-    let annotations = env.secrets().get(PAT_SECRET).await.unwrap().metadata.annotations.unwrap_or_default();
-    assert!(annotations.contains_key("ls-token-refresher/pat-rotation"), "the intent survived the kill: {annotations:?}");
+    let annotations = env
+        .secrets()
+        .get(PAT_SECRET)
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default();
+    assert!(
+        annotations.contains_key("ls-token-refresher/pat-rotation"),
+        "the intent survived the kill: {annotations:?}"
+    );
     let kill_log = p.log_text();
 
     let mut q = env.start("restarted", &["--rotate-pat-every", EVERY]);
     q.wait_metric(RECOVERED, 1.0, Duration::from_secs(40)).await;
     q.wait_ready(200, Duration::from_secs(20)).await;
     let after = env.stored_pat().await;
-    env.pat_works(&after).await.expect("the restarted process left a live PAT");
+    env.pat_works(&after)
+        .await
+        .expect("the restarted process left a live PAT");
     let log = q.log_text();
     assert!(log.contains("repairing with an access token"), "{log}");
     let new_token = env.key(TARGET, "token").await.unwrap();
     assert_ne!(new_token, published, "a token of the new PAT is published");
-    let annotations = env.secrets().get(PAT_SECRET).await.unwrap().metadata.annotations.unwrap_or_default();
+    let annotations = env
+        .secrets()
+        .get(PAT_SECRET)
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .unwrap_or_default();
     assert!(
-        !annotations.contains_key("ls-token-refresher/pat-rotation") || env.stored_pat().await != after,
+        !annotations.contains_key("ls-token-refresher/pat-rotation")
+            || env.stored_pat().await != after,
         "the intent is cleared with the write-back"
     );
 
@@ -299,15 +394,28 @@ async fn refusals_and_a_single_rotator() {
     p.wait_ready(200, Duration::from_secs(60)).await;
     p.wait_metric(REFUSED, 1.0, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert!(env.rotate_requests().is_empty(), "no rotation attempted without write-back");
+    assert!(
+        env.rotate_requests().is_empty(),
+        "no rotation attempted without write-back"
+    );
     let log = p.log_text();
-    assert!(log.contains("forbidden") && log.contains("patch"), "the refusal names RBAC patch:\n{log}");
+    assert!(
+        log.contains("forbidden") && log.contains("patch"),
+        "the refusal names RBAC patch:\n{log}"
+    );
     env.pat_works(&pat).await.expect("the PAT is untouched");
     assert_eq!(env.stored_pat().await, pat);
     drop(p);
 
     // The PAT key written by another controller: refused with its name, even with RBAC.
-    let _sa = chart::install_rbac_with(&env.kube, &env.ns, PAT_SECRET, TARGET, &["pat.rotation.every=5s"]).await;
+    let _sa = chart::install_rbac_with(
+        &env.kube,
+        &env.ns,
+        PAT_SECRET,
+        TARGET,
+        &["pat.rotation.every=5s"],
+    )
+    .await;
     let pat_b64 = base64_of(&pat);
     env.secrets()
         .patch(
@@ -325,40 +433,75 @@ async fn refusals_and_a_single_rotator() {
     p.wait_ready(200, Duration::from_secs(60)).await;
     p.wait_metric(REFUSED, 1.0, Duration::from_secs(20)).await;
     let log = p.log_text();
-    assert!(log.contains("owned_by_other") && log.contains("\"external-secrets\""), "{log}");
+    assert!(
+        log.contains("owned_by_other") && log.contains("\"external-secrets\""),
+        "{log}"
+    );
     assert!(env.rotate_requests().is_empty());
     drop(p);
 
     // Nothing manages the key any more: the Secret is recreated as the refusal says.
-    env.secrets().delete(PAT_SECRET, &Default::default()).await.unwrap();
-    wait_for(Duration::from_secs(10), || async { env.secrets().get_opt(PAT_SECRET).await.unwrap().is_none() })
+    env.secrets()
+        .delete(PAT_SECRET, &Default::default())
         .await
-        .expect("the PAT Secret is gone");
+        .unwrap();
+    wait_for(Duration::from_secs(10), || async {
+        env.secrets().get_opt(PAT_SECRET).await.unwrap().is_none()
+    })
+    .await
+    .expect("the PAT Secret is gone");
     create_pat_secret(&env.admin, &env.ns, &pat, "kubectl-create").await;
     let elect = |name: &'static str| {
-        env.start(name, &["--rotate-pat-every", EVERY, "--leader-elect", "--lease-name", chart::FULLNAME,
-            "--lease-duration", "6s", "--lease-renew-deadline", "4s", "--lease-retry-period", "1s"])
+        env.start(
+            name,
+            &[
+                "--rotate-pat-every",
+                EVERY,
+                "--leader-elect",
+                "--lease-name",
+                chart::FULLNAME,
+                "--lease-duration",
+                "6s",
+                "--lease-renew-deadline",
+                "4s",
+                "--lease-retry-period",
+                "1s",
+            ],
+        )
     };
     let a = elect("replica-a");
     let b = elect("replica-b");
     let t0 = Instant::now();
     let both = |x: f64, y: f64| x + y;
     loop {
-        let (x, y) = (a.metric(ROTATED).await.unwrap_or(0.0), b.metric(ROTATED).await.unwrap_or(0.0));
+        let (x, y) = (
+            a.metric(ROTATED).await.unwrap_or(0.0),
+            b.metric(ROTATED).await.unwrap_or(0.0),
+        );
         if both(x, y) >= 3.0 {
             assert!(x == 0.0 || y == 0.0, "both replicas rotated: {x} and {y}");
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "3 rotations in 60 s; logs:\n{}\n{}", a.log_text(), b.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "3 rotations in 60 s; logs:\n{}\n{}",
+            a.log_text(),
+            b.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let rotations = env.rotate_requests();
     for w in rotations.windows(2) {
         let gap = w[1].duration_since(w[0]).as_secs_f64();
-        assert!(gap >= 4.5, "two rotations {gap:.2} s apart: a second rotator");
+        assert!(
+            gap >= 4.5,
+            "two rotations {gap:.2} s apart: a second rotator"
+        );
     }
     let current = env.stored_pat().await;
-    env.pat_works(&current).await.expect("the Secret holds a live PAT");
+    env.pat_works(&current)
+        .await
+        .expect("the Secret holds a live PAT");
 }
 
 fn base64_of(s: &str) -> String {
@@ -379,18 +522,40 @@ async fn a_pat_file_is_rotated_in_place() {
     let p = RefresherProc::start(
         tmp.path(),
         "file",
-        &["--url", &url, "--pat-file", pat_file.to_str().unwrap(), "--token-dir", out.to_str().unwrap(),
-          "--rotate-pat-every", EVERY, "--log-level", "debug"],
+        &[
+            "--url",
+            &url,
+            "--pat-file",
+            pat_file.to_str().unwrap(),
+            "--token-dir",
+            out.to_str().unwrap(),
+            "--rotate-pat-every",
+            EVERY,
+            "--log-level",
+            "debug",
+        ],
         &[],
     );
     p.wait_metric(ROTATED, 2.0, Duration::from_secs(60)).await;
-    let now = std::fs::read_to_string(&pat_file).unwrap().trim().to_string();
+    let now = std::fs::read_to_string(&pat_file)
+        .unwrap()
+        .trim()
+        .to_string();
     assert_ne!(now, first);
-    let works = wait_for(Duration::from_secs(5), || async { ls.api().refresh(&now).await.0 == 200 }).await;
+    let works = wait_for(Duration::from_secs(5), || async {
+        ls.api().refresh(&now).await.0 == 200
+    })
+    .await;
     assert!(works.is_some(), "the file holds a live PAT");
     let (status, body) = ls.api().refresh(&first).await;
-    assert!(status == 401 && detail(&body).contains("blacklisted"), "the first PAT is dead: {status}");
-    assert!(!tmp.path().join("pat.rotation").exists(), "no intent left behind");
+    assert!(
+        status == 401 && detail(&body).contains("blacklisted"),
+        "the first PAT is dead: {status}"
+    );
+    assert!(
+        !tmp.path().join("pat.rotation").exists(),
+        "no intent left behind"
+    );
     let token = std::fs::read_to_string(out.join("authorization")).unwrap();
     assert_eq!(ls.api().whoami(&token).await, 200);
 }
