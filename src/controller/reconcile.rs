@@ -385,14 +385,14 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
             None
         }
     };
-    // The PAT in use: the Secret's, or the one our rotation replaced it with (until the Secret
-    // shows it).
-    let pat_now = pat_secret
-        .as_ref()
-        .and_then(|s| match crate::source::secret::extract(&r, s) {
+    // With rotation on, the PAT in use: the Secret's, or the one our rotation replaced it with
+    // (until the Secret shows it).
+    let pat_now = slot.as_ref().and(pat_secret.as_ref()).and_then(|s| {
+        match crate::source::secret::extract(&r, s) {
             PatState::Ready(p) => Some(ctx.memory(&key, |m| m.rotation.pat_to_use(p))),
             _ => None,
-        });
+        }
+    });
 
     // Is a refresh due?
     let published = ctx
