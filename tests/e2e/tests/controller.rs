@@ -998,24 +998,44 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         &ctl,
     )
     .await;
-    let tb = env.token_obj(&ns, "tb").await.unwrap();
-    let cond = tb["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "PatRotation")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(
-        (cond["status"].as_str(), cond["reason"].as_str()),
-        (Some("False"), Some("refused")),
-        "{}",
-        tb["status"]
-    );
+    let rotation_condition = |t: &serde_json::Value| -> (Option<String>, Option<String>) {
+        let c = t["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PatRotation");
+        (
+            c.and_then(|c| c["status"].as_str().map(str::to_owned)),
+            c.and_then(|c| c["reason"].as_str().map(str::to_owned)),
+        )
+    };
+    let refused = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let tb = env.token_obj(&ns, "tb").await?;
+            (rotation_condition(&tb) == (Some("False".into()), Some("refused".into())))
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
-        reasons_for("tb").iter().any(|r| r == "PatRotationRefused"),
-        "{:?}",
-        reasons_for("tb")
+        refused.is_some(),
+        "PatRotation False/refused on tb: {}",
+        env.token_obj(&ns, "tb").await.unwrap()["status"]
+    );
+    let events = env
+        .kube
+        .kubectl(["get", "events", "-n", &ns, "-o", "json"])
+        .await;
+    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "tb" && e["reason"] == "PatRotationRefused"),
+        "a PatRotationRefused Event on tb"
     );
     assert!(ctl.metric(REFUSED).await.unwrap_or(0.0) >= 1.0);
     let b = secrets.get("bob-pat").await.unwrap();
