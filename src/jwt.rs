@@ -142,6 +142,31 @@ pub fn jti_fingerprint(token: &str) -> Option<String> {
     )
 }
 
+/// The `user_id` claim of a JWT (a number or a string in Label Studio's tokens, rendered as
+/// text), or None. Used to tell whether an access token and a PAT belong to the same user before
+/// one is used to repair the other's lost rotation; the signature is not checked (we cannot), so
+/// this guards against mistakes and stale tokens, not forgeries.
+pub fn user_id(token: &str) -> Option<String> {
+    let token = token.trim();
+    if token.len() > MAX_JWT_LEN {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        user_id: serde_json::Value,
+    }
+    let Subject { user_id } = serde_json::from_slice(&bytes).ok()?;
+    match user_id {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// Tells which kind of credential `secret` is.
 pub fn classify(secret: &Secret) -> Result<CredentialKind, JwtError> {
     let value = secret.expose();

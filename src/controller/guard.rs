@@ -6,7 +6,10 @@
 //! - the PAT is sent only to the URL of a cluster-scoped connection whose namespace selector
 //!   admits that namespace;
 //! - the access token is written only into a Secret the token resource owns (created by us with a
-//!   controller owner reference to it) or one that names it in [`ANNOTATION_TARGET_OF`].
+//!   controller owner reference to it) or one that names it in [`ANNOTATION_TARGET_OF`];
+//! - a rotated PAT is written back only into the one key of the PAT Secret the resource reads
+//!   (same namespace and name, opted in), never into the target or any other Secret, and a lost
+//!   rotation is repaired only with an access token of the PAT's own user.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -15,7 +18,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::resources::{
     LabelStudioConnectionSpec, LabelStudioTokenSpec, ANNOTATION_TARGET_OF, LABEL_PAT_SOURCE,
 };
-use crate::{schedule::Policy, values::Dur};
+use crate::{
+    jwt::{self, CredentialKind},
+    rotate::{RotateEvery, RotationPolicy},
+    schedule::Policy,
+    secret::Secret,
+    values::{Dur, PositiveDur},
+};
 
 /// Why a token resource cannot be served, before any Label Studio call. Each maps to a condition
 /// reason and a fixed message.
@@ -144,6 +153,77 @@ pub fn policy_for(spec: &LabelStudioTokenSpec, defaults: &Policy) -> Result<Poli
     Ok(policy)
 }
 
+/// Checks the rotation fields of the spec (the rules of `run`'s `--rotate-pat-every` and
+/// `--rotate-pat-before-expiry`); None when rotation is off.
+pub fn rotation_for(spec: &LabelStudioTokenSpec) -> Result<Option<RotationPolicy>, Refusal> {
+    let every = match &spec.rotate_pat_every {
+        None => None,
+        Some(s) => Some(s.parse::<RotateEvery>().map_err(|_| {
+            Refusal::InvalidSpec("spec.rotatePatEvery is not a duration of at least 5s (e.g. 720h)")
+        })?),
+    };
+    let before_expiry = match &spec.rotate_pat_before_expiry {
+        None => None,
+        Some(s) => Some(s.parse::<PositiveDur>().map_err(|_| {
+            Refusal::InvalidSpec(
+                "spec.rotatePatBeforeExpiry is not a positive duration (e.g. 168h)",
+            )
+        })?),
+    };
+    Ok(
+        (every.is_some() || before_expiry.is_some()).then(|| RotationPolicy {
+            every: every.map(|e| e.0),
+            before_expiry: before_expiry.map(|b| b.0),
+        }),
+    )
+}
+
+/// The one place a rotated PAT may be written: a key of a Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteBack {
+    /// The token resource's namespace.
+    pub namespace: String,
+    /// The PAT Secret's name.
+    pub name: String,
+    /// The PAT key.
+    pub key: String,
+}
+
+/// Where the new PAT of a rotation for the token resource in `token_namespace` with `spec` may be
+/// written back, given the PAT Secret `pat_secret` it read the PAT from: that Secret's PAT key,
+/// only when the Secret is the one the spec names in the resource's own namespace, opted in, and
+/// not the target. None: nowhere (no rotation).
+pub fn pat_write_back(
+    token_namespace: &str,
+    spec: &LabelStudioTokenSpec,
+    pat_secret: &ObjectMeta,
+) -> Option<WriteBack> {
+    let same_namespace = pat_secret.namespace.as_deref() == Some(token_namespace);
+    let same_name = pat_secret.name.as_deref() == Some(spec.pat_secret_ref.name.as_str());
+    let valid = is_dns_subdomain(&spec.pat_secret_ref.name)
+        && is_secret_key(&spec.pat_secret_ref.key)
+        && spec.pat_secret_ref.name != spec.secret_name;
+    (same_namespace && same_name && valid && pat_secret_opted_in(pat_secret)).then(|| WriteBack {
+        namespace: token_namespace.to_owned(),
+        name: spec.pat_secret_ref.name.clone(),
+        key: spec.pat_secret_ref.key.clone(),
+    })
+}
+
+/// The access tokens among `tokens` that may repair a lost rotation of `pat`: access tokens (not
+/// PATs or legacy tokens) of the PAT's own user. Listing and blacklisting PATs with another user's
+/// token (a target Secret that held another PAT's token, or was edited) would kill that user's PAT.
+pub fn recovery_candidates(pat: &Secret, tokens: Vec<Secret>) -> Vec<Secret> {
+    let Some(user) = jwt::user_id(pat.expose()) else {
+        return Vec::new();
+    };
+    tokens
+        .into_iter()
+        .filter(|t| matches!(jwt::classify(t), Ok(CredentialKind::Access(_))))
+        .filter(|t| jwt::user_id(t.expose()).as_deref() == Some(user.as_str()))
+        .collect()
+}
+
 /// Whether `connection` admits a token resource in a namespace with `namespace_labels`.
 pub fn connection_admits(
     connection: &LabelStudioConnectionSpec,
@@ -233,6 +313,8 @@ mod tests {
             min_lead: None,
             propagation_margin: None,
             suspend: false,
+            rotate_pat_every: None,
+            rotate_pat_before_expiry: None,
         }
     }
 
@@ -320,6 +402,106 @@ mod tests {
         let p = policy_for(&s, &d).unwrap();
         assert_eq!(p.min_lead, Duration::from_secs(45));
         assert_eq!(p.fraction, 0.5);
+    }
+
+    #[test]
+    fn rotation_fields_parse_like_the_run_flags() {
+        assert_eq!(rotation_for(&spec()), Ok(None));
+        let mut s = spec();
+        s.rotate_pat_every = Some("5s".into());
+        assert_eq!(
+            rotation_for(&s),
+            Ok(Some(RotationPolicy {
+                every: Some(Duration::from_secs(5)),
+                before_expiry: None
+            }))
+        );
+        s.rotate_pat_before_expiry = Some("168h".into());
+        assert_eq!(
+            rotation_for(&s).unwrap().unwrap().before_expiry,
+            Some(Duration::from_secs(168 * 3600))
+        );
+        for bad in ["4s", "0s", "forever", "", "-5s", "99999999999999999999h"] {
+            let mut s = spec();
+            s.rotate_pat_every = Some(bad.into());
+            let r = rotation_for(&s).unwrap_err();
+            assert_eq!(r.reason(), "invalid_spec", "{bad}");
+            assert!(r.message().contains("spec.rotatePatEvery"), "{bad}");
+        }
+        for bad in ["0s", "soon", "-1h"] {
+            let mut s = spec();
+            s.rotate_pat_before_expiry = Some(bad.into());
+            let r = rotation_for(&s).unwrap_err();
+            assert!(r.message().contains("spec.rotatePatBeforeExpiry"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn write_back_only_into_the_resources_own_opted_in_pat_secret_key() {
+        let mut pat = meta("p");
+        pat.name = Some("pat".into());
+        pat.namespace = Some("team".into());
+        pat.labels = Some([(LABEL_PAT_SOURCE.into(), "true".into())].into());
+        let mut s = spec();
+        s.pat_secret_ref.key = "my-pat".into();
+        assert_eq!(
+            pat_write_back("team", &s, &pat),
+            Some(WriteBack {
+                namespace: "team".into(),
+                name: "pat".into(),
+                key: "my-pat".into()
+            })
+        );
+        // Another namespace's Secret of that name, another Secret, a Secret not opted in.
+        assert_eq!(pat_write_back("other", &s, &pat), None);
+        let mut other = pat.clone();
+        other.name = Some("bystander".into());
+        assert_eq!(pat_write_back("team", &s, &other), None);
+        let mut unlabelled = pat.clone();
+        unlabelled.labels = None;
+        assert_eq!(pat_write_back("team", &s, &unlabelled), None);
+        let mut no_ns = pat.clone();
+        no_ns.namespace = None;
+        assert_eq!(pat_write_back("team", &s, &no_ns), None);
+        // Never the target, never a key that is not a key.
+        let mut to_target = s.clone();
+        to_target.secret_name = "pat".into();
+        assert_eq!(pat_write_back("team", &to_target, &pat), None);
+        let mut bad_key = s.clone();
+        bad_key.pat_secret_ref.key = "../x".into();
+        assert_eq!(pat_write_back("team", &bad_key, &pat), None);
+    }
+
+    #[test]
+    fn recovery_only_with_access_tokens_of_the_pats_user() {
+        use crate::jwt::tests::make_jwt;
+        let counter = std::cell::Cell::new(0);
+        let jwt = |kind: &str, user: &str| {
+            counter.set(counter.get() + 1);
+            let n = counter.get();
+            Secret::new(make_jwt(&format!(
+                r#"{{"token_type":"{kind}","exp":4000000000,"iat":1900000000,"jti":"j{n}","user_id":{user}}}"#
+            )))
+        };
+        let pat = jwt("refresh", "\"7\"");
+        let mine = jwt("access", "\"7\"");
+        let mine_numeric = jwt("access", "7");
+        let theirs = jwt("access", "\"8\"");
+        let another_pat = jwt("refresh", "\"7\"");
+        let got = recovery_candidates(
+            &pat,
+            vec![
+                theirs.clone(),
+                mine.clone(),
+                another_pat,
+                Secret::new("not a jwt"),
+                mine_numeric.clone(),
+            ],
+        );
+        assert_eq!(got, vec![mine.clone(), mine_numeric]);
+        // A PAT without a user names nobody: no candidate at all.
+        let anonymous = Secret::new(make_jwt(r#"{"token_type":"refresh","jti":"x"}"#));
+        assert!(recovery_candidates(&anonymous, vec![mine, theirs]).is_empty());
     }
 
     proptest! {

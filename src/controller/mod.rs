@@ -18,6 +18,7 @@ mod metrics;
 mod ratelimit;
 mod reconcile;
 pub mod resources;
+mod rotation;
 
 use std::{sync::Arc, time::Duration};
 

@@ -27,6 +27,7 @@ use super::{
         LabelStudioConnection, LabelStudioToken, LabelStudioTokenStatus, LabelStudioUser,
         TokenCondition, ANNOTATION_REFRESH_NOW,
     },
+    rotation::{self, RotationMemory},
     ControllerMetrics, Settings, REFUSAL_RECHECK,
 };
 use crate::{
@@ -37,7 +38,8 @@ use crate::{
     leader::Leadership,
     metrics::Metrics,
     reason::Reason,
-    refresher::timing::{believable, SKEW_TOLERANCE_SECS},
+    refresher::timing::{believable, MIN_REFRESH_INTERVAL, SKEW_TOLERANCE_SECS},
+    rotate::Access,
     schedule::{self, Backoff, Plan, Policy},
     secret::Secret as SecretText,
     sink::secret::{apply_body, ANNOTATION_EXPIRES_AT, ANNOTATION_REFRESHED_AT},
@@ -73,6 +75,8 @@ struct Memory {
     /// says the same unless its patch failed).
     acted_pat_rv: Option<String>,
     acted_request: Option<String>,
+    /// PAT rotation (only with `spec.rotatePat*`).
+    rotation: RotationMemory,
 }
 
 /// A client per connection, rebuilt when the connection changes.
@@ -296,6 +300,10 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
         Ok(p) => p,
         Err(r) => return refuse(token, ctx, &status, r, None).await,
     };
+    let rotation_policy = match guard::rotation_for(&token.spec) {
+        Ok(p) => p,
+        Err(r) => return refuse(token, ctx, &status, r, None).await,
+    };
     if token.spec.suspend {
         let cond = condition(token, &status, false, "suspended", "spec.suspend is true: not refreshing; the Secret keeps its last token until it expires");
         write_status_if_changed(token, ctx, &status, cond, |_| {}).await?;
@@ -336,6 +344,55 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
         .filter(|s| guard::pat_secret_opted_in(&s.metadata));
     let offset = conn_client.lock().unwrap_or_else(|p| p.into_inner()).offset;
     let ls_now = unix_now() + offset;
+    let r = SecretKeyRef {
+        namespace: key.namespace.clone(),
+        name: token.spec.pat_secret_ref.name.clone(),
+        key: token.spec.pat_secret_ref.key.clone(),
+    };
+
+    // PAT rotation (opt-in): a rotator that writes back only into this resource's own PAT Secret
+    // key (the guard says where), built once per connection, PAT Secret and policy.
+    let write_back = pat_secret
+        .as_ref()
+        .and_then(|s| guard::pat_write_back(&key.namespace, &token.spec, &s.metadata));
+    let slot = match (rotation_policy, write_back) {
+        (Some(rp), Some(wb)) => {
+            let identity = rotation::Identity {
+                connection: (conn.name_any(), conn.resource_version().unwrap_or_default()),
+                write_back: wb.clone(),
+                policy: rp,
+            };
+            Some(ctx.memory(&key, |m| {
+                m.rotation.slot(&identity, || {
+                    let exchange = conn_client
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .exchange
+                        .clone();
+                    rotation::build(
+                        ctx.client.clone(),
+                        &wb,
+                        exchange,
+                        rp,
+                        ctx.metrics.clone(),
+                        ctx.leadership.clone(),
+                    )
+                })
+            }))
+        }
+        _ => {
+            ctx.memory(&key, |m| m.rotation.clear());
+            None
+        }
+    };
+    // With rotation on, the PAT in use: the Secret's, or the one our rotation replaced it with
+    // (until the Secret shows it).
+    let pat_now = slot.as_ref().and(pat_secret.as_ref()).and_then(|s| {
+        match crate::source::secret::extract(&r, s) {
+            PatState::Ready(p) => Some(ctx.memory(&key, |m| m.rotation.pat_to_use(p))),
+            _ => None,
+        }
+    });
 
     // Is a refresh due?
     let published = ctx
@@ -353,7 +410,9 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
     let acted_pat_rv = acted_pat_rv.or_else(|| status.pat_secret_resource_version.clone());
     let acted_request = acted_request.or_else(|| status.last_refresh_request.clone());
     let pat_changed = pat_rv.is_some() && pat_rv != acted_pat_rv;
-    let requested = refresh_request.is_some() && refresh_request != acted_request;
+    // A new PAT from a rotation is used at once (proves it; the published token is its own).
+    let new_pat = ctx.memory(&key, |m| m.rotation.refresh_pending);
+    let requested = (refresh_request.is_some() && refresh_request != acted_request) || new_pat;
     let now = tokio::time::Instant::now();
     if !pat_changed && !requested {
         if let Some(nb) = not_before.filter(|nb| *nb > now) {
@@ -377,7 +436,20 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
                 .map(|(exp, iat)| schedule::plan(&policy, ls_now, iat, exp, fastrand::f64()));
             if let Some(Plan::In(d)) = plan {
                 if !d.is_zero() {
-                    return Ok(Action::requeue(d));
+                    // A rotation due before the refresh wakes the resource; due now, it refreshes
+                    // now (the fresh access token authenticates the rotate call).
+                    let rotation_due = match (&slot, &pat_now) {
+                        (Some(s), Some(p)) => rotation::due_in(s, p, ls_now).await,
+                        _ => None,
+                    };
+                    match rotation_due {
+                        Some(w) if w <= 0.0 => {}
+                        Some(w) => {
+                            let w = crate::clock::secs_to_duration(w).max(MIN_REFRESH_INTERVAL);
+                            return Ok(Action::requeue(d.min(w)));
+                        }
+                        None => return Ok(Action::requeue(d)),
+                    }
                 }
             }
         }
@@ -385,21 +457,17 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
     ctx.memory(&key, |m| {
         m.acted_pat_rv = pat_rv.clone();
         m.acted_request = refresh_request.clone();
+        m.rotation.refresh_pending = false;
         // At most one exchange a second per resource, whatever the triggers.
-        m.not_before = Some(now + crate::refresher::timing::MIN_REFRESH_INTERVAL);
+        m.not_before = Some(now + MIN_REFRESH_INTERVAL);
     });
 
     // Due: read the PAT.
     let Some(pat_secret) = pat_secret else {
         return refuse(token, ctx, &status, Refusal::PatSecretUnavailable, None).await;
     };
-    let r = SecretKeyRef {
-        namespace: key.namespace.clone(),
-        name: token.spec.pat_secret_ref.name.clone(),
-        key: token.spec.pat_secret_ref.key.clone(),
-    };
     let pat = match crate::source::secret::extract(&r, &pat_secret) {
-        PatState::Ready(p) => p,
+        PatState::Ready(p) => ctx.memory(&key, |m| m.rotation.pat_to_use(p)),
         _ => return refuse(token, ctx, &status, Refusal::PatSecretUnavailable, None).await,
     };
     let pat_exp = match jwt::usable(&pat, &r.to_string(), ls_now) {
@@ -476,6 +544,15 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
     let (access, accepted, wall) = match outcome {
         Ok(v) => v,
         Err(e) => {
+            if e.reason() == Reason::RevokedPat {
+                if let Some(slot) = &slot {
+                    if let Some(action) =
+                        try_recover(token, ctx, &key, slot, &pat, &target_access, offset).await
+                    {
+                        return Ok(action);
+                    }
+                }
+            }
             let retry_after = e.retry_after();
             return failed(
                 token,
@@ -558,6 +635,7 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
     ctx.memory(&key, |m| {
         m.published = Some((exp, iat));
         m.backoff.reset();
+        m.rotation.last_access = Some(access.token.clone());
     });
     ctx.metrics
         .refresh_total
@@ -573,7 +651,45 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
         // A token that is already due again (a server issuing absurd lifetimes): at most once a second.
         _ => Duration::ZERO,
     }
-    .max(crate::refresher::timing::MIN_REFRESH_INTERVAL);
+    .max(MIN_REFRESH_INTERVAL);
+    // Rotate the PAT if due, with the access token just issued (and published: a lost rotation
+    // can be repaired with it for its whole life).
+    let mut rotated = None;
+    let mut rotation_wait = None;
+    let mut rotation_report = None;
+    if let Some(slot) = &slot {
+        let wall = unix_now();
+        let ls_now = wall + conn_client.lock().unwrap_or_else(|p| p.into_inner()).offset;
+        let a = Access {
+            token: access.token.clone(),
+            exp,
+        };
+        let (outcome, notes) = rotation::after_refresh(slot, &key, &a, &pat, ls_now, wall).await;
+        report_notes(ctx, token, &key, &notes).await;
+        rotated = ctx.memory(&key, |m| m.rotation.adopt(outcome, &pat, wall));
+        let in_use = rotated.clone().unwrap_or_else(|| pat.clone());
+        let due = rotation::due_in(slot, &in_use, ls_now).await;
+        rotation_wait = rotation::wait_for(due);
+        let issued = match jwt::classify(&in_use) {
+            Ok(jwt::CredentialKind::Pat(c)) => c.iat,
+            _ => None,
+        };
+        let (rotated_at, note) =
+            ctx.memory(&key, |m| (m.rotation.rotated_at, m.rotation.last_note));
+        rotation_report = Some((
+            issued.map(rfc3339).filter(|t| !t.is_empty()),
+            due.map(|d| rfc3339((ls_now + d).min(jwt::MAX_NUMERIC_DATE as f64) as i64))
+                .filter(|t| !t.is_empty()),
+            rotated_at.map(rfc3339).filter(|t| !t.is_empty()),
+            note.map(|n| rotation_condition(token, &status, &n)),
+        ));
+    }
+    let next = match (&rotated, rotation_wait) {
+        // The new PAT is used at once.
+        (Some(_), _) => MIN_REFRESH_INTERVAL,
+        (None, Some(w)) => next.min(w),
+        (None, None) => next,
+    };
     let was_ready = is_ready(&status);
     let cond = condition(
         token,
@@ -595,6 +711,25 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
         s.failed_attempts = None;
         s.pat_secret_resource_version = pat_rv.clone();
         s.last_refresh_request = refresh_request.clone();
+        match rotation_report {
+            Some((issued, next_rotation, rotated_at, cond)) => {
+                s.pat_issued_at = issued;
+                s.next_pat_rotation_at = next_rotation;
+                if rotated_at.is_some() {
+                    s.pat_rotated_at = rotated_at;
+                }
+                if let Some(c) = cond {
+                    s.conditions.retain(|x| x.type_ != c.type_);
+                    s.conditions.push(c);
+                }
+            }
+            None => {
+                // Rotation off: nothing about it is current.
+                s.pat_issued_at = None;
+                s.next_pat_rotation_at = None;
+                s.conditions.retain(|x| x.type_ != rotation::CONDITION);
+            }
+        }
     })
     .await?;
     ctx.cmetrics
@@ -613,6 +748,66 @@ async fn reconcile_inner(token: &LabelStudioToken, ctx: &Ctx) -> Result<Action, 
     }
     tracing::debug!(namespace = %key.namespace, name = %key.name, expires_at = %rfc3339(exp), "token refreshed");
     Ok(Action::requeue(next))
+}
+
+/// After an exchange refused as blacklisted: if a rotation of ours was lost, repair it with an
+/// access token of the PAT's user still valid — the last one published, from memory or (the
+/// caches hold only metadata) read back from the target Secret when it is ours. Some: retry now
+/// with the new PAT.
+#[allow(clippy::too_many_arguments)]
+async fn try_recover(
+    token: &LabelStudioToken,
+    ctx: &Ctx,
+    key: &TokenKey,
+    slot: &rotation::SlotRef,
+    pat: &SecretText,
+    target: &TargetAccess,
+    offset: f64,
+) -> Option<Action> {
+    let mut tokens: Vec<SecretText> = ctx
+        .memory(key, |m| m.rotation.last_access.clone())
+        .into_iter()
+        .collect();
+    if let TargetAccess::Update { uid } = target {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        let got =
+            tokio::time::timeout(KUBE_CALL_TIMEOUT, api.get_opt(&token.spec.secret_name)).await;
+        ctx.metrics
+            .kube_call("get_secret", matches!(got, Ok(Ok(_))));
+        if let Ok(Ok(Some(s))) = got {
+            // Only the Secret judged ours (same uid), only the key we write.
+            if s.metadata.uid.as_deref() == Some(uid.as_str()) {
+                if let Some(v) = s.data.as_ref().and_then(|d| d.get("token")) {
+                    tokens.push(SecretText::new(String::from_utf8_lossy(&v.0)));
+                }
+            }
+        }
+    }
+    let candidates = guard::recovery_candidates(pat, tokens);
+    let wall = unix_now();
+    let (outcome, notes) = rotation::recover(slot, key, pat, candidates, wall + offset, wall).await;
+    report_notes(ctx, token, key, &notes).await;
+    let outcome = outcome?;
+    ctx.memory(key, |m| m.rotation.adopt(outcome, pat, wall))
+        .map(|_| Action::requeue(MIN_REFRESH_INTERVAL))
+}
+
+/// The rotator's notes as Events on the token resource; the last is kept for the status.
+async fn report_notes(
+    ctx: &Ctx,
+    token: &LabelStudioToken,
+    key: &TokenKey,
+    notes: &[rotation::Note],
+) {
+    ctx.memory(key, |m| m.rotation.note(notes));
+    for n in notes {
+        let kind = if n.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        event(ctx, token, kind, n.reason, n.note).await;
+    }
 }
 
 async fn exchange_and_validate(
@@ -763,14 +958,42 @@ fn condition(
     reason: &str,
     message: &str,
 ) -> TokenCondition {
-    let value = if ready { "True" } else { "False" };
-    let previous = status.conditions.iter().find(|c| c.type_ == "Ready");
+    condition_of(token, status, "Ready", ready, reason, message)
+}
+
+/// The `PatRotation` condition for the rotator's last note.
+fn rotation_condition(
+    token: &LabelStudioToken,
+    status: &LabelStudioTokenStatus,
+    note: &rotation::Note,
+) -> TokenCondition {
+    condition_of(
+        token,
+        status,
+        rotation::CONDITION,
+        !note.warning,
+        note.condition_reason(),
+        note.note,
+    )
+}
+
+/// A condition of `type_`; `lastTransitionTime` kept unless the status flips.
+fn condition_of(
+    token: &LabelStudioToken,
+    status: &LabelStudioTokenStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) -> TokenCondition {
+    let value = if ok { "True" } else { "False" };
+    let previous = status.conditions.iter().find(|c| c.type_ == type_);
     let since = previous
         .filter(|c| c.status == value)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| rfc3339(unix_now() as i64));
     TokenCondition {
-        type_: "Ready".into(),
+        type_: type_.into(),
         status: value.into(),
         reason: reason.into(),
         message: message.into(),
@@ -919,7 +1142,7 @@ async fn write_status(
     edit(&mut status);
     let api: Api<LabelStudioToken> =
         Api::namespaced(ctx.client.clone(), &token.namespace().unwrap_or_default());
-    let body = serde_json::json!({ "status": status });
+    let body = status_patch(&status);
     let result = tokio::time::timeout(
         KUBE_CALL_TIMEOUT,
         api.patch_status(
@@ -947,6 +1170,28 @@ async fn write_status(
     }
 }
 
+/// The merge patch setting the status to `status`. A field it leaves out is sent as null: a JSON
+/// merge patch keeps what it does not mention, so a cleared field (`failedAttempts` after a
+/// success, `nextPatRotationAt` when rotation is turned off) would otherwise stay forever.
+fn status_patch(status: &LabelStudioTokenStatus) -> serde_json::Value {
+    static FIELDS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let fields = FIELDS.get_or_init(|| {
+        let schema =
+            serde_json::to_value(schemars::schema_for!(LabelStudioTokenStatus)).unwrap_or_default();
+        schema["properties"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    });
+    let mut v = serde_json::to_value(status).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        for k in fields {
+            o.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({ "status": v })
+}
+
 async fn event(
     ctx: &Ctx,
     token: &LabelStudioToken,
@@ -963,4 +1208,55 @@ async fn event(
         &ctx.metrics,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleared_status_field_is_removed_by_the_patch() {
+        let new = LabelStudioTokenStatus {
+            expires_at: Some("2030-01-01T00:10:00Z".into()),
+            pat_rotated_at: Some("2030-01-01T00:00:01Z".into()),
+            ..Default::default()
+        };
+        let patch = status_patch(&new);
+        let status = patch["status"].as_object().unwrap();
+        assert_eq!(status["expiresAt"], "2030-01-01T00:10:00Z");
+        assert_eq!(status["patRotatedAt"], "2030-01-01T00:00:01Z");
+        // Cleared: removed on the server (a merge patch's null), not left as they were.
+        for k in [
+            "failedAttempts",
+            "nextPatRotationAt",
+            "patIssuedAt",
+            "lastFailureTime",
+        ] {
+            assert_eq!(status.get(k), Some(&serde_json::Value::Null), "{k}");
+        }
+        // Every field of the status is in the patch: none can be left behind.
+        let all = serde_json::to_value(LabelStudioTokenStatus {
+            observed_generation: Some(1),
+            expires_at: Some(String::new()),
+            next_refresh_at: Some(String::new()),
+            pat_expires_at: Some(String::new()),
+            pat_issued_at: Some(String::new()),
+            pat_rotated_at: Some(String::new()),
+            next_pat_rotation_at: Some(String::new()),
+            user: Some(LabelStudioUser {
+                id: 1,
+                username: String::new(),
+            }),
+            last_failure_time: Some(String::new()),
+            failed_attempts: Some(1),
+            pat_secret_resource_version: Some(String::new()),
+            last_refresh_request: Some(String::new()),
+            conditions: vec![],
+        })
+        .unwrap();
+        for k in all.as_object().unwrap().keys() {
+            assert!(status.contains_key(k), "{k}");
+        }
+        assert!(status.contains_key("conditions"));
+    }
 }

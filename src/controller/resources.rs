@@ -74,6 +74,18 @@ pub struct LabelStudioTokenSpec {
     /// Stop refreshing (the Secret keeps its last token until it expires).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub suspend: bool,
+    /// Rotate the PAT this long after it was issued (its `iat`), e.g. `720h` (at least `5s`); the
+    /// new PAT is written back into the PAT Secret's key (nothing else). Opt-in; needs the PAT
+    /// key to be written by a person's tool (kubectl, helm), not by a controller such as External
+    /// Secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub rotate_pat_every: Option<String>,
+    /// Rotate the PAT when its own expiry is closer than this, e.g. `168h`; written back as for
+    /// `rotatePatEvery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub rotate_pat_before_expiry: Option<String>,
 }
 
 /// A key of a Secret in the token resource's own namespace (no namespace field, by design).
@@ -98,7 +110,9 @@ fn default_pat_key() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct LabelStudioTokenStatus {
     /// `Ready`: True while the target Secret holds a token the last attempt published and
-    /// validated; False with a reason from the closed set otherwise.
+    /// validated; False with a reason from the closed set otherwise. `PatRotation` (only with
+    /// rotation on): how the last rotation ended (`rotated`, `recovered`; False: `refused`,
+    /// `failed`, `write_back_failed`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<TokenCondition>,
     /// The generation the status describes.
@@ -113,6 +127,16 @@ pub struct LabelStudioTokenStatus {
     /// Expiry of the PAT (RFC 3339), when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pat_expires_at: Option<String>,
+    /// Issue time of the PAT in use (RFC 3339, its `iat`), when PAT rotation is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pat_issued_at: Option<String>,
+    /// When the controller last replaced the PAT (a rotation, or a lost one repaired) and wrote
+    /// the new one back (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pat_rotated_at: Option<String>,
+    /// When the PAT is next due for rotation (RFC 3339, Label Studio's clock), when rotation is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_pat_rotation_at: Option<String>,
     /// The Label Studio user the PAT belongs to (from `whoami`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<LabelStudioUser>,

@@ -350,9 +350,6 @@ impl<A: PatApi> Rotator<A> {
         let Ok(CredentialKind::Pat(c)) = jwt::classify(pat) else {
             return None;
         };
-        self.metrics
-            .pat_issued_timestamp_seconds
-            .set(c.iat.unwrap_or(0) as f64);
         let mut policy = self.policy;
         if policy.margin_exceeds_lifetime(c.iat, c.exp) {
             if !self.margin_warned {
@@ -484,6 +481,17 @@ impl<A: PatApi> Rotator<A> {
             return None;
         }
         if !self.leadership.is_leader() {
+            return None;
+        }
+        // The store may have changed hands since the intent was recorded (another controller now
+        // writes the key): a repair would write where it must not.
+        if let Err(r) = self.store.check().await {
+            self.count("refused");
+            tracing::warn!(
+                reason = r.reason,
+                "not repairing the lost rotation: {}",
+                r.detail
+            );
             return None;
         }
         let access = candidates

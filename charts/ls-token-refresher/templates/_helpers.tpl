@@ -297,7 +297,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["ls-token-refresher.io"]
   resources: ["labelstudiotokens/status"]
   verbs: ["patch"]
-# PAT Secrets (label-selected watch) and target Secrets (metadata watch, create, patch with a uid precondition).
+# PAT Secrets (label-selected watch; patch of the PAT key when a token resource asks for rotation) and target Secrets
+# (metadata watch, create, patch with a uid precondition).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch"]

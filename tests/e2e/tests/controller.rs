@@ -767,3 +767,439 @@ async fn a_restart_exchanges_nothing_that_is_not_due() {
     assert!(env.target(&ns, "out-8").await.is_some());
     drop(ctl);
 }
+
+/// PAT rotation from the token resource (`spec.rotatePatEvery`), as the chart's ServiceAccount:
+/// the PAT Secret's key is replaced again and again, each replaced PAT is dead in Label Studio,
+/// the target Secret's token keeps working, status and Events say so; a PAT key kept by another
+/// manager (External Secrets) is refused and left alone; an invalid period is a clear condition;
+/// and a rotation whose answer was lost (its intent recorded, the PAT rotated in Label Studio,
+/// the new PAT never written back) is repaired with the access token the controller holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
+    use kube::api::PostParams;
+    use ls_token_refresher_e2e::{kube_api::data_of, ls_api::detail};
+
+    const ROTATED: &str = "ls_token_refresher_pat_rotations_total{result=\"rotated\"}";
+    const REFUSED: &str = "ls_token_refresher_pat_rotations_total{result=\"refused\"}";
+    const RECOVERED: &str = "ls_token_refresher_pat_rotations_total{result=\"recovered\"}";
+    let env = ControllerEnv::start(60).await;
+    let ns = env.kube.create_namespace("ctl-rot").await;
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &ns);
+    let create = |s: Secret, manager: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let pp = PostParams {
+                field_manager: Some(manager.into()),
+                ..Default::default()
+            };
+            secrets.create(&pp, &s).await.expect("create secret");
+        }
+    };
+    // The admin's PAT, in a Secret made as `kubectl create secret` makes it, with a second key
+    // that is nobody's business but the Secret owner's.
+    let first_pat = env.ls.api().create_pat().await;
+    let mut pat_obj = pat_secret("pat", &first_pat, true);
+    pat_obj
+        .data
+        .as_mut()
+        .unwrap()
+        .insert("note".into(), k8s_openapi::ByteString(b"keep me".to_vec()));
+    create(pat_obj, "kubectl-create").await;
+    // Bob's PAT, kept by External Secrets (its field manager owns the key).
+    env.ls
+        .create_user("bob@example.com", "unused-Passw0rd", true)
+        .await;
+    let bob_pat = env.ls.mint_pat_for("bob@example.com", 86_400).await;
+    create(pat_secret("bob-pat", &bob_pat, true), "external-secrets").await;
+    // Carol's PAT: rotated rarely; its lost rotation is simulated below.
+    env.ls
+        .create_user("carol@example.com", "unused-Passw0rd", true)
+        .await;
+    let carol_pat = env.ls.mint_pat_for("carol@example.com", 86_400).await;
+    create(pat_secret("carol-pat", &carol_pat, true), "kubectl-create").await;
+    env.create_secret(&ns, &secret("bystander", &[("k", "v")]))
+        .await;
+    env.create_connection("ls", None, None).await;
+    let with_every = |name: &str, pat: &str, target: &str, every: &str| {
+        let mut t = token(name, "ls", pat, target);
+        t["spec"]["rotatePatEvery"] = json!(every);
+        t
+    };
+    env.apply_json("t", &with_every("t", "pat", "ls-token", "5s"), Some(&ns))
+        .await;
+    env.apply_json(
+        "tb",
+        &with_every("tb", "bob-pat", "bob-token", "5s"),
+        Some(&ns),
+    )
+    .await;
+    env.apply_json(
+        "bad",
+        &with_every("bad", "pat", "bad-token", "1s"),
+        Some(&ns),
+    )
+    .await;
+    env.apply_json(
+        "tr",
+        &with_every("tr", "carol-pat", "carol-token", "720h"),
+        Some(&ns),
+    )
+    .await;
+    let ops = env.kube.create_namespace("ops").await;
+    let sa = env.chart_identity(&ops, &[&ns]).await;
+    let ctl = env.start_controller(
+        "controller",
+        Some(sa.kubeconfig.clone()),
+        &["--watch-namespace", &ns],
+    );
+    env.wait_ready(
+        &ns,
+        "t",
+        "True",
+        "token_published",
+        Duration::from_secs(60),
+        &ctl,
+    )
+    .await;
+
+    // An invalid period: refused with a condition naming the field; nothing written for it.
+    env.wait_ready(
+        &ns,
+        "bad",
+        "False",
+        "invalid_spec",
+        Duration::from_secs(15),
+        &ctl,
+    )
+    .await;
+    let bad = env.token_obj(&ns, "bad").await.unwrap();
+    let msg = bad["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(msg.contains("spec.rotatePatEvery"), "{msg}");
+    assert!(env.target(&ns, "bad-token").await.is_none());
+
+    // ≥ 3 rotations: every PAT the Secret held is collected; every token the target Secret held
+    // is accepted by Label Studio, always as the same user.
+    let mut pats = vec![first_pat.clone()];
+    let mut tokens = BTreeSet::new();
+    let mut user = None;
+    let t0 = Instant::now();
+    while pats.len() < 4 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{} PATs in 90 s with rotatePatEvery 5s\n{}",
+            pats.len(),
+            ls_token_refresher_e2e::tail(&ctl.log_text(), 40)
+        );
+        let s = secrets.get("pat").await.unwrap();
+        let now = data_of(&s, "pat").expect("the PAT Secret holds a PAT");
+        if pats.last() != Some(&now) {
+            pats.push(now);
+        }
+        let (tok, auth, ..) = env.target(&ns, "ls-token").await.expect("target");
+        if tokens.insert(tok) {
+            let id = env.whoami_id(&auth).await;
+            assert!(id.is_some(), "a published token is refused");
+            assert_eq!(*user.get_or_insert(id), id, "always the PAT's own user");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let rotated_in = t0.elapsed();
+    // Each replaced PAT is dead in Label Studio.
+    for (i, p) in pats[..pats.len() - 1].iter().enumerate() {
+        let (status, body) = env.ls.api().refresh(p).await;
+        assert!(
+            status == 401 && detail(&body).contains("blacklisted"),
+            "replaced PAT #{i}: HTTP {status} {}",
+            detail(&body)
+        );
+    }
+    // The target's token is still accepted, as the same user.
+    let (_, auth, ..) = env.target(&ns, "ls-token").await.unwrap();
+    assert_eq!(env.whoami_id(&auth).await, user.flatten());
+    assert!(
+        ctl.metric(ROTATED).await.unwrap_or(0.0) >= 3.0,
+        "rotations counted"
+    );
+    // Status: when, which PAT, when next; the PatRotation condition; Events.
+    let t = env.token_obj(&ns, "t").await.unwrap();
+    let st = &t["status"];
+    for f in ["patRotatedAt", "patIssuedAt", "nextPatRotationAt"] {
+        assert!(
+            st[f]
+                .as_str()
+                .is_some_and(|v| v.parse::<jiff::Timestamp>().is_ok()),
+            "status.{f}: {st}"
+        );
+    }
+    let cond = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PatRotation")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("True"), Some("rotated")),
+        "{st}"
+    );
+    let events = env
+        .kube
+        .kubectl(["get", "events", "-n", &ns, "-o", "json"])
+        .await;
+    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
+    let reasons_for = |name: &str| -> Vec<String> {
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["involvedObject"]["name"] == name)
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        reasons_for("t").iter().any(|r| r == "PatRotated"),
+        "{:?}",
+        reasons_for("t")
+    );
+
+    // Only the PAT key was written, by the rotation's field manager; the other key, the target
+    // of another resource and a bystander are untouched.
+    let s = secrets.get("pat").await.unwrap();
+    assert_eq!(data_of(&s, "note").as_deref(), Some("keep me"));
+    let pat_key_managers: Vec<String> = s
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0["f:data"].get("f:pat").is_some())
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        pat_key_managers.contains(&"ls-token-refresher-rotation".to_string()),
+        "{pat_key_managers:?}"
+    );
+    let by = secrets.get("bystander").await.unwrap();
+    assert_eq!(data_of(&by, "k").as_deref(), Some("v"));
+
+    // Bob's PAT key is External Secrets': never rotated, said so, and refreshing goes on.
+    env.wait_ready(
+        &ns,
+        "tb",
+        "True",
+        "token_published",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    let rotation_condition = |t: &serde_json::Value| -> (Option<String>, Option<String>) {
+        let c = t["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "PatRotation");
+        (
+            c.and_then(|c| c["status"].as_str().map(str::to_owned)),
+            c.and_then(|c| c["reason"].as_str().map(str::to_owned)),
+        )
+    };
+    let refused = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let tb = env.token_obj(&ns, "tb").await?;
+            (rotation_condition(&tb) == (Some("False".into()), Some("refused".into())))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        refused.is_some(),
+        "PatRotation False/refused on tb: {}",
+        env.token_obj(&ns, "tb").await.unwrap()["status"]
+    );
+    let events = env
+        .kube
+        .kubectl(["get", "events", "-n", &ns, "-o", "json"])
+        .await;
+    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "tb" && e["reason"] == "PatRotationRefused"),
+        "a PatRotationRefused Event on tb"
+    );
+    assert!(ctl.metric(REFUSED).await.unwrap_or(0.0) >= 1.0);
+    let b = secrets.get("bob-pat").await.unwrap();
+    assert_eq!(data_of(&b, "pat").as_deref(), Some(bob_pat.as_str()));
+    assert_eq!(
+        env.ls.api().refresh(&bob_pat).await.0,
+        200,
+        "bob's PAT still works"
+    );
+
+    // A lost rotation of Carol's PAT, as the rotator leaves it when its process dies right after
+    // Label Studio answered: the intent recorded by the rotation's field manager, the PAT rotated
+    // (blacklisted), the new PAT nowhere. The next refresh is refused as blacklisted.
+    env.wait_ready(
+        &ns,
+        "tr",
+        "True",
+        "token_published",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    let (_, carol_auth, ..) = env.target(&ns, "carol-token").await.unwrap();
+    let carol_id = env.whoami_id(&carol_auth).await.expect("carol's token");
+    let intent = ls_token_refresher::rotate::Intent {
+        from: ls_token_refresher::jwt::jti_fingerprint(&carol_pat).expect("a jti"),
+        at: unix_now() as i64,
+    };
+    let body = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": { "name": "carol-pat", "annotations": {
+            ls_token_refresher::rotate::INTENT_ANNOTATION: intent.encode() } },
+        "data": { "pat": ls_token_refresher_e2e::controller_env::base64_of(&carol_pat) },
+    });
+    secrets
+        .patch(
+            "carol-pat",
+            &kube::api::PatchParams::apply("ls-token-refresher-rotation").force(),
+            &kube::api::Patch::Apply(&body),
+        )
+        .await
+        .expect("record the intent");
+    let access = env.ls.api().access_token(&carol_pat).await;
+    let lost = env.ls.api().rotate(&access, &carol_pat).await;
+    let out = env
+        .kube
+        .kubectl([
+            "annotate",
+            "lstoken",
+            "tr",
+            "-n",
+            &ns,
+            "ls-token-refresher/refresh-now=lost",
+            "--overwrite",
+        ])
+        .await;
+    assert!(out.status.success());
+    let repaired = poll(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let s = secrets.get("carol-pat").await.ok()?;
+            data_of(&s, "pat").filter(|p| *p != carol_pat)
+        },
+    )
+    .await;
+    let Some(repaired) = repaired else {
+        panic!(
+            "the lost rotation was not repaired\n{}",
+            ls_token_refresher_e2e::tail(&ctl.log_text(), 60)
+        );
+    };
+    assert_ne!(repaired, lost, "a new PAT, not the lost one");
+    let (status, body) = env.ls.api().refresh(&lost).await;
+    assert!(
+        status == 401 && detail(&body).contains("blacklisted"),
+        "the lost PAT is blacklisted: HTTP {status} {}",
+        detail(&body)
+    );
+    assert_eq!(
+        env.ls.api().refresh(&repaired).await.0,
+        200,
+        "the repaired PAT works"
+    );
+    env.wait_ready(
+        &ns,
+        "tr",
+        "True",
+        "token_published",
+        Duration::from_secs(30),
+        &ctl,
+    )
+    .await;
+    let fresh = poll(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || async {
+            let (_, auth, ..) = env.target(&ns, "carol-token").await?;
+            (auth != carol_auth).then_some(auth)
+        },
+    )
+    .await
+    .expect("a token from the repaired PAT");
+    assert_eq!(env.whoami_id(&fresh).await, Some(carol_id));
+    let s = secrets.get("carol-pat").await.unwrap();
+    assert!(
+        !s.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(ls_token_refresher::rotate::INTENT_ANNOTATION),
+        "the intent is cleared with the write-back"
+    );
+    let tr = env.token_obj(&ns, "tr").await.unwrap();
+    let cond = tr["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "PatRotation")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("True"), Some("recovered")),
+        "{}",
+        tr["status"]
+    );
+    assert!(ctl.metric(RECOVERED).await.unwrap_or(0.0) >= 1.0);
+    let events = env
+        .kube
+        .kubectl(["get", "events", "-n", &ns, "-o", "json"])
+        .await;
+    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "tr" && e["reason"] == "PatRotationRecovered"),
+        "a PatRotationRecovered Event"
+    );
+
+    let m = ctl.admin_get("/metrics").await.1;
+    eprintln!(
+        "{} PATs in {:.1}s; {} exchanges, {} rotate calls, {} target writes",
+        pats.len(),
+        rotated_in.as_secs_f64(),
+        metric_sum(
+            &m,
+            "ls_token_refresher_http_requests_total{code=\"2xx\",endpoint=\"refresh\""
+        ),
+        metric_sum(
+            &m,
+            "ls_token_refresher_http_requests_total{code=\"2xx\",endpoint=\"rotate\""
+        ),
+        metric_sum(
+            &m,
+            "ls_token_refresher_controller_secret_writes_total{result=\"ok\""
+        ),
+    );
+    if std::env::var_os("LSTR_SHOW_LOG").is_some() {
+        eprintln!("{}", ls_token_refresher_e2e::tail(&ctl.log_text(), 200));
+    }
+    let mut all: Vec<&str> = pats.iter().map(String::as_str).collect();
+    all.extend([bob_pat.as_str(), &carol_pat, &lost, &repaired, &access]);
+    assert_no_secrets(&ctl.log_text(), &all);
+    drop(ctl);
+}
