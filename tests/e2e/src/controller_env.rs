@@ -351,6 +351,19 @@ impl ControllerEnv {
         );
     }
 
+    /// [`ControllerEnv::wait_ready`] for the usual goal: `True`/`token_published` within a minute.
+    pub async fn wait_published(&self, ns: &str, name: &str, log: &RefresherProc) {
+        self.wait_ready(
+            ns,
+            name,
+            "True",
+            "token_published",
+            Duration::from_secs(60),
+            log,
+        )
+        .await
+    }
+
     /// (token, authorization, expires_at annotation, resourceVersion) of a target Secret.
     pub async fn target(&self, ns: &str, name: &str) -> Option<(String, String, String, String)> {
         let s = Api::<Secret>::namespaced(self.admin.clone(), ns)

@@ -66,24 +66,8 @@ async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_res
         Some(sa.kubeconfig.clone()),
         &["--watch-namespace", &watch],
     );
-    env.wait_ready(
-        &ns_a,
-        "t",
-        "True",
-        "token_published",
-        Duration::from_secs(60),
-        &ctl,
-    )
-    .await;
-    env.wait_ready(
-        &ns_b,
-        "t",
-        "True",
-        "token_published",
-        Duration::from_secs(60),
-        &ctl,
-    )
-    .await;
+    env.wait_published(&ns_a, "t", &ctl).await;
+    env.wait_published(&ns_b, "t", &ctl).await;
 
     // Ready once its caches are listed (bench/RESULTS.md §5 found /readyz stuck at 503 before the
     // caches got one waiter each).
@@ -852,15 +836,7 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         Some(sa.kubeconfig.clone()),
         &["--watch-namespace", &ns],
     );
-    env.wait_ready(
-        &ns,
-        "t",
-        "True",
-        "token_published",
-        Duration::from_secs(60),
-        &ctl,
-    )
-    .await;
+    env.wait_published(&ns, "t", &ctl).await;
 
     // An invalid period: refused with a condition naming the field; nothing written for it.
     env.wait_ready(

@@ -164,15 +164,7 @@ async fn two_controllers_one_writer_through_stop_cont_and_kill() {
     assert!(first.is_some(), "nobody took the Lease\n{}", a.log_text());
     let b = start("replica-b");
     for t in TOKENS {
-        env.wait_ready(
-            &ns,
-            t,
-            "True",
-            "token_published",
-            Duration::from_secs(60),
-            &a,
-        )
-        .await;
+        env.wait_published(&ns, t, &a).await;
     }
     assert_eq!(holder().await.as_deref(), Some("replica-a"));
     // The standby is ready (able to take over) and writes nothing.
