@@ -351,6 +351,22 @@ impl ControllerEnv {
         );
     }
 
+    /// Reasons of the Events in `ns` about the object `name` (any object when None), in order.
+    pub async fn event_reasons(&self, ns: &str, name: Option<&str>) -> Vec<String> {
+        let out = self
+            .kube
+            .kubectl(["get", "events", "-n", ns, "-o", "json"])
+            .await;
+        let events: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| name.is_none_or(|n| e["involvedObject"]["name"] == n))
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// [`ControllerEnv::wait_ready`] for the usual goal: `True`/`token_published` within a minute.
     pub async fn wait_published(&self, ns: &str, name: &str, log: &RefresherProc) {
         self.wait_ready(

@@ -214,17 +214,11 @@ async fn tokens_in_two_namespaces_stay_fresh_rotate_revoke_and_go_with_their_res
         env.whoami_id(&kept_auth).await.is_some(),
         "and it still works"
     );
-    let events = env
-        .kube
-        .kubectl(["get", "events", "-n", &ns_a, "-o", "json"])
-        .await;
-    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
     assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
+        env.event_reasons(&ns_a, None)
+            .await
             .iter()
-            .any(|e| e["reason"] == "RevokedPat"),
+            .any(|r| r == "RevokedPat"),
         "a Warning Event on the token resource"
     );
     let pat_a2 = env.ls.api().create_pat().await;
@@ -921,25 +915,8 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         (Some("True"), Some("rotated")),
         "{st}"
     );
-    let events = env
-        .kube
-        .kubectl(["get", "events", "-n", &ns, "-o", "json"])
-        .await;
-    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
-    let reasons_for = |name: &str| -> Vec<String> {
-        events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["involvedObject"]["name"] == name)
-            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
-            .collect()
-    };
-    assert!(
-        reasons_for("t").iter().any(|r| r == "PatRotated"),
-        "{:?}",
-        reasons_for("t")
-    );
+    let reasons = env.event_reasons(&ns, Some("t")).await;
+    assert!(reasons.iter().any(|r| r == "PatRotated"), "{reasons:?}");
 
     // Only the PAT key was written, by the rotation's field manager; the other key, the target
     // of another resource and a bystander are untouched.
@@ -1000,17 +977,11 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         "PatRotation False/refused on tb: {}",
         env.token_obj(&ns, "tb").await.unwrap()["status"]
     );
-    let events = env
-        .kube
-        .kubectl(["get", "events", "-n", &ns, "-o", "json"])
-        .await;
-    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
     assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
+        env.event_reasons(&ns, Some("tb"))
+            .await
             .iter()
-            .any(|e| e["involvedObject"]["name"] == "tb" && e["reason"] == "PatRotationRefused"),
+            .any(|r| r == "PatRotationRefused"),
         "a PatRotationRefused Event on tb"
     );
     assert!(ctl.metric(REFUSED).await.unwrap_or(0.0) >= 1.0);
@@ -1139,17 +1110,11 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         tr["status"]
     );
     assert!(ctl.metric(RECOVERED).await.unwrap_or(0.0) >= 1.0);
-    let events = env
-        .kube
-        .kubectl(["get", "events", "-n", &ns, "-o", "json"])
-        .await;
-    let events: serde_json::Value = serde_json::from_slice(&events.stdout).unwrap();
     assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
+        env.event_reasons(&ns, Some("tr"))
+            .await
             .iter()
-            .any(|e| e["involvedObject"]["name"] == "tr" && e["reason"] == "PatRotationRecovered"),
+            .any(|r| r == "PatRotationRecovered"),
         "a PatRotationRecovered Event"
     );
 
