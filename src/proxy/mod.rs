@@ -52,6 +52,7 @@ pub(crate) mod forward;
 pub mod origin;
 pub mod standin;
 pub(crate) mod target;
+pub(crate) mod upstream;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -74,14 +75,14 @@ use crate::{
     metrics::Metrics,
     refresher::RejectionReport,
     token::TokenSet,
-    values::{BaseUrl, PositiveDur},
+    values::{BaseUrl, ConnectionCount, PositiveDur},
 };
 
 /// Where `proxy` listens by default: loopback (a sidecar's consumer shares the pod's network).
 pub const DEFAULT_PROXY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9418);
 /// Open client connections beyond this are closed at once: memory stays bounded whatever a
 /// misbehaving client does (an idle connection costs a few KiB).
-const MAX_CONNECTIONS: usize = 4096;
+const MAX_CONNECTIONS: usize = ConnectionCount::MAX;
 /// A client must send a request's headers within this (slow-loris clients are dropped), starting
 /// from the connection's first moment and between keep-alive requests.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,7 +119,22 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     pub proxy_allow_hosts: Vec<origin::HostName>,
+
+    /// Most connections to Label Studio, each carrying one request at a time; more concurrent requests wait for one (at most --proxy-timeout, then 503).
+    #[arg(
+        long,
+        env = "LS_PROXY_UPSTREAM_CONNECTIONS",
+        default_value_t = ConnectionCount(DEFAULT_UPSTREAM_CONNECTIONS),
+        value_name = "N"
+    )]
+    pub proxy_upstream_connections: ConnectionCount,
 }
+
+/// Default of `--proxy-upstream-connections` (and the gate's fixed cap): nginx's usual upstream
+/// `keepalive` pool, several times the request workers a Label Studio replica runs (uwsgi/gunicorn
+/// processes × threads), so the cap queues only bursts Label Studio would queue anyway; at ~35 KiB
+/// per connection pair the upstream side stays under ~2.5 MiB however many clients connect.
+pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 64;
 
 /// Could not start the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +155,7 @@ pub enum ProxyError {
 /// What every request handler shares.
 struct Shared {
     upstream: BaseUrl,
-    http: forward::Upstream,
+    http: upstream::Upstream,
     upstream_host: bool,
     admission: origin::Admission,
     tokens: watch::Receiver<Option<TokenSet>>,
@@ -164,10 +180,16 @@ impl Proxy {
         rejections: RejectionReport,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
-        let http = forward::Upstream::new(
+        let http = upstream::Upstream::new(
+            &ls.url,
             ls.ca_file.as_deref(),
             ls.connect_timeout.0,
             args.proxy_timeout.0,
+            args.proxy_upstream_connections.0,
+            Some(upstream::Gauges {
+                in_flight: metrics.proxy_upstream_in_flight.clone(),
+                queued: metrics.proxy_upstream_queued.clone(),
+            }),
         )?;
         metrics.register_proxy();
         Ok(Proxy {
