@@ -8,8 +8,10 @@
 //! (what reqwest wraps) has no limit on connections, and when a request waiting for a new
 //! connection is handed an idle one, the new connection is still finished in the background and
 //! pooled, so even with requests capped by a semaphore the upstream can see more connections than
-//! the cap. Here a connection exists only while a slot holds it or in the idle list, and a slot
-//! takes an idle connection before it opens one, so the upstream never sees more than `cap`.
+//! the cap. Here a connection exists only while a slot holds it or in the idle list, a slot takes
+//! an idle connection before it opens one, and a connection given up on keeps its slot until its
+//! socket is closed: this process never has more than `cap` connections to the upstream open
+//! (the upstream may count a closed one a moment longer, until it reads the FIN).
 //!
 //! - Slots: a request waits (queued, in arrival order) for one of `cap` slots for at most the
 //!   proxy's timeout, then gets 503 `busy`. A slot is held until the answer's body has been
@@ -44,7 +46,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::{
     net::TcpStream,
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{oneshot, OwnedSemaphorePermit, Semaphore},
     time::Instant,
 };
 
@@ -54,6 +56,13 @@ use crate::{exchange::ClientError, reason::Reason, values::BaseUrl};
 /// What is sent upstream: the client's body, watched for silences.
 type ReqBody = Watched<Incoming>;
 type Sender = http1::SendRequest<ReqBody>;
+
+/// One upstream connection: hyper's handle for sending on it, and word of its end (its driver
+/// task drops the sender when the socket is closed).
+struct Conn {
+    tx: Sender,
+    closed: oneshot::Receiver<()>,
+}
 
 /// An idle upstream connection is closed after this long unused. Below the keep-alive timeouts
 /// of the servers Label Studio runs behind (nginx 75 s, uwsgi/gunicorn behind nginx) would close
@@ -102,12 +111,14 @@ struct Pool {
     slots: Arc<Semaphore>,
     idle: Mutex<Idle>,
     gauges: Option<Gauges>,
+    /// Longest wait for a connection given up on to close before its slot is free again.
+    close_wait: Duration,
 }
 
 #[derive(Default)]
 struct Idle {
     /// Most recently returned last.
-    conns: Vec<(Sender, Instant)>,
+    conns: Vec<(Conn, Instant)>,
     /// Whether the task closing expired connections runs.
     reaping: bool,
 }
@@ -173,6 +184,7 @@ impl Upstream {
                 slots: Arc::new(Semaphore::new(cap)),
                 idle: Mutex::new(Idle::default()),
                 gauges,
+                close_wait: timeout,
             }),
             prefix: url.path().trim_end_matches('/').to_owned(),
             timeout,
@@ -240,16 +252,30 @@ impl Upstream {
     }
 }
 
-/// A slot: the right to hold one upstream connection (counted while it lives).
+/// A slot: the right to hold one upstream connection (counted while it lives). A connection
+/// given up on (an answer cut short, a failed or abandoned request) keeps the slot taken until
+/// its socket is closed (at most `close_wait`), so a new connection never overlaps it.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     gauges: Option<Gauges>,
+    /// The end of the connection this slot holds, if it holds one.
+    conn_closed: Option<oneshot::Receiver<()>>,
+    close_wait: Duration,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(g) = &self.gauges {
             g.in_flight.dec();
+        }
+        if let (Some(closed), Some(permit)) = (self.conn_closed.take(), self.permit.take()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let wait = self.close_wait;
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(wait, closed).await;
+                    drop(permit);
+                });
+            }
         }
     }
 }
@@ -286,8 +312,10 @@ impl Pool {
             g.in_flight.inc();
         }
         Some(Slot {
-            _permit: permit,
+            permit: Some(permit),
             gauges: self.gauges.clone(),
+            conn_closed: None,
+            close_wait: self.close_wait,
         })
     }
 
@@ -296,17 +324,18 @@ impl Pool {
     async fn exchange(
         self: Arc<Self>,
         req: Request<ReqBody>,
-        slot: Slot,
+        mut slot: Slot,
     ) -> Result<Response<Returning>, Reason> {
         let mut req = req;
         let mut fresh = false;
-        let mut tx = match self.take_idle() {
-            Some(tx) => tx,
+        let Conn { mut tx, closed } = match self.take_idle() {
+            Some(conn) => conn,
             None => {
                 fresh = true;
                 self.origin.connect().await?
             }
         };
+        slot.conn_closed = Some(closed);
         let resp = loop {
             match tx.try_send_request(req).await {
                 Ok(resp) => break resp,
@@ -315,7 +344,9 @@ impl Pool {
                     Some(unsent) if !fresh => {
                         req = unsent;
                         fresh = true;
-                        tx = self.origin.connect().await?;
+                        let conn = self.origin.connect().await?;
+                        tx = conn.tx;
+                        slot.conn_closed = Some(conn.closed);
                     }
                     _ => return Err(classify(e.error())),
                 },
@@ -325,27 +356,27 @@ impl Pool {
         Ok(resp.map(|body| Returning {
             body,
             ended: false,
-            conn: Some(tx),
+            tx: Some(tx),
             pool,
             slot: Some(slot),
         }))
     }
 
     /// The most recently used idle connection that can take a request.
-    fn take_idle(&self) -> Option<Sender> {
+    fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((tx, _)) = idle.conns.pop() {
-            if tx.is_ready() {
-                return Some(tx);
+        while let Some((conn, _)) = idle.conns.pop() {
+            if conn.tx.is_ready() {
+                return Some(conn);
             }
         }
         None
     }
 
     /// Keeps `tx` for the next request (called before its slot is released).
-    fn put_idle(self: &Arc<Self>, tx: Sender) {
+    fn put_idle(self: &Arc<Self>, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.conns.push((tx, Instant::now()));
+        idle.conns.push((conn, Instant::now()));
         if !idle.reaping {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 idle.reaping = true;
@@ -363,7 +394,7 @@ async fn reap(pool: Weak<Pool>) {
             let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             idle.conns
-                .retain(|(tx, since)| !tx.is_closed() && *since + IDLE_TIMEOUT > now);
+                .retain(|(conn, since)| !conn.tx.is_closed() && *since + IDLE_TIMEOUT > now);
             match idle.conns.iter().map(|(_, since)| *since).min() {
                 Some(oldest) => oldest + IDLE_TIMEOUT,
                 None => {
@@ -378,7 +409,7 @@ async fn reap(pool: Weak<Pool>) {
 
 impl Origin {
     /// A new connection (TCP, then TLS for `https://`), its driver task spawned.
-    async fn connect(&self) -> Result<Sender, Reason> {
+    async fn connect(&self) -> Result<Conn, Reason> {
         let connecting = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -392,8 +423,7 @@ impl Origin {
                         .handshake(TokioIo::new(tcp))
                         .await
                         .map_err(|_| Reason::Network)?;
-                    tokio::spawn(conn);
-                    Ok(tx)
+                    Ok(drive(tx, conn))
                 }
                 Some((tls, name)) => {
                     let stream = tls
@@ -404,8 +434,7 @@ impl Origin {
                         .handshake(TokioIo::new(stream))
                         .await
                         .map_err(|_| Reason::Network)?;
-                    tokio::spawn(conn);
-                    Ok(tx)
+                    Ok(drive(tx, conn))
                 }
             }
         };
@@ -413,6 +442,19 @@ impl Origin {
             .await
             .unwrap_or(Err(Reason::Timeout))
     }
+}
+
+/// Spawns the task that drives a connection until it closes, and says when it has.
+fn drive<F>(tx: Sender, conn: F) -> Conn
+where
+    F: std::future::Future + Send + 'static,
+{
+    let (done, closed) = oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(done);
+    });
+    Conn { tx, closed }
 }
 
 /// The reason for a transport failure: TLS when rustls is anywhere in its causes.
@@ -467,27 +509,32 @@ fn tls_connector(
 }
 
 /// An answer's body that gives its connection back to the idle list once it has been read to
-/// the end, and releases its slot when dropped (after that: the connection never outlives the
-/// slot's count unless it is idle).
+/// the end (before its slot is released: a connection is always either counted by a slot or
+/// idle), and otherwise lets the slot wait for the connection to close.
 pub(crate) struct Returning {
     body: Incoming,
     /// The body ended (a chunked one says so only by its last poll).
     ended: bool,
-    conn: Option<Sender>,
+    tx: Option<Sender>,
     pool: Arc<Pool>,
     slot: Option<Slot>,
 }
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        if let Some(tx) = self.conn.take() {
+        let Some(mut slot) = self.slot.take() else {
+            return;
+        };
+        if let Some(tx) = self.tx.take() {
             // Read to the end and hyper is ready for the next request on it (an answer cut short
             // or a request body still being sent leave it unusable: hyper closes it).
             if (self.ended || self.body.is_end_stream()) && tx.is_ready() {
-                self.pool.put_idle(tx);
+                if let Some(closed) = slot.conn_closed.take() {
+                    self.pool.put_idle(Conn { tx, closed });
+                }
             }
         }
-        drop(self.slot.take());
+        drop(slot);
     }
 }
 
