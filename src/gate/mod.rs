@@ -505,7 +505,7 @@ async fn forward_to(
     }
     match shared.http.send(parts.method, url, headers, body).await {
         Ok(resp) => {
-            let resp = shared.http.stream(resp, || {});
+            let resp = shared.http.stream(resp, None);
             (resp, "forwarded")
         }
         Err(f) => (

@@ -51,17 +51,13 @@ pub(super) async fn handle(
     let started = Instant::now();
     let resp = route(&shared, peer, local, req, started).await;
     let class = match resp.status().as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
     };
-    shared
-        .metrics
-        .proxy_requests_total
-        .with_label_values(&[class])
-        .inc();
+    shared.answered[class].inc();
     resp
 }
 
@@ -296,12 +292,7 @@ async fn forward(
         // Our token was refused: the loop checks it and refreshes at once if so (rate-limited).
         shared.rejections.token_rejected();
     }
-    let cut = shared.metrics.clone();
-    let mut resp = shared.http.stream(resp, move || {
-        cut.proxy_upstream_errors_total
-            .with_label_values(&[Reason::Timeout.as_str()])
-            .inc();
-    });
+    let mut resp = shared.http.stream(resp, Some(shared.answer_cut.clone()));
     if shared.upstream_host {
         if let Some(h) = &client_host {
             map_location_back(resp.headers_mut(), shared.upstream.as_str(), h);

@@ -162,6 +162,11 @@ struct Shared {
     health: Health,
     rejections: RejectionReport,
     metrics: Arc<Metrics>,
+    /// `proxy_upstream_errors_total{reason="timeout"}`, counting answers cut for silence
+    /// (resolved once: a label lookup per request would hash the label every time).
+    answer_cut: prometheus::IntCounter,
+    /// `proxy_requests_total` for 1xx … 5xx, resolved once for the same reason.
+    answered: [prometheus::IntCounter; 5],
 }
 
 /// The proxy, ready to bind.
@@ -201,6 +206,11 @@ impl Proxy {
                 tokens,
                 health,
                 rejections,
+                answered: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .map(|class| metrics.proxy_requests_total.with_label_values(&[class])),
+                answer_cut: metrics
+                    .proxy_upstream_errors_total
+                    .with_label_values(&[crate::reason::Reason::Timeout.as_str()]),
                 metrics,
             }),
         })
