@@ -32,6 +32,9 @@
 //!   what follows the chunked body is never read as a request, and the forwarded request has our
 //!   framing only. It is not turned into a 400 because hyper removes `Content-Length` before the
 //!   request reaches us (telling the two cases apart would mean parsing heads a second time).
+//! - Label Studio gets at most `--proxy-upstream-connections` connections, each carrying one
+//!   request at a time and kept alive; more concurrent requests wait for one (up to
+//!   `--proxy-timeout`, then 503 `busy`), see `upstream.rs`.
 //! - A request body without a length (chunked) is forwarded chunked. Label Studio's own server
 //!   (`label-studio start`, Django's development server) does not read chunked request bodies:
 //!   observed with 1.23.2, such a request runs with an empty body. Clients behind the proxy must
