@@ -459,12 +459,22 @@ where
     Conn { tx, closed }
 }
 
-/// The reason for a transport failure: TLS when rustls is anywhere in its causes.
+/// The reason for a transport failure: TLS when rustls is anywhere in its causes. tokio-rustls
+/// wraps rustls' error in an `io::Error`, whose `source()` skips the wrapped error itself, so
+/// `io::Error`s are opened explicitly.
 fn classify(e: &(dyn std::error::Error + 'static)) -> Reason {
     let mut src = Some(e);
     while let Some(s) = src {
-        if s.downcast_ref::<rustls::Error>().is_some() {
+        if s.is::<rustls::Error>() {
             return Reason::Tls;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return Reason::Tls;
+            }
         }
         src = s.source();
     }
@@ -561,5 +571,22 @@ impl Body for Returning {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_failures_are_told_from_network_ones() {
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::General("bad certificate".into()),
+        );
+        assert_eq!(classify(&tls), Reason::Tls);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify(&refused), Reason::Network);
+        assert_eq!(classify(&rustls::Error::General("x".into())), Reason::Tls);
     }
 }
