@@ -134,9 +134,9 @@ pub struct ProxyArgs {
 }
 
 /// Default of `--proxy-upstream-connections` (and the gate's fixed cap): nginx's usual upstream
-/// `keepalive` pool, several times the request workers a Label Studio replica runs (uwsgi/gunicorn
-/// processes × threads), so the cap queues only bursts Label Studio would queue anyway; at ~35 KiB
-/// per connection pair the upstream side stays under ~2.5 MiB however many clients connect.
+/// `keepalive` pool and more than the request workers a Label Studio replica usually runs, so the
+/// cap queues only bursts Label Studio would queue anyway; at ~35 KiB per upstream connection
+/// (`bench/RESULTS.md` §3) that side stays near 2 MiB however many clients connect.
 pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 64;
 
 /// Could not start the proxy.

@@ -64,17 +64,17 @@ struct Conn {
     closed: oneshot::Receiver<()>,
 }
 
-/// An idle upstream connection is closed after this long unused. Below the keep-alive timeouts
-/// of the servers Label Studio runs behind (nginx 75 s, uwsgi/gunicorn behind nginx) would close
-/// them ourselves first; 90 s is what reqwest used here before, and a connection the upstream
-/// closed earlier is noticed (hyper's connection task ends) and replaced without a failed request.
+/// An idle upstream connection is closed after this long unused (what reqwest's pool used here
+/// before). A server that closes idle connections sooner (nginx's `keepalive_timeout` 75 s,
+/// gunicorn's 2 s) is noticed: hyper's connection task ends, the connection is skipped when taken
+/// from the idle list, and a request that raced the close is sent again on a new connection.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Largest read buffer of one upstream connection. hyper grows a connection's buffer from 8 KiB
-/// while reads fill it and shrinks it again when they do not; 256 KiB lets a large download move
-/// in few system calls (`bench/proxy/run.sh --large`: 128 KiB reads already match nginx's rate)
-/// and bounds the worst case at `cap` × 256 KiB (16 MiB at the default 64) — small answers keep
-/// 8 KiB.
+/// while reads fill it and shrinks it again when they do not, so small answers keep 8 KiB; the cap
+/// bounds the worst case at `cap` × 256 KiB (16 MiB at the default 64) and lets a large download
+/// move in few system calls. Not tuned further: at this size a 512 MiB download ran at 2.7×
+/// nginx's rate (`bench/RESULTS.md` §3), so the read size is not what limits it.
 const READ_BUF_MAX: usize = 256 * 1024;
 
 /// Gauges for the slots (the proxy's; the gate has none).
