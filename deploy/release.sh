@@ -111,7 +111,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 log "commit $COMMIT (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH), target dir $TARGET_DIR"
-log "cargo build --release --locked --bin ls-token-refresher (~3 min cold on 2 cores: opt-level z, fat LTO)"
+log "cargo build --release --locked --bin ls-token-refresher (~4 min cold on 2 cores: opt-level 3, fat LTO)"
 (cd "$REPO" && cargo build --release --locked --bin ls-token-refresher >&2)
 BIN_NAME="ls-token-refresher-$VERSION-$HOST"
 install -m 0755 "$TARGET_DIR/release/ls-token-refresher" "$OUT/$BIN_NAME"

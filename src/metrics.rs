@@ -48,6 +48,11 @@ pub struct Metrics {
     pub proxy_added_latency_seconds: Histogram,
     /// Open client connections to the proxy.
     pub proxy_connections: IntGauge,
+    /// Requests the proxy has in flight to Label Studio (each holding one of
+    /// `--proxy-upstream-connections`).
+    pub proxy_upstream_in_flight: IntGauge,
+    /// Requests waiting for one of `--proxy-upstream-connections`.
+    pub proxy_upstream_queued: IntGauge,
     /// Requests answered by the auth gate, by closed-set `outcome`.
     pub gate_requests_total: IntCounterVec,
     /// The gate's credential verifications with Label Studio, by `result`.
@@ -184,6 +189,16 @@ impl Metrics {
             "Open client connections to the auth proxy.",
         ))
         .unwrap();
+        let proxy_upstream_in_flight = IntGauge::with_opts(opts(
+            "proxy_upstream_in_flight",
+            "Requests the auth proxy has in flight to Label Studio (at most --proxy-upstream-connections).",
+        ))
+        .unwrap();
+        let proxy_upstream_queued = IntGauge::with_opts(opts(
+            "proxy_upstream_queued",
+            "Requests waiting for one of the auth proxy's --proxy-upstream-connections.",
+        ))
+        .unwrap();
         let gate_requests_total = IntCounterVec::new(
             opts(
                 "gate_requests_total",
@@ -271,6 +286,8 @@ impl Metrics {
             Box::new(proxy_upstream_errors_total.clone()),
             Box::new(proxy_added_latency_seconds.clone()),
             Box::new(proxy_connections.clone()),
+            Box::new(proxy_upstream_in_flight.clone()),
+            Box::new(proxy_upstream_queued.clone()),
             Box::new(gate_requests_total.clone()),
             Box::new(gate_verifications_total.clone()),
             Box::new(gate_cache_entries.clone()),
@@ -323,6 +340,8 @@ impl Metrics {
             proxy_upstream_errors_total,
             proxy_added_latency_seconds,
             proxy_connections,
+            proxy_upstream_in_flight,
+            proxy_upstream_queued,
             gate_requests_total,
             gate_verifications_total,
             gate_cache_entries,

@@ -101,6 +101,36 @@ impl FromStr for Fraction {
     }
 }
 
+/// A number of connections: 1 to 4096.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCount(pub usize);
+
+impl ConnectionCount {
+    /// The most accepted: as many as the proxy accepts client connections (more could never be
+    /// in use at once with HTTP/1 clients).
+    pub const MAX: usize = 4096;
+}
+
+impl FromStr for ConnectionCount {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().parse::<usize>() {
+            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(ConnectionCount(n)),
+            _ => Err(format!(
+                "'{}' must be a whole number from 1 to {}, e.g. 64",
+                shown(s),
+                Self::MAX
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ConnectionCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A Unix file mode written in octal, at most 0777, that lets the owner read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileMode(pub u32);

@@ -74,9 +74,13 @@ struct UpstreamState {
     upload_progress: AtomicU64,
     /// `/download` sends its first part, then waits for this before the rest.
     download_gate: Notify,
-    /// Connections open to the upstream now, and the most at once.
+    /// Connections open to the upstream now, the most at once, and all it accepted.
     open: AtomicUsize,
     open_peak: AtomicUsize,
+    accepted: AtomicUsize,
+    /// Requests to `/parked` that have arrived; they answer once `unpark` says true.
+    parked: AtomicUsize,
+    unpark: tokio::sync::watch::Sender<bool>,
 }
 
 struct Upstream {
@@ -96,6 +100,7 @@ impl Upstream {
                     return;
                 };
                 let st = st.clone();
+                st.accepted.fetch_add(1, Ordering::SeqCst);
                 let open = st.open.fetch_add(1, Ordering::SeqCst) + 1;
                 st.open_peak.fetch_max(open, Ordering::SeqCst);
                 tokio::spawn(async move {
@@ -190,6 +195,11 @@ async fn upstream_answer(
         "/hold" => {
             tokio::time::sleep(Duration::from_millis(500)).await;
             full(StatusCode::OK, "held")
+        }
+        "/parked" => {
+            st.parked.fetch_add(1, Ordering::SeqCst);
+            let _ = st.unpark.subscribe().wait_for(|go| *go).await;
+            full(StatusCode::OK, "unparked")
         }
         "/slow-head" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -301,6 +311,8 @@ struct Options {
     url: Option<String>,
     /// `--proxy-allow-host` values.
     allow_hosts: &'static [&'static str],
+    /// `--proxy-upstream-connections`.
+    upstream_connections: &'static str,
 }
 
 impl Default for Options {
@@ -312,6 +324,7 @@ impl Default for Options {
             with_token: true,
             url: None,
             allow_hosts: &[],
+            upstream_connections: "64",
         }
     }
 }
@@ -360,6 +373,7 @@ impl Harness {
                 .iter()
                 .map(|h| h.parse().unwrap())
                 .collect(),
+            proxy_upstream_connections: opts.upstream_connections.parse().unwrap(),
         };
         let (sink, tokens) = MemorySink::new();
         // The proxy's slot first, as `run --proxy-addr --target-secret` has a second one.
@@ -1057,33 +1071,150 @@ async fn a_401_from_label_studio_reports_the_token_rejected() {
         .unwrap();
 }
 
+/// Polls `cond` every 10 ms until it holds (panics with `what` after 10 s: something is stuck).
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
-async fn after_a_burst_only_a_bounded_pool_of_upstream_connections_stays_open() {
-    // 100 concurrent slow requests need 100 upstream connections at once; afterwards at most 64
-    // may stay open (the proxy's idle pool), not all 100 for the 90 s idle timeout.
-    const BURST: usize = 100;
-    let h = Harness::start(Options::default()).await;
+async fn upstream_connections_never_exceed_the_cap_and_are_reused() {
+    // 20 concurrent requests that Label Studio holds until told: with a cap of 4, four reach it
+    // on four connections and sixteen wait in the proxy; released, all are answered, and the
+    // four connections carry every later request (sequential ones too).
+    const CAP: usize = 4;
+    const BURST: usize = 20;
+    let h = Harness::start(Options {
+        upstream_connections: "4",
+        ..Options::default()
+    })
+    .await;
+    let st = h.upstream.state.clone();
     let c = client();
-    let answers =
-        futures::future::join_all((0..BURST).map(|_| c.get(h.url("/api/t/hold")).send())).await;
-    for a in answers {
+    let burst = tokio::spawn({
+        let c = c.clone();
+        let urls: Vec<String> = (0..BURST).map(|_| h.url("/api/t/parked")).collect();
+        async move { futures::future::join_all(urls.into_iter().map(|u| c.get(u).send())).await }
+    });
+    until("the cap's worth of requests arrived upstream", || {
+        st.parked.load(Ordering::SeqCst) == CAP
+    })
+    .await;
+    until("the rest queued in the proxy", || {
+        h.metric("ls_token_refresher_proxy_upstream_queued") == (BURST - CAP) as f64
+    })
+    .await;
+    assert_eq!(
+        h.metric("ls_token_refresher_proxy_upstream_in_flight"),
+        CAP as f64
+    );
+    assert_eq!(st.parked.load(Ordering::SeqCst), CAP, "past the cap");
+    assert_eq!(st.open.load(Ordering::SeqCst), CAP);
+    st.unpark.send_replace(true);
+    for a in burst.await.unwrap() {
         assert_eq!(a.unwrap().status(), 200);
     }
-    let st = &h.upstream.state;
-    assert_eq!(
-        st.open_peak.load(Ordering::SeqCst),
-        BURST,
-        "the burst was concurrent"
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while st.open.load(Ordering::SeqCst) > 64 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(st.parked.load(Ordering::SeqCst), BURST);
+    for _ in 0..10 {
+        let r = c.get(h.url("/api/t/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
     }
     assert_eq!(
-        st.open.load(Ordering::SeqCst),
-        64,
-        "upstream connections left open after the burst"
+        st.open_peak.load(Ordering::SeqCst),
+        CAP,
+        "more connections than the cap"
     );
+    assert_eq!(
+        st.accepted.load(Ordering::SeqCst),
+        CAP,
+        "connections were not reused"
+    );
+    assert_eq!(h.metric("ls_token_refresher_proxy_upstream_in_flight"), 0.0);
+    assert_eq!(h.metric("ls_token_refresher_proxy_upstream_queued"), 0.0);
+}
+
+/// Starts an upload of `len` bytes on a raw connection, sends `first` of them and stops.
+async fn stalled_upload(h: &Harness, len: usize, first: usize) -> TcpStream {
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    let head =
+        format!("POST /api/t/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&pattern(0, first)).await.unwrap();
+    let progress = &h.upstream.state.upload_progress;
+    until("the upload's start reached the upstream", || {
+        progress.load(Ordering::SeqCst) == first as u64
+    })
+    .await;
+    s
+}
+
+#[tokio::test]
+async fn a_stalled_upload_holds_one_slot_and_only_until_the_timeout() {
+    // Cap 2: an upload that stops sending holds one connection; requests keep going through the
+    // other one meanwhile.
+    let h = Harness::start(Options {
+        upstream_connections: "2",
+        timeout: "2s",
+        ..Options::default()
+    })
+    .await;
+    let mut upload = stalled_upload(&h, 1_000_000, 1000).await;
+    let c = client();
+    for _ in 0..20 {
+        let r = c.get(h.url("/api/t/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(
+        h.upstream.state.upload_progress.load(Ordering::SeqCst),
+        1000,
+        "the upload is still stalled"
+    );
+    assert_eq!(h.upstream.state.open_peak.load(Ordering::SeqCst), 2);
+    let (a, _) = read_until_close(&mut upload, Duration::from_secs(10)).await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 408 Request Timeout"], "{a}");
+
+    // Cap 1: a request behind a stalled upload waits, and is served (not refused) once the
+    // silence timeout has answered the upload: the stall blocks others no longer than that.
+    let h = Harness::start(Options {
+        upstream_connections: "1",
+        timeout: "2s",
+        ..Options::default()
+    })
+    .await;
+    let mut upload = stalled_upload(&h, 1_000_000, 1000).await;
+    let waiting = tokio::spawn(client().get(h.url("/api/t/x")).send());
+    until("the request queued behind the upload", || {
+        h.metric("ls_token_refresher_proxy_upstream_queued") == 1.0
+    })
+    .await;
+    let (a, _) = read_until_close(&mut upload, Duration::from_secs(10)).await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 408 Request Timeout"], "{a}");
+    let r = waiting.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(h.upstream.state.open_peak.load(Ordering::SeqCst), 1);
+
+    // Cap 1 and a download that keeps moving for three times the timeout: it is never silent,
+    // so it keeps its connection, and a request waiting for one gets 503 after the timeout.
+    let h = Harness::start(Options {
+        upstream_connections: "1",
+        timeout: "1s",
+        ..Options::default()
+    })
+    .await;
+    let download = client().get(h.url("/api/t/drip")).send().await.unwrap();
+    assert_eq!(download.status(), 200);
+    let r = client().get(h.url("/api/t/x")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reason"], "busy");
+    assert_eq!(download.bytes().await.unwrap().len(), 30_000);
 }
 
 #[tokio::test]

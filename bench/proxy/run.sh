@@ -17,12 +17,17 @@
 # phase, and the CPU each target's process tree used per request (/proc utime+stime). Then (trivial upstream
 # only) an RSS phase: each proxy under --rss-connections concurrent connections, peak RSS of its process tree.
 #
+# Then (trivial upstream only) a large-body phase: --large-mib MiB downloaded (GET, served by the upstream nginx
+# from tmpfs with sendfile) and uploaded (PUT, stored by the upstream nginx on tmpfs) with curl through each target,
+# --runs times: MB/s, the target's CPU, and its RSS before and at peak during the transfer (sampled every 0.1 s).
+#
 # "On one core": with 2+ CPUs both proxies are pinned to CPU 1 (taskset; nginx with 1 worker, ours is a
 # single-threaded runtime anyway) and wrk and the upstream to CPU 0 (--no-pin: no pinning).
 #
 # Usage: bash bench/proxy/run.sh [--upstream trivial|label-studio] [--runs 5] [--duration 10]
 #          [--connections 50] [--threads 1] [--workers 1] [--rss-connections 1000] [--rss-duration 5]
-#          [--no-pin] [--profile] [--out DIR]
+#          [--large-mib 512] [--only-large] [--no-pin] [--profile] [--out DIR]
+#   --large-mib  size of the large-body phase's body (0: no large-body phase); --only-large: only that phase
 #   --workers  nginx worker_processes for the proxy (1 = the issue's "on one core" comparison)
 #   --profile  then, for each proxy under wrk -c CONNECTIONS: CPU, context switches and system calls per request
 #              (perf stat), and a call-graph profile of ours (perf record; builds a release binary with symbols
@@ -34,6 +39,7 @@
 # tests/support/ls/provision.sh. Loopback only; bounded in time; everything started is stopped by PID.
 set -euo pipefail
 UPSTREAM=trivial RUNS=5 DURATION=10 CONNS=50 THREADS=1 WORKERS=1 RSS_CONNS=1000 RSS_DURATION=5 OUT="" PIN=1 PROFILE=0
+LARGE_MIB=512 ONLY_LARGE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --upstream) UPSTREAM=$2; shift 2 ;;
@@ -46,6 +52,8 @@ while [ $# -gt 0 ]; do
     --rss-duration) RSS_DURATION=$2; shift 2 ;;
     --no-pin) PIN=0; shift ;;
     --profile) PROFILE=1; shift ;;
+    --large-mib) LARGE_MIB=$2; shift 2 ;;
+    --only-large) ONLY_LARGE=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -63,12 +71,14 @@ source "$HERE/nginx.sh"
 OUT=${OUT:-$(mktemp -d /tmp/lstr-bench-proxy.XXXXXX)}
 mkdir -p "$OUT"
 WORK=$(mktemp -d /tmp/lstr-bench-proxy-work.XXXXXX)
+# The large-body phase's files live on tmpfs, so the disk is not what is measured.
+DATA_ROOT=$(mktemp -d /dev/shm/lstr-bench-proxy-data.XXXXXX)
 LSTR_PROXY_PID="" LSTR_GATE_PID=""
 cleanup() {
   for p in $LSTR_PROXY_PID $LSTR_GATE_PID; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   nginx_stop_all
   declare -F ls_stop >/dev/null && ls_stop
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$DATA_ROOT"
 }
 trap cleanup EXIT
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -121,7 +131,7 @@ if [ "$UPSTREAM" = trivial ]; then
   UP_PORT=$(free_port)
   mkdir -p "$WORK/upstream"
   nginx_render "$HERE/nginx-upstream.conf.template" "$WORK/upstream/nginx.conf" PREFIX="$WORK/upstream" WORKERS=1 \
-    LISTEN="127.0.0.1:$UP_PORT" "BODY=$BODY"
+    LISTEN="127.0.0.1:$UP_PORT" "BODY=$BODY" DATA_ROOT="$DATA_ROOT"
   NGINX_CPUS=$LOAD_CPU nginx_start "$WORK/upstream" "$WORK/upstream/nginx.conf" "$UP_PORT"
   UPSTREAM_PID=$NGINX_PID
   UPSTREAM_URL=http://127.0.0.1:$UP_PORT
@@ -199,7 +209,8 @@ if [ "$UPSTREAM" = trivial ]; then
   WHOAMI_PORT=$(free_port)
   mkdir -p "$WORK/whoami"
   nginx_render "$HERE/nginx-upstream.conf.template" "$WORK/whoami/nginx.conf" PREFIX="$WORK/whoami" WORKERS=1 \
-    LISTEN="127.0.0.1:$WHOAMI_PORT" 'BODY={"id": 1, "email": "bench@example.org", "username": "bench", "active_organization": 1}'
+    LISTEN="127.0.0.1:$WHOAMI_PORT" 'BODY={"id": 1, "email": "bench@example.org", "username": "bench", "active_organization": 1}' \
+    DATA_ROOT="$DATA_ROOT"
   NGINX_CPUS=$LOAD_CPU nginx_start "$WORK/whoami" "$WORK/whoami/nginx.conf" "$WHOAMI_PORT"
   GATE_PORT=$(free_port)
   mkdir -p "$WORK/lstr-gate"
@@ -232,12 +243,15 @@ wrk_run() { # URL CONNS DURATION -> WRK_JSON line
   grep '^WRK_JSON ' <<<"$out" | sed 's/^WRK_JSON //' || { echo "wrk failed: $out" >&2; return 1; }
 }
 
-log "warm-up (2 s each)"
-for t in "${TARGETS[@]}"; do IFS='|' read -r name url _ <<<"$t"; wrk_run "$url" "$CONNS" 2 >/dev/null; done
-
 CLK_TCK=$(getconf CLK_TCK)
 : >"$OUT/runs.jsonl"
+[ "$ONLY_LARGE" = 1 ] || log "warm-up (2 s each)"
+for t in "${TARGETS[@]}"; do
+  [ "$ONLY_LARGE" = 1 ] && break
+  IFS='|' read -r name url _ <<<"$t"; wrk_run "$url" "$CONNS" 2 >/dev/null
+done
 for r in $(seq 1 "$RUNS"); do
+  [ "$ONLY_LARGE" = 1 ] && break
   for phase in "throughput:$CONNS" "latency:1"; do
     for t in "${TARGETS[@]}"; do
       IFS='|' read -r name url pid <<<"$t"
@@ -254,7 +268,7 @@ done
 
 # ---- RSS under many connections (trivial upstream: Label Studio's dev server cannot hold 1000) ----------------
 : >"$OUT/rss.jsonl"
-if [ "$UPSTREAM" = trivial ]; then
+if [ "$UPSTREAM" = trivial ] && [ "$ONLY_LARGE" = 0 ]; then
   for t in "${TARGETS[@]}"; do
     IFS='|' read -r name url pid <<<"$t"
     [ "$name" = upstream ] && continue
@@ -273,6 +287,57 @@ if [ "$UPSTREAM" = trivial ]; then
     printf '{"target":"%s","connections":%d,"rss_idle_kib":%d,"rss_peak_kib":%d,"rss_after_kib":%d,"wrk":%s}\n' \
       "$name" "$RSS_CONNS" "$idle" "$peak" "$after" "$j" >>"$OUT/rss.jsonl"
     log "RSS $name: idle ${idle} KiB, peak ${peak} KiB under $RSS_CONNS connections, ${after} KiB after"
+  done
+fi
+
+# ---- large bodies (trivial upstream): one transfer at a time, MB/s and RSS during it ---------------------------
+# large_run NAME BASE_URL PID DIRECTION: one curl transfer of $LARGE_MIB MiB (download: GET of the file; upload: PUT
+# of it) while sampling the target's RSS; appends a line to large.jsonl.
+large_run() {
+  local name=$1 base=$2 pid=$3 dir=$4 r=$5 cpid peak=0 before after c0 c1 v out
+  local args=(-sS -o /dev/null -H 'Expect:' "${WRK_HEADER[@]}")
+  if [ "$dir" = download ]; then
+    args+=(-w '%{http_code} %{size_download} %{time_total}' "$base/data/large.bin")
+  else
+    args+=(-w '%{http_code} %{size_upload} %{time_total}' -T "$DATA_ROOT/large.bin" "$base/data/upload/in.bin")
+  fi
+  before=$(tree_rss_kib "$pid")
+  c0=$(tree_cpu_ticks "$pid")
+  "${LOAD_PIN[@]}" curl "${args[@]}" >"$WORK/large.out" 2>&1 &
+  cpid=$!
+  while kill -0 "$cpid" 2>/dev/null; do
+    v=$(tree_rss_kib "$pid"); [ "$v" -gt "$peak" ] && peak=$v
+    sleep 0.1
+  done
+  wait "$cpid" || { log "curl failed ($name $dir): $(cat "$WORK/large.out")"; return 1; }
+  c1=$(tree_cpu_ticks "$pid")
+  after=$(tree_rss_kib "$pid")
+  read -r code bytes secs <"$WORK/large.out"
+  case "$code" in 200 | 201 | 204) ;; *) log "$name $dir: HTTP $code"; return 1 ;; esac
+  [ "$bytes" = "$((LARGE_MIB * 1048576))" ] || { log "$name $dir: $bytes bytes moved"; return 1; }
+  printf '{"run":%d,"direction":"%s","target":"%s","bytes":%s,"seconds":%s,"cpu_s":%s,"rss_before_kib":%d,"rss_peak_kib":%d,"rss_after_kib":%d}\n' \
+    "$r" "$dir" "$name" "$bytes" "$secs" "$(awk -v d=$((c1 - c0)) -v h="$CLK_TCK" 'BEGIN{print d/h}')" \
+    "$before" "$peak" "$after" >>"$OUT/large.jsonl"
+  log "large run $r $dir $name: $(awk -v b="$bytes" -v s="$secs" 'BEGIN{printf "%.0f MB/s", b/s/1e6}'), RSS ${before} -> peak ${peak} KiB"
+}
+: >"$OUT/large.jsonl"
+if [ "$UPSTREAM" = trivial ] && [ "$LARGE_MIB" -gt 0 ]; then
+  head -c "$((LARGE_MIB * 1048576))" /dev/urandom >"$DATA_ROOT/large.bin"
+  mkdir -p "$DATA_ROOT/.tmp" "$DATA_ROOT/data/upload"
+  ln -f "$DATA_ROOT/large.bin" "$DATA_ROOT/data/large.bin"
+  # nginx's workers run as an unprivileged user when started as root: they read the file and store uploads.
+  chmod 755 "$DATA_ROOT" "$DATA_ROOT/data"
+  chmod 644 "$DATA_ROOT/large.bin"
+  chmod 1777 "$DATA_ROOT/.tmp" "$DATA_ROOT/data/upload"
+  for r in $(seq 1 "$RUNS"); do
+    for dir in download upload; do
+      for t in "${TARGETS[@]}"; do
+        IFS='|' read -r name url pid <<<"$t"
+        [ "$name" = lstr-gate ] && continue
+        large_run "$name" "${url%"$REQ_PATH"}" "$pid" "$dir" "$r" || exit 1
+        rm -f "$DATA_ROOT/data/upload/in.bin"
+      done
+    done
   done
 fi
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Summary of a bench/proxy/run.sh output directory (runs.jsonl, rss.jsonl): min / median / max over runs of
+"""Summary of a bench/proxy/run.sh output directory (runs.jsonl, rss.jsonl, large.jsonl): min / median / max over runs of
 requests/s, latency p50/p99, the latency each proxy adds over the upstream in the same run and phase, the CPU
-each target's process tree spent per request, and the ratios of ours to nginx's in the same run.
+each target's process tree spent per request, and the ratios of ours to nginx's in the same run; for the large-body
+phase MB/s, CPU seconds per GB and RSS (before / peak during the transfer) per direction and target.
 Usage: summary.py OUT_DIR
        summary.py --per-request NAME PERF_STAT_CSV WRK_OUT SECONDS BY_DSO_TXT   (one line for run.sh --profile)"""
 
@@ -63,6 +64,10 @@ def main():
         rss = [json.loads(l) for l in open(f"{out}/rss.jsonl")]
     except FileNotFoundError:
         rss = []
+    try:
+        large = [json.loads(l) for l in open(f"{out}/large.jsonl")]
+    except FileNotFoundError:
+        large = []
     targets = list(dict.fromkeys(r["target"] for r in rows))
     print("(min median max over runs; latencies in microseconds; \"added\" = proxy minus upstream in the same run;")
     print(" CPU us/req = CPU of the target's process tree during the run / requests served)")
@@ -97,6 +102,28 @@ def main():
         print(f'RSS {r["target"]:<12} idle {r["rss_idle_kib"]/1024:.1f} MiB, peak {r["rss_peak_kib"]/1024:.1f} MiB '
               f'under {r["connections"]} connections, {r.get("rss_after_kib", 0)/1024:.1f} MiB after '
               f'(process tree; {wrk.get("requests", 0)} requests, {wrk.get("errors", "?")} errors)')
+    if large:
+        summary_large(large)
+
+
+def summary_large(large):
+    """The large-body phase: per direction and target, and ours over nginx's MB/s run by run."""
+    mib = large[0]["bytes"] / 1048576
+    print(f"\n[large bodies: {mib:.0f} MiB, one curl transfer at a time; RSS of the target's process tree]")
+    print(f'{"direction / target":<24} | {"MB/s":^26} | {"CPU s per GB":^20} | RSS before, MiB | RSS peak, MiB (max)')
+    for d in ("download", "upload"):
+        ds = [r for r in large if r["direction"] == d]
+        for t in dict.fromkeys(r["target"] for r in ds):
+            rs = [r for r in ds if r["target"] == t]
+            mbs = [r["bytes"] / r["seconds"] / 1e6 for r in rs]
+            cpu = [r["cpu_s"] / (r["bytes"] / 1e9) for r in rs]
+            print(f'{d + " " + t:<24} | {mmm(mbs)} | {mmm(cpu, 6, 2)} | '
+                  f'{max(r["rss_before_kib"] for r in rs)/1024:15.1f} | {max(r["rss_peak_kib"] for r in rs)/1024:8.1f}')
+        ng = {r["run"]: r for r in ds if r["target"] == "nginx-proxy"}
+        ours = [r for r in ds if r["target"] == "lstr-proxy" and r["run"] in ng]
+        if ours:
+            ratio = [(r["bytes"] / r["seconds"]) / (ng[r["run"]]["bytes"] / ng[r["run"]]["seconds"]) for r in ours]
+            print(f'{d + " lstr / nginx":<24} | {mmm(ratio, 8, 2)} |')
 
 
 if __name__ == "__main__":

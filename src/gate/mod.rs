@@ -53,10 +53,12 @@ use crate::{
     metrics::Metrics,
     proxy::{
         forward::{
-            self, failure_answer, finish_local, json_error_from, not_for_one_upstream,
-            outgoing_headers, ProxyBody,
+            failure_answer, finish_local, json_error_from, not_for_one_upstream, outgoing_headers,
+            ProxyBody,
         },
         target,
+        upstream::Upstream,
+        DEFAULT_UPSTREAM_CONNECTIONS,
     },
     secret::{shown_path, Secret},
     values::{BaseUrl, PositiveDur},
@@ -214,8 +216,7 @@ impl Basic {
 }
 
 struct Shared {
-    backend: BaseUrl,
-    http: forward::Upstream,
+    http: Upstream,
     verifier: Verifier,
     policy: Policy,
     basic: Option<Basic>,
@@ -245,13 +246,21 @@ impl Gate {
             .timeout(ls.request_timeout.0)
             .build()
             .map_err(build)?;
-        let http = forward::Upstream::new(None, ls.connect_timeout.0, args.gate_timeout.0)?;
+        // The backend gets the proxy's default cap: an ML backend serves a handful of requests
+        // at once, so more connections would only queue there instead of here.
+        let http = Upstream::new(
+            &args.backend_url,
+            None,
+            ls.connect_timeout.0,
+            args.gate_timeout.0,
+            DEFAULT_UPSTREAM_CONNECTIONS,
+            None,
+        )?;
         let whoami = reqwest::Url::parse(&ls.url.join("/api/current-user/whoami"))
             .map_err(|e| exchange::ClientError::Build(e.to_string()))?;
         metrics.register_gate(&OUTCOMES);
         Ok(Gate {
             shared: Arc::new(Shared {
-                backend: args.backend_url.clone(),
                 http,
                 verifier: Verifier::new(ls_client, whoami, args.gate_cache_ttl.0, metrics.clone()),
                 policy,
@@ -306,7 +315,7 @@ async fn admit(
     shared: &Shared,
     peer: IpAddr,
     req: &Request<Incoming>,
-) -> Result<(Admitted, reqwest::Url), Refusal> {
+) -> Result<(Admitted, http::uri::PathAndQuery), Refusal> {
     if let Some(refused) = not_for_one_upstream(req, SOURCE, "the backend") {
         return Err(Refusal(refused, "bad_request"));
     }
@@ -318,7 +327,9 @@ async fn admit(
         )
     };
     target::check(path).map_err(|why| bad(why.detail()))?;
-    let url = target::upstream_url(shared.backend.parsed(), path, req.uri().query())
+    let url = shared
+        .http
+        .target(path, req.uri().query())
         .ok_or_else(|| bad("the request path cannot be sent to the backend unchanged"))?;
     let who = authenticate(shared, peer, req).await?;
     Ok((who, url))
@@ -463,7 +474,7 @@ async fn forward_to(
     peer: IpAddr,
     req: Request<Incoming>,
     who: Admitted,
-    url: reqwest::Url,
+    url: http::uri::PathAndQuery,
 ) -> (Response<ProxyBody>, &'static str) {
     let (parts, body) = req.into_parts();
     let mut headers = outgoing_headers(parts.headers, peer);
@@ -494,7 +505,7 @@ async fn forward_to(
     }
     match shared.http.send(parts.method, url, headers, body).await {
         Ok(resp) => {
-            let resp = shared.http.stream(resp, || {});
+            let resp = shared.http.stream(resp, None);
             (resp, "forwarded")
         }
         Err(f) => (

@@ -142,22 +142,28 @@ where
 pub(super) struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// Made at the first wait only: most answers arrive whole with their head and never wait, so
+    /// they never pay for a timer.
+    sleep: Option<Pin<Box<Sleep>>>,
     /// The sleep runs only while waiting for Label Studio: a client that reads slowly (so the
     /// body is not polled) is not Label Studio's silence.
     armed: bool,
-    on_timeout: Option<Box<dyn FnOnce() + Send>>,
+    on_timeout: Option<prometheus::IntCounter>,
 }
 
 impl<B> IdleTimeout<B> {
-    /// `on_timeout` runs once if the body is cut.
-    pub(super) fn new(inner: B, timeout: Duration, on_timeout: Box<dyn FnOnce() + Send>) -> Self {
+    /// `on_timeout` is incremented if the body is cut.
+    pub(super) fn new(
+        inner: B,
+        timeout: Duration,
+        on_timeout: Option<prometheus::IntCounter>,
+    ) -> Self {
         IdleTimeout {
             inner,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
             armed: false,
-            on_timeout: Some(on_timeout),
+            on_timeout,
         }
     }
 }
@@ -188,12 +194,18 @@ where
                 if !self.armed {
                     self.armed = true;
                     let deadline = Instant::now() + self.timeout;
-                    self.sleep.as_mut().reset(deadline);
+                    match &mut self.sleep {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
-                match self.sleep.as_mut().poll(cx) {
+                let Some(sleep) = self.sleep.as_mut() else {
+                    return Poll::Pending;
+                };
+                match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        if let Some(f) = self.on_timeout.take() {
-                            f();
+                        if let Some(counter) = self.on_timeout.take() {
+                            counter.inc();
                         }
                         Poll::Ready(Some(Err(Box::new(BodyStalled))))
                     }

@@ -16,8 +16,8 @@ use http::{
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 
+pub(crate) use super::upstream::Failure;
 use super::{
-    body::{IdleTimeout, Progress, Stall, Watched},
     standin,
     target::{self, Route},
     Shared,
@@ -51,17 +51,13 @@ pub(super) async fn handle(
     let started = Instant::now();
     let resp = route(&shared, peer, local, req, started).await;
     let class = match resp.status().as_u16() / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
     };
-    shared
-        .metrics
-        .proxy_requests_total
-        .with_label_values(&[class])
-        .inc();
+    shared.answered[class].inc();
     resp
 }
 
@@ -80,8 +76,8 @@ async fn route(
 
 /// Whether a request goes to Label Studio, and with which token.
 enum Decision {
-    /// Forward to this URL with this token.
-    Forward(Authorization, reqwest::Url),
+    /// Forward to this target with this token.
+    Forward(Authorization, http::uri::PathAndQuery),
     /// Answer here.
     Answer(Response<ProxyBody>),
 }
@@ -120,7 +116,7 @@ fn decide(shared: &Shared, local: IpAddr, req: &Request<Incoming>) -> Decision {
         Route::Forward => {}
     }
     // What was classified is what is sent: the URL library must not change the path.
-    let Some(url) = target::upstream_url(shared.upstream.parsed(), path, req.uri().query()) else {
+    let Some(url) = shared.http.target(path, req.uri().query()) else {
         return Decision::Answer(json_error(
             StatusCode::BAD_REQUEST,
             "non_canonical",
@@ -247,7 +243,7 @@ async fn forward(
     peer: IpAddr,
     req: Request<Incoming>,
     auth: Authorization,
-    url: reqwest::Url,
+    url: http::uri::PathAndQuery,
     started: Instant,
 ) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
@@ -296,12 +292,7 @@ async fn forward(
         // Our token was refused: the loop checks it and refreshes at once if so (rate-limited).
         shared.rejections.token_rejected();
     }
-    let cut = shared.metrics.clone();
-    let mut resp = shared.http.stream(resp, move || {
-        cut.proxy_upstream_errors_total
-            .with_label_values(&[Reason::Timeout.as_str()])
-            .inc();
-    });
+    let mut resp = shared.http.stream(resp, Some(shared.answer_cut.clone()));
     if shared.upstream_host {
         if let Some(h) = &client_host {
             map_location_back(resp.headers_mut(), shared.upstream.as_str(), h);
@@ -312,122 +303,6 @@ async fn forward(
         .proxy_added_latency_seconds
         .observe((prepared + answered.elapsed()).as_secs_f64());
     resp
-}
-
-/// Most idle connections to the upstream kept after a burst (reqwest's default keeps all of
-/// them): each concurrent client request opens its own upstream connection, and 1,000 concurrent
-/// clients would otherwise leave 1,000 idle connections held open on the upstream (and ~35 KiB
-/// each here) for the idle timeout. 64 is nginx's usual `keepalive` pool size and more than the
-/// worker threads of a the upstream server.
-const POOL_IDLE_MAX: usize = 64;
-
-/// The HTTP client to one upstream, with the longest silence allowed while forwarding.
-pub(crate) struct Upstream {
-    client: reqwest::Client,
-    timeout: Duration,
-}
-
-impl Upstream {
-    /// A client trusting `ca_file` in addition to the system roots. No total or read timeout
-    /// (uploads and exports are large, and a read timeout would also fire while a long upload is
-    /// still being sent): `timeout` bounds silences, judged per request here and in `body.rs`.
-    pub(crate) fn new(
-        ca_file: Option<&std::path::Path>,
-        connect_timeout: Duration,
-        timeout: Duration,
-    ) -> Result<Self, crate::exchange::ClientError> {
-        let client = crate::exchange::client_builder(ca_file, connect_timeout)?
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(POOL_IDLE_MAX)
-            .http1_only()
-            .build()
-            .map_err(|e| crate::exchange::ClientError::Build(e.to_string()))?;
-        Ok(Upstream { client, timeout })
-    }
-
-    /// [`send`] with this client and timeout.
-    pub(crate) async fn send(
-        &self,
-        method: Method,
-        url: reqwest::Url,
-        headers: HeaderMap,
-        body: Incoming,
-    ) -> Result<reqwest::Response, Failure> {
-        send(&self.client, method, url, headers, body, self.timeout).await
-    }
-
-    /// [`stream_answer`] with this timeout.
-    pub(crate) fn stream(
-        &self,
-        resp: reqwest::Response,
-        on_cut: impl FnOnce() + Send + 'static,
-    ) -> Response<ProxyBody> {
-        stream_answer(resp, self.timeout, on_cut)
-    }
-}
-
-/// Why a request could not be sent upstream (an answer's head was not received).
-pub(crate) enum Failure {
-    /// The client's body stopped arriving for the whole timeout.
-    ClientTimeout,
-    /// Reading the client's body failed.
-    ClientAborted,
-    /// The upstream failed or stayed silent (timeout, network, TLS).
-    Upstream(Reason),
-}
-
-/// Sends a request with the client's streamed `body` and waits for the answer's head. The
-/// timeout bounds silence, not the transfer: an upload may take as long as it keeps moving, and
-/// a silence is blamed on the side that was waited for (see `body.rs`).
-async fn send(
-    client: &reqwest::Client,
-    method: Method,
-    url: reqwest::Url,
-    headers: HeaderMap,
-    body: Incoming,
-    timeout: Duration,
-) -> Result<reqwest::Response, Failure> {
-    let progress = Progress::new();
-    let request = client
-        .request(method, url)
-        .headers(headers)
-        .body(reqwest::Body::wrap(Watched::new(body, progress.clone())));
-    let send = request.send();
-    tokio::pin!(send);
-    let answer = loop {
-        let deadline = match progress.stall(timeout, tokio::time::Instant::now()) {
-            Stall::Until(deadline) => deadline,
-            Stall::Client => return Err(Failure::ClientTimeout),
-            Stall::Upstream => return Err(Failure::Upstream(Reason::Timeout)),
-        };
-        tokio::select! {
-            answer = &mut send => break answer,
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    };
-    match answer {
-        Err(_) if progress.client_failed() => Err(Failure::ClientAborted),
-        Err(e) => Err(Failure::Upstream(if e.is_timeout() {
-            Reason::Timeout
-        } else if is_tls(&e) {
-            Reason::Tls
-        } else {
-            Reason::Network
-        })),
-        Ok(r) => Ok(r),
-    }
-}
-
-/// The upstream's answer as ours: hop-by-hop headers dropped, the body streamed and cut when it
-/// stays silent for `timeout` (`on_cut` counts that).
-fn stream_answer(
-    resp: reqwest::Response,
-    timeout: Duration,
-    on_cut: impl FnOnce() + Send + 'static,
-) -> Response<ProxyBody> {
-    let mut resp: Response<reqwest::Body> = resp.into();
-    strip_hop_by_hop(resp.headers_mut());
-    resp.map(|b| IdleTimeout::new(b, timeout, Box::new(on_cut)).boxed_unsync())
 }
 
 /// The request headers to send upstream: hop-by-hop headers and every credential the client
@@ -463,6 +338,19 @@ pub(crate) fn failure_answer(
     timeout_flag: &str,
 ) -> (Response<ProxyBody>, Option<Reason>) {
     match failure {
+        Failure::Busy => {
+            let mut resp = json_error_from(
+                source,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                &format!(
+                    "every connection to {upstream} stayed busy for longer than {timeout_flag}"
+                ),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            (resp, None)
+        }
         Failure::ClientTimeout => (
             json_error_from(
                 source,
@@ -500,17 +388,6 @@ pub(crate) fn failure_answer(
     }
 }
 
-fn is_tls(e: &reqwest::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        src = s.source();
-    }
-    false
-}
-
 /// Whether a header is hop-by-hop by definition (RFC 9110 §7.6.1 and the non-standard
 /// `Keep-Alive`/`Proxy-Connection`): compared as `HeaderName`s, so the standard ones are an enum
 /// comparison, not a string hash.
@@ -528,7 +405,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and whatever `Connection` names.
 /// One scan of the map; it is only changed when something is to go (the usual request has none).
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }

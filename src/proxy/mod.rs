@@ -32,6 +32,9 @@
 //!   what follows the chunked body is never read as a request, and the forwarded request has our
 //!   framing only. It is not turned into a 400 because hyper removes `Content-Length` before the
 //!   request reaches us (telling the two cases apart would mean parsing heads a second time).
+//! - Label Studio gets at most `--proxy-upstream-connections` connections, each carrying one
+//!   request at a time and kept alive; more concurrent requests wait for one (up to
+//!   `--proxy-timeout`, then 503 `busy`), see `upstream.rs`.
 //! - A request body without a length (chunked) is forwarded chunked. Label Studio's own server
 //!   (`label-studio start`, Django's development server) does not read chunked request bodies:
 //!   observed with 1.23.2, such a request runs with an empty body. Clients behind the proxy must
@@ -52,6 +55,7 @@ pub(crate) mod forward;
 pub mod origin;
 pub mod standin;
 pub(crate) mod target;
+pub(crate) mod upstream;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -74,14 +78,14 @@ use crate::{
     metrics::Metrics,
     refresher::RejectionReport,
     token::TokenSet,
-    values::{BaseUrl, PositiveDur},
+    values::{BaseUrl, ConnectionCount, PositiveDur},
 };
 
 /// Where `proxy` listens by default: loopback (a sidecar's consumer shares the pod's network).
 pub const DEFAULT_PROXY_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9418);
 /// Open client connections beyond this are closed at once: memory stays bounded whatever a
 /// misbehaving client does (an idle connection costs a few KiB).
-const MAX_CONNECTIONS: usize = 4096;
+const MAX_CONNECTIONS: usize = ConnectionCount::MAX;
 /// A client must send a request's headers within this (slow-loris clients are dropped), starting
 /// from the connection's first moment and between keep-alive requests.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,7 +122,22 @@ pub struct ProxyArgs {
         value_delimiter = ','
     )]
     pub proxy_allow_hosts: Vec<origin::HostName>,
+
+    /// Most connections to Label Studio, each carrying one request at a time; more concurrent requests wait for one (at most --proxy-timeout, then 503).
+    #[arg(
+        long,
+        env = "LS_PROXY_UPSTREAM_CONNECTIONS",
+        default_value_t = ConnectionCount(DEFAULT_UPSTREAM_CONNECTIONS),
+        value_name = "N"
+    )]
+    pub proxy_upstream_connections: ConnectionCount,
 }
+
+/// Default of `--proxy-upstream-connections` (and the gate's fixed cap): nginx's usual upstream
+/// `keepalive` pool and more than the request workers a Label Studio replica usually runs, so the
+/// cap queues only bursts Label Studio would queue anyway; at ~35 KiB per upstream connection
+/// (`bench/RESULTS.md` §3) that side stays near 2 MiB however many clients connect.
+pub const DEFAULT_UPSTREAM_CONNECTIONS: usize = 64;
 
 /// Could not start the proxy.
 #[derive(Debug, thiserror::Error)]
@@ -139,13 +158,18 @@ pub enum ProxyError {
 /// What every request handler shares.
 struct Shared {
     upstream: BaseUrl,
-    http: forward::Upstream,
+    http: upstream::Upstream,
     upstream_host: bool,
     admission: origin::Admission,
     tokens: watch::Receiver<Option<TokenSet>>,
     health: Health,
     rejections: RejectionReport,
     metrics: Arc<Metrics>,
+    /// `proxy_upstream_errors_total{reason="timeout"}`, counting answers cut for silence
+    /// (resolved once: a label lookup per request would hash the label every time).
+    answer_cut: prometheus::IntCounter,
+    /// `proxy_requests_total` for 1xx … 5xx, resolved once for the same reason.
+    answered: [prometheus::IntCounter; 5],
 }
 
 /// The proxy, ready to bind.
@@ -164,10 +188,16 @@ impl Proxy {
         rejections: RejectionReport,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProxyError> {
-        let http = forward::Upstream::new(
+        let http = upstream::Upstream::new(
+            &ls.url,
             ls.ca_file.as_deref(),
             ls.connect_timeout.0,
             args.proxy_timeout.0,
+            args.proxy_upstream_connections.0,
+            Some(upstream::Gauges {
+                in_flight: metrics.proxy_upstream_in_flight.clone(),
+                queued: metrics.proxy_upstream_queued.clone(),
+            }),
         )?;
         metrics.register_proxy();
         Ok(Proxy {
@@ -179,6 +209,11 @@ impl Proxy {
                 tokens,
                 health,
                 rejections,
+                answered: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .map(|class| metrics.proxy_requests_total.with_label_values(&[class])),
+                answer_cut: metrics
+                    .proxy_upstream_errors_total
+                    .with_label_values(&[crate::reason::Reason::Timeout.as_str()]),
                 metrics,
             }),
         })

@@ -11,7 +11,8 @@
 #
 #   bash tests/release/check.sh [--no-build]      --no-build: everything but the two release builds
 #
-# The two release builds dominate (opt-level z + fat LTO: ~163 s each cold on an idle 2-core machine). Measured here
+# The two release builds dominate (measured with opt-level z + fat LTO: ~163 s each cold on an idle 2-core machine;
+# opt-level 3 since issue 20 takes ~1.4x as long). Measured here
 # on 2 cores shared with three other engineers' builds (load average 7-10): cold 581 s + 730 s; warm (cached target
 # dirs, a new commit) 104 s + 116 s, the whole script ~4.5 min; at load 2.5, 91 s + 94 s, the whole script 190 s.
 # The clones live at fixed
