@@ -27,8 +27,6 @@ pub struct Cli {
 }
 
 /// Subcommands.
-// Parsed once at start-up and matched once: the size of the largest variant costs nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 // Parsed once at start-up and moved into the command that runs: boxing the larger argument sets
 // would save nothing worth an indirection.
