@@ -351,6 +351,24 @@ impl ControllerEnv {
         );
     }
 
+    /// Annotates the token resource `ns/name` with `ls-token-refresher/refresh-now=value` (kubectl).
+    pub async fn refresh_now(&self, ns: &str, name: &str, value: &str) {
+        let annotation = format!("ls-token-refresher/refresh-now={value}");
+        let out = self
+            .kube
+            .kubectl([
+                "annotate",
+                "lstoken",
+                name,
+                "-n",
+                ns,
+                &annotation,
+                "--overwrite",
+            ])
+            .await;
+        assert!(out.status.success(), "kubectl annotate {ns}/{name}");
+    }
+
     /// Reasons of the Events in `ns` about the object `name` (any object when None), in order.
     pub async fn event_reasons(&self, ns: &str, name: Option<&str>) -> Vec<String> {
         let out = self

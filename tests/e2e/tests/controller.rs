@@ -688,19 +688,7 @@ async fn a_restart_exchanges_nothing_that_is_not_due() {
 
     // Refresh now: a new annotation value refreshes that one resource once, nothing else.
     let before = env.target(&ns, "out-7").await.expect("out-7").0;
-    let out = env
-        .kube
-        .kubectl([
-            "annotate",
-            "lstoken",
-            "t7",
-            "-n",
-            &ns,
-            "ls-token-refresher/refresh-now=1",
-            "--overwrite",
-        ])
-        .await;
-    assert!(out.status.success());
+    env.refresh_now(&ns, "t7", "1").await;
     let fresh = poll(
         Duration::from_secs(15),
         Duration::from_millis(100),
@@ -1027,19 +1015,7 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         .expect("record the intent");
     let access = env.ls.api().access_token(&carol_pat).await;
     let lost = env.ls.api().rotate(&access, &carol_pat).await;
-    let out = env
-        .kube
-        .kubectl([
-            "annotate",
-            "lstoken",
-            "tr",
-            "-n",
-            &ns,
-            "ls-token-refresher/refresh-now=lost",
-            "--overwrite",
-        ])
-        .await;
-    assert!(out.status.success());
+    env.refresh_now(&ns, "tr", "lost").await;
     let repaired = poll(
         Duration::from_secs(30),
         Duration::from_millis(200),
