@@ -891,16 +891,9 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
             "status.{f}: {st}"
         );
     }
-    let cond = st["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "PatRotation")
-        .cloned()
-        .unwrap_or_default();
     assert_eq!(
-        (cond["status"].as_str(), cond["reason"].as_str()),
-        (Some("True"), Some("rotated")),
+        pat_rotation(st),
+        (Some("True".into()), Some("rotated".into())),
         "{st}"
     );
     let reasons = env.event_reasons(&ns, Some("t")).await;
@@ -939,23 +932,12 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         &ctl,
     )
     .await;
-    let rotation_condition = |t: &serde_json::Value| -> (Option<String>, Option<String>) {
-        let c = t["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "PatRotation");
-        (
-            c.and_then(|c| c["status"].as_str().map(str::to_owned)),
-            c.and_then(|c| c["reason"].as_str().map(str::to_owned)),
-        )
-    };
     let refused = poll(
         Duration::from_secs(30),
         Duration::from_millis(250),
         || async {
             let tb = env.token_obj(&ns, "tb").await?;
-            (rotation_condition(&tb) == (Some("False".into()), Some("refused".into())))
+            (pat_rotation(&tb["status"]) == (Some("False".into()), Some("refused".into())))
                 .then_some(())
         },
     )
@@ -1072,16 +1054,9 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
         "the intent is cleared with the write-back"
     );
     let tr = env.token_obj(&ns, "tr").await.unwrap();
-    let cond = tr["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "PatRotation")
-        .cloned()
-        .unwrap_or_default();
     assert_eq!(
-        (cond["status"].as_str(), cond["reason"].as_str()),
-        (Some("True"), Some("recovered")),
+        pat_rotation(&tr["status"]),
+        (Some("True".into()), Some("recovered".into())),
         "{}",
         tr["status"]
     );
@@ -1119,4 +1094,17 @@ async fn rotate_pat_every_rotates_the_pat_secret_and_refuses_a_managed_one() {
     all.extend([bob_pat.as_str(), &carol_pat, &lost, &repaired, &access]);
     assert_no_secrets(&ctl.log_text(), &all);
     drop(ctl);
+}
+
+/// (status, reason) of the `PatRotation` condition in a token resource's `status`.
+fn pat_rotation(status: &serde_json::Value) -> (Option<String>, Option<String>) {
+    let c = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "PatRotation");
+    (
+        c.and_then(|c| c["status"].as_str().map(str::to_owned)),
+        c.and_then(|c| c["reason"].as_str().map(str::to_owned)),
+    )
 }
