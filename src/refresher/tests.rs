@@ -1211,16 +1211,15 @@ async fn a_due_rotation_wakes_the_loop_and_the_new_pat_is_used_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_blacklisted_pat_goes_to_the_rotator_for_repair_with_the_token_in_hand() {
     let (old, new) = (pat(), pat());
-    let log = Arc::new(Mutex::new(Vec::new()));
     let mut r = rig(1, &old);
-    r.refresher = r.refresher.with_rotation(Box::new(FakeRotate {
-        due_at: f64::MAX,
-        rotations: VecDeque::new(),
-        repairs: VecDeque::from([Some(crate::rotate::Outcome::Recovered(Secret::new(
+    let log = with_fake_rotation(
+        &mut r,
+        f64::MAX,
+        vec![],
+        vec![Some(crate::rotate::Outcome::Recovered(Secret::new(
             new.clone(),
-        )))]),
-        log: log.clone(),
-    }));
+        )))],
+    );
     let (ls, sink) = (r.ls.clone(), r.sinks[0].clone());
     let (shutdown, task) = spawn(r.refresher);
     sink.until(1).await;
