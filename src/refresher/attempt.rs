@@ -336,6 +336,7 @@ impl<E: Exchange> Refresher<E> {
         let (Some(pat), Some(exp)) = (self.last_pat.clone(), p.set.expires_at) else {
             return false;
         };
+        let ls_now = self.ls_wall_now();
         let Some(rotation) = self.rotation.as_mut() else {
             return false;
         };
@@ -343,14 +344,13 @@ impl<E: Exchange> Refresher<E> {
             token: p.set.auth.token.clone(),
             exp,
         };
-        let ls_now = self.clock.wall() + self.offset;
         let outcome = rotation
             .rotate(&access, &pat, ls_now, self.clock.wall())
             .await;
         if let Some(new) = self.take_new_pat(outcome, &pat) {
             return new;
         }
-        let ls_now = self.clock.wall() + self.offset;
+        let ls_now = self.ls_wall_now();
         let now = self.clock.now();
         st.rotate_at = self
             .rotation
@@ -395,7 +395,7 @@ impl<E: Exchange> Refresher<E> {
                 candidates.push(t);
             }
         }
-        let ls_now = self.clock.wall() + self.offset;
+        let ls_now = self.ls_wall_now();
         let wall = self.clock.wall();
         let outcome = self
             .rotation

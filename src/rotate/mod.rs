@@ -334,11 +334,6 @@ impl<A: PatApi> Rotator<A> {
         self
     }
 
-    /// The store's description.
-    pub fn describe(&self) -> String {
-        self.store.describe()
-    }
-
     /// Proves write-back (start-up, `check`, and before every rotation).
     pub async fn check(&self) -> Result<String, Refusal> {
         self.store.check().await
