@@ -819,8 +819,10 @@ async fn failing_but_up_server_is_not_hammered() {
     let (shutdown, task) = spawn(r.refresher);
     tokio::time::sleep(Duration::from_secs(600)).await;
     let n = r.ls.refreshes();
-    // Backoff 1, 2, 4, … 60 s: about 15 attempts in 10 minutes.
-    assert!((10..=20).contains(&n), "{n} attempts");
+    // Backoff steps 1, 2, 4, … capped at 60 s, each shortened by up to half (equal jitter, drawn at
+    // random): attempts at 0, 1, 3, 7, 15, 31, 63, then every 60 s (15 in 10 minutes) when no
+    // draw shortens, at 0, 0.5, 1.5, …, 31.5, then every 30 s (25) when every draw halves.
+    assert!((15..=25).contains(&n), "{n} attempts");
     stop(shutdown, task).await;
 }
 
