@@ -1047,6 +1047,35 @@ async fn differing_content_lengths_and_bad_codings_are_400_and_oversized_heads_4
     assert_eq!(r.status(), 200);
 }
 
+#[tokio::test]
+async fn a_head_of_exactly_64_kib_passes_and_one_byte_more_is_431() {
+    const LIMIT: usize = 64 * 1024;
+    let h = Harness::start(Options::default()).await;
+    let head = |len: usize| {
+        let bare = "GET /api/t/limit HTTP/1.1\r\nHost: localhost\r\nX-Big: \r\n\r\n".len();
+        format!(
+            "GET /api/t/limit HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(len - bare)
+        )
+    };
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    s.write_all(head(LIMIT).as_bytes()).await.unwrap();
+    let a = read_one_answer(&mut s).await;
+    assert_eq!(status_lines(&a), ["HTTP/1.1 200 OK"], "{a}");
+    let (a, closed) = raw(h.proxy, head(LIMIT + 1).as_bytes()).await;
+    assert_eq!(
+        status_lines(&a),
+        ["HTTP/1.1 431 Request Header Fields Too Large"],
+        "{a}"
+    );
+    assert!(closed, "the connection stays open after a 431");
+    assert_eq!(
+        h.upstream.seen().len(),
+        1,
+        "the oversized head was forwarded"
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Upstream failures and rejections
 
@@ -1215,6 +1244,61 @@ async fn a_stalled_upload_holds_one_slot_and_only_until_the_timeout() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["reason"], "busy");
     assert_eq!(download.bytes().await.unwrap().len(), 30_000);
+}
+
+/// Sends one request head on a raw connection and returns it (unanswered) for the test to drop.
+async fn raw_request(h: &Harness, target: &str) -> TcpStream {
+    let mut s = TcpStream::connect(h.proxy).await.unwrap();
+    let head = format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_leaves_the_queue_and_frees_its_slot() {
+    // Cap 2, both held by parked requests; a third client queues and hangs up. The proxy timeout
+    // (60 s) is far beyond the waits here: only noticing the departure removes the queued request,
+    // and it is never sent to Label Studio. A client that hangs up while Label Studio works on its
+    // request frees the slot too.
+    let h = Harness::start(Options {
+        upstream_connections: "2",
+        timeout: "60s",
+        ..Options::default()
+    })
+    .await;
+    let st = h.upstream.state.clone();
+    let kept = tokio::spawn(client().get(h.url("/api/t/parked")).send());
+    let in_flight = raw_request(&h, "/api/t/parked").await;
+    until("both slots taken upstream", || {
+        st.parked.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    let queued = raw_request(&h, "/api/t/gone-while-queued").await;
+    until("the third request queued", || {
+        h.metric("ls_token_refresher_proxy_upstream_queued") == 1.0
+    })
+    .await;
+    drop(queued);
+    until("the departed client's request left the queue", || {
+        h.metric("ls_token_refresher_proxy_upstream_queued") == 0.0
+    })
+    .await;
+    assert_eq!(h.metric("ls_token_refresher_proxy_upstream_in_flight"), 2.0);
+    drop(in_flight);
+    until("the departed client's slot was freed", || {
+        h.metric("ls_token_refresher_proxy_upstream_in_flight") == 1.0
+    })
+    .await;
+    st.unpark.send_replace(true);
+    assert_eq!(kept.await.unwrap().unwrap().status(), 200);
+    let after = client().get(h.url("/api/t/after")).send().await.unwrap();
+    assert_eq!(after.status(), 200);
+    let targets: Vec<String> = h.upstream.seen().into_iter().map(|s| s.target).collect();
+    assert!(
+        !targets.iter().any(|t| t.contains("gone-while-queued")),
+        "a departed client's request was sent: {targets:?}"
+    );
+    assert!(targets.iter().any(|t| t.ends_with("/after")), "{targets:?}");
 }
 
 #[tokio::test]

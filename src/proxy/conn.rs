@@ -9,6 +9,12 @@
 //! none has been in flight for the idle time, the connection is shut down gracefully (HTTP/2:
 //! GOAWAY, HTTP/1: close after the current exchange), and dropped if it has not ended `drain`
 //! later. The same path serves shutdown of the whole proxy.
+//!
+//! A client that goes away while its request waits (for an upstream slot, or for Label Studio)
+//! must not leave the request behind: queued, it would still be sent upstream, and under overload
+//! clients that time out and retry would pile up requests nobody reads. HTTP/2 says so itself (a
+//! reset stream); for HTTP/1 hyper would notice by reading the socket mid-request, which costs a
+//! second read buffer per connection (see `Builders`), so [`Departure`] peeks one byte instead.
 
 use std::{
     pin::Pin,
@@ -16,7 +22,9 @@ use std::{
     time::Duration,
 };
 
-use http::Response;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
@@ -85,6 +93,144 @@ impl Body for Holding {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// How long a request runs before its client's departure is watched for: a departure matters
+/// for requests that wait (queued for a slot, a slow Label Studio), and a request answered sooner
+/// costs no system call for the watch (a timer entry instead).
+const DEPARTURE_CHECK_AFTER: Duration = Duration::from_millis(100);
+
+/// An HTTP/1 client's socket, shared between hyper (which reads and writes it through
+/// [`ClientIo`]) and the requests in flight on it (which watch it for the client's departure).
+#[derive(Clone)]
+pub(super) struct Departure(Arc<tokio::net::TcpStream>);
+
+impl Departure {
+    /// Shares `stream`: the I/O object for hyper, and the watch.
+    pub fn share(stream: tokio::net::TcpStream) -> (ClientIo, Departure) {
+        let stream = Arc::new(stream);
+        (ClientIo(stream.clone()), Departure(stream))
+    }
+
+    /// Resolves when the client has closed (end of stream) or reset the connection. Stays
+    /// pending once bytes are waiting to be read (a request body, a pipelined request): hyper
+    /// reads those itself and notices an end there. Looks only after [`DEPARTURE_CHECK_AFTER`]:
+    /// the look is a `recv` that usually finds nothing, and most requests are answered sooner.
+    pub async fn gone(&self) {
+        tokio::time::sleep(DEPARTURE_CHECK_AFTER).await;
+        let mut byte = [0u8; 1];
+        match self.0.peek(&mut byte).await {
+            Ok(0) | Err(_) => {}
+            Ok(_) => std::future::pending().await,
+        }
+    }
+
+    /// The answer put in place of one for a departed client: nobody reads it (nginx logs 499,
+    /// "client closed request", for the same case).
+    pub fn answer() -> Response<ProxyBody> {
+        let mut resp = empty();
+        *resp.status_mut() = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        resp
+    }
+}
+
+/// The size of a request's head as sent (request line and header lines), from its parts.
+///
+/// hyper's `max_buf_size` is not a bound on the head: a read fills whatever spare capacity the
+/// buffer has grown to, so a head of up to about twice the limit can be parsed whole (a 70 KiB one
+/// went through with a 64 KiB limit). The proxy bounds it here instead, exactly.
+pub(super) fn head_len<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    // "METHOD target HTTP/1.1\r\n", each "name: value\r\n", the closing "\r\n".
+    let line = req.method().as_str().len() + 1 + target + 11;
+    req.headers()
+        .iter()
+        .fold(line + 2, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
+}
+
+/// The answer to a head over the limit: 431, as hyper gives when it notices, and the connection
+/// closed after it (what follows the head cannot be trusted to be framed as the client meant).
+pub(super) fn head_too_large() -> Response<ProxyBody> {
+    let mut resp = empty();
+    *resp.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A shared socket as hyper's I/O: reads and writes through the socket's readiness and
+/// `try_*` calls, which take `&TcpStream`, so [`Departure`] can peek at the same socket.
+pub(super) struct ClientIo(Arc<tokio::net::TcpStream>);
+
+/// Repeats a `try_*` call until it does not find the socket unready: each `WouldBlock` clears the
+/// readiness, so the next `poll_*_ready` registers the waker and waits.
+macro_rules! retry_ready {
+    ($ready:expr, $attempt:expr) => {
+        loop {
+            if let Err(e) = std::task::ready!($ready) {
+                return Poll::Ready(Err(e));
+            }
+            match $attempt {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        retry_ready!(
+            self.0.poll_read_ready(cx),
+            self.0.try_read_buf(buf).map(|_| ())
+        )
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        retry_ready!(self.0.poll_write_ready(cx), self.0.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        retry_ready!(self.0.poll_write_ready(cx), self.0.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // Writes go straight to the socket: nothing is buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+fn empty() -> Response<ProxyBody> {
+    Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
 }
 
 impl Idle {

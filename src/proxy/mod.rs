@@ -26,8 +26,9 @@
 //!   transfers (see `body.rs`): a client whose upload stops gets 408, Label Studio silent past it
 //!   504, an answer body that stops is cut.
 //! - Framing is hyper's (RFC 9112): differing `Content-Length`s, a `Transfer-Encoding` not ending
-//!   in chunked, and heads over `MAX_HEAD_BYTES` or 100 fields are answered 400/431 before a
-//!   request exists. With both `Transfer-Encoding: chunked` and `Content-Length`, hyper frames the
+//!   in chunked, and heads of more than 100 fields are answered 400/431 before a request exists;
+//!   a head over `MAX_HEAD_BYTES` is answered 431 (and the connection closed) here, by its exact
+//!   size, because hyper's buffer limit lets heads of up to about twice it through. With both `Transfer-Encoding: chunked` and `Content-Length`, hyper frames the
 //!   body as chunked, drops `Content-Length` and closes the connection after the answer (§6.3):
 //!   what follows the chunked body is never read as a request, and the forwarded request has our
 //!   framing only. It is not turned into a 400 because hyper removes `Content-Length` before the
@@ -43,7 +44,9 @@
 //!   `HEADER_READ_TIMEOUT` of connecting or of its previous answer, and the first bytes, which
 //!   tell HTTP/1 from HTTP/2 and which hyper itself would wait for forever, within the same time;
 //!   a connection of either protocol with no request in flight for that long is closed (see
-//!   `conn.rs`).
+//!   `conn.rs`). A client that goes away while its request waits (queued for an upstream
+//!   connection, or for Label Studio's answer) takes the request with it: it is never sent, or
+//!   its upstream connection is closed and the slot freed.
 //! - Hop-by-hop headers are handled per RFC 9110 §7.6.1; the client's `Host` is passed through,
 //!   because Label Studio builds its absolute URLs (pagination `next`) from it and they must lead
 //!   back through the proxy (docs/consumers.md has the experiment). Behind an ingress that routes by `Host`, set
@@ -63,10 +66,7 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{watch, Semaphore};
 
 use forward::ProxyBody;
@@ -260,6 +260,58 @@ pub(crate) async fn listen(
     Ok((listener, local))
 }
 
+/// Runs one served connection until it ends, its client idles past the header timeout, or
+/// shutdown; the last two end it gracefully (requests in flight get `DRAIN`). The connection is
+/// boxed so the task holds only what its protocol needs (hyper's HTTP/2 state is several times its
+/// HTTP/1 state, and 1,000 HTTP/1 connections should not each carry it). A macro: hyper's HTTP/1
+/// and HTTP/2 connections are different types, and a generic function over them trips the
+/// compiler's higher-ranked `Send` inference inside `tokio::spawn`.
+macro_rules! drive {
+    ($conn:expr, $idle:expr, $shutdown:expr) => {{
+        let mut conn = Box::pin($conn);
+        let mut idle = $idle;
+        let ended = tokio::select! {
+            _ = conn.as_mut() => true,
+            _ = idle.elapsed(HEADER_READ_TIMEOUT) => false,
+            _ = $shutdown.cancelled() => false,
+        };
+        if !ended {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
+    }};
+}
+
+/// A client connection by the protocol its first bytes showed.
+enum Client {
+    Http1(conn::ClientIo),
+    Http2(tokio::net::TcpStream),
+}
+
+/// hyper's servers for both protocols, configured once.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new() -> Builders {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEAD_BYTES)
+            // Not for half-closing clients (a client that closes is gone, see `Departure`): with
+            // it off, hyper reads the socket while a request is in flight to notice a close, and
+            // that read needs a second 8 KiB buffer per connection while the parsed head still
+            // holds the first (7 MiB at 1,000 connections, measured). `Departure` notices with
+            // a one-byte peek instead.
+            .half_close(true);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.max_concurrent_streams(256);
+        Builders { h1, h2 }
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 connections on `listener` with `handler` (called with the peer's
 /// and the local address of each request's connection) until `shutdown`, with the connection
 /// hygiene described in the module docs; `connections` counts open connections and `what` names
@@ -276,14 +328,7 @@ where
     F: std::future::Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder.http2().max_concurrent_streams(256);
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = tokio::select! {
@@ -308,36 +353,62 @@ where
         let _ = stream.set_nodelay(true);
         let connections = connections.clone();
         let for_requests = handler.clone();
-        let (activity, idle) = conn::Activity::new();
-        let service = hyper::service::service_fn(move |req| {
-            let busy = activity.start();
-            let handled = for_requests(peer.ip(), local.ip(), req);
-            async move { Ok::<_, std::convert::Infallible>(busy.hold_until_sent(handled.await)) }
-        });
-        let builder = builder.clone();
+        let builders = builders.clone();
         let shutdown = shutdown.clone();
         connections.inc();
         tokio::spawn(async move {
-            // hyper's protocol detection waits for the first bytes with no timeout of its own:
+            // Protocol detection waits for the first bytes: hyper has no timeout for that, and
             // a client that sends nothing would hold its slot forever.
             let spoke = tokio::select! {
-                _ = shutdown.cancelled() => false,
-                r = tokio::time::timeout(HEADER_READ_TIMEOUT, first_bytes(&stream)) => r == Ok(true),
+                _ = shutdown.cancelled() => None,
+                r = tokio::time::timeout(HEADER_READ_TIMEOUT, first_bytes(&stream)) => r.ok().flatten(),
             };
-            if spoke {
-                let conn = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                tokio::pin!(conn);
-                let mut idle = idle;
-                let ended = tokio::select! {
-                    _ = conn.as_mut() => true,
-                    _ = idle.elapsed(HEADER_READ_TIMEOUT) => false,
-                    _ = shutdown.cancelled() => false,
+            if let Some(h2) = spoke {
+                // HTTP/2 tells a client's departure itself (a reset stream, a closed connection).
+                let (io, departure) = if h2 {
+                    (Client::Http2(stream), None)
+                } else {
+                    let (io, departure) = conn::Departure::share(stream);
+                    (Client::Http1(io), Some(departure))
                 };
-                if !ended {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, conn).await;
+                let (activity, idle) = conn::Activity::new();
+                let service = hyper::service::service_fn(move |req| {
+                    let busy = activity.start();
+                    let handled = (conn::head_len(&req) <= MAX_HEAD_BYTES)
+                        .then(|| for_requests(peer.ip(), local.ip(), req));
+                    let departure = departure.clone();
+                    async move {
+                        let Some(handled) = handled else {
+                            return Ok(busy.hold_until_sent(conn::head_too_large()));
+                        };
+                        let answer = match departure {
+                            // Biased: an answer that is ready wins over a departure noticed
+                            // in the same poll.
+                            Some(d) => tokio::select! {
+                                biased;
+                                answer = handled => answer,
+                                () = d.gone() => conn::Departure::answer(),
+                            },
+                            None => handled.await,
+                        };
+                        Ok::<_, std::convert::Infallible>(busy.hold_until_sent(answer))
+                    }
+                });
+                match io {
+                    Client::Http1(io) => {
+                        drive!(
+                            builders.h1.serve_connection(TokioIo::new(io), service),
+                            idle,
+                            shutdown
+                        )
+                    }
+                    Client::Http2(stream) => {
+                        drive!(
+                            builders.h2.serve_connection(TokioIo::new(stream), service),
+                            idle,
+                            shutdown
+                        )
+                    }
                 }
             }
             connections.dec();
@@ -362,14 +433,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// packets, or stalls in it on purpose, ever waits here).
 const PREFACE_POLL: Duration = Duration::from_millis(20);
 
-/// Waits until the client has sent enough to tell HTTP/1 from HTTP/2 (false: it closed first).
-/// Peeks, so hyper reads the same bytes again.
-async fn first_bytes(stream: &tokio::net::TcpStream) -> bool {
+/// Waits until the client has sent enough to tell HTTP/1 from HTTP/2: whether it is HTTP/2 (None:
+/// it closed first). Peeks, so hyper reads the same bytes again.
+async fn first_bytes(stream: &tokio::net::TcpStream) -> Option<bool> {
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
         match stream.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+            Ok(0) | Err(_) => return None,
+            Ok(n) if n == H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => {
+                return Some(buf[..n] == *H2_PREFACE)
+            }
             // A part of the preface: a peek would return the same bytes at once.
             Ok(_) => tokio::time::sleep(PREFACE_POLL).await,
         }
