@@ -1511,12 +1511,34 @@ async fn silent_connections_are_closed() {
     let mut buf = [0u8; 4096];
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"));
+    // Slow loris: a head that never ends, as the first request and after an answered one.
+    let mut loris = TcpStream::connect(h.proxy).await.unwrap();
+    loris
+        .write_all(b"GET /api/t/x HTTP/1.1\r\nHost: localhost\r\nX-Slow: 1")
+        .await
+        .unwrap();
+    let mut loris_later = TcpStream::connect(h.proxy).await.unwrap();
+    loris_later
+        .write_all(b"GET /api/t/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let n = loris_later.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"));
+    loris_later
+        .write_all(b"GET /api/t/x HTTP/1.1\r\nHost: loc")
+        .await
+        .unwrap();
     // Time is paused: the reads below return when the server closes (time auto-advances while
-    // every task waits), or fail the test after an hour of virtual time.
+    // every task waits), or fail the test after an hour of virtual time. Closed 30 s (the header
+    // timeout) after the connection's last activity, a head still arriving at most 5 s (the
+    // drain time) later.
+    let t0 = tokio::time::Instant::now();
     for (name, s) in [
         ("silent", &mut silent),
         ("partial preface", &mut partial),
         ("idle keep-alive", &mut idle),
+        ("slow first head", &mut loris),
+        ("slow next head", &mut loris_later),
     ] {
         let r = tokio::time::timeout(Duration::from_secs(3600), s.read(&mut buf)).await;
         assert!(
@@ -1524,6 +1546,11 @@ async fn silent_connections_are_closed() {
             "{name} connection still open"
         );
     }
+    assert!(
+        t0.elapsed() <= Duration::from_secs(35),
+        "closed after {:?}",
+        t0.elapsed()
+    );
 }
 
 // ------------------------------------------------------------------------------------------------

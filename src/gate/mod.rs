@@ -52,6 +52,7 @@ use crate::{
     jwt::{self, CredentialKind},
     metrics::Metrics,
     proxy::{
+        client::Peer,
         forward::{
             failure_answer, finish_local, json_error_from, not_for_one_upstream, outgoing_headers,
             ProxyBody,
@@ -281,7 +282,7 @@ impl Gate {
             .map_err(|source| GateError::Listen { addr, source })?;
         let connections = self.shared.metrics.gate_connections.clone();
         let shared = self.shared;
-        let handler = move |peer, _local, req| handle(shared.clone(), peer, req);
+        let handler = move |peer, req| handle(shared.clone(), peer, req);
         Ok((
             local,
             crate::proxy::serve(listener, handler, connections, "gate", shutdown),
@@ -298,9 +299,13 @@ enum Admitted {
 /// A request answered here: its answer and its outcome label.
 struct Refusal(Response<ProxyBody>, &'static str);
 
-async fn handle(shared: Arc<Shared>, peer: IpAddr, req: Request<Incoming>) -> Response<ProxyBody> {
-    let (resp, outcome) = match admit(&shared, peer, &req).await {
-        Ok((who, url)) => forward_to(&shared, peer, req, who, url).await,
+async fn handle(
+    shared: Arc<Shared>,
+    peer: Arc<Peer>,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (resp, outcome) = match admit(&shared, peer.ip, &req).await {
+        Ok((who, url)) => forward_to(&shared, &peer, req, who, url).await,
         Err(Refusal(answer, outcome)) => (finish_local(req.into_body(), answer).await, outcome),
     };
     shared
@@ -329,7 +334,7 @@ async fn admit(
     target::check(path).map_err(|why| bad(why.detail()))?;
     let url = shared
         .http
-        .target(path, req.uri().query())
+        .target(req.uri(), path)
         .ok_or_else(|| bad("the request path cannot be sent to the backend unchanged"))?;
     let who = authenticate(shared, peer, req).await?;
     Ok((who, url))
@@ -471,7 +476,7 @@ fn unauthorized(shared: &Shared, outcome: &'static str, detail: &str) -> Refusal
 
 async fn forward_to(
     shared: &Shared,
-    peer: IpAddr,
+    peer: &Peer,
     req: Request<Incoming>,
     who: Admitted,
     url: http::uri::PathAndQuery,
@@ -503,7 +508,10 @@ async fn forward_to(
         }
         Admitted::LabelStudio => set("x-label-studio-auth", "basic"),
     }
-    match shared.http.send(parts.method, url, headers, body).await {
+    let sent = shared
+        .http
+        .send(parts.method, url, headers, body, peer.departure.as_ref());
+    match sent.await {
         Ok(resp) => {
             let resp = shared.http.stream(resp, None);
             (resp, "forwarded")

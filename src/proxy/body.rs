@@ -48,11 +48,11 @@ pub(super) enum Stall {
 }
 
 impl Progress {
-    /// A request that starts now, waiting for Label Studio (connect, then reading the body).
-    pub(super) fn new() -> Arc<Progress> {
+    /// A request that starts `now`, waiting for Label Studio (connect, then reading the body).
+    pub(super) fn new(now: Instant) -> Arc<Progress> {
         Arc::new(Progress(Mutex::new(State {
             waiting_on_client: false,
-            since: Instant::now(),
+            since: now,
             failed: false,
         })))
     }
@@ -231,7 +231,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silence_is_blamed_on_the_side_that_stopped() {
         let t = Duration::from_secs(10);
-        let p = Progress::new();
+        let p = Progress::new(Instant::now());
         let t0 = Instant::now();
         assert_eq!(p.stall(t, t0), Stall::Until(t0 + t));
         assert_eq!(p.stall(t, t0 + t), Stall::Upstream, "never read the body");

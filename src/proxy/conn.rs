@@ -1,76 +1,98 @@
 //! One client connection's life: closed when it has been idle for the header timeout, whatever
 //! protocol it speaks, and drained on shutdown.
 //!
-//! hyper's HTTP/1 server closes a keep-alive connection whose next request head does not arrive
-//! within `header_read_timeout`; its HTTP/2 server has no such timeout, so an idle HTTP/2
-//! connection would hold one of the proxy's `MAX_CONNECTIONS` slots forever, and 4,096 of them
-//! would lock every other client out. Here a connection counts the requests it has in flight
-//! (from the moment the service is called until the answer body has been sent or dropped); when
-//! none has been in flight for the idle time, the connection is shut down gracefully (HTTP/2:
-//! GOAWAY, HTTP/1: close after the current exchange), and dropped if it has not ended `drain`
-//! later. The same path serves shutdown of the whole proxy.
-//!
-//! A client that goes away while its request waits (for an upstream slot, or for Label Studio)
-//! must not leave the request behind: queued, it would still be sent upstream, and under overload
-//! clients that time out and retry would pile up requests nobody reads. HTTP/2 says so itself (a
-//! reset stream); for HTTP/1 hyper would notice by reading the socket mid-request, which costs a
-//! second read buffer per connection (see `Builders`), so [`Departure`] peeks one byte instead.
+//! hyper's HTTP/1 server can close a keep-alive connection whose next request head does not arrive
+//! within `header_read_timeout`, but it arms a new boxed timer for every request to do so; its
+//! HTTP/2 server has no such timeout at all, so an idle HTTP/2 connection would hold one of the
+//! proxy's `MAX_CONNECTIONS` slots forever, and 4,096 of them would lock every other client out.
+//! Here a connection counts the requests it has in flight (from the moment the service is called
+//! until the answer body has been sent or dropped) and stamps when the last one ended; one timer
+//! per connection looks at that only when it fires, so a request costs two atomic updates and a
+//! clock read, not a timer. When none has been in flight for the idle time (a head that has not
+//! arrived whole counts as none: the slow-loris case), the connection is shut down gracefully
+//! (HTTP/2: GOAWAY, HTTP/1: close after the current exchange), and dropped if it has not ended
+//! `drain` later. The same path serves shutdown of the whole proxy.
 
 use std::{
     pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
-use std::sync::Arc;
-
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::forward::ProxyBody;
 
-/// Counts one connection's requests in flight (the service side).
+/// Counts one connection's requests in flight (the service side; HTTP/2 streams run on tasks of
+/// their own, hence atomics).
 #[derive(Clone)]
-pub(super) struct Activity(watch::Sender<usize>);
+pub(super) struct Activity(Arc<Counts>);
 
 /// Watches the count (the connection side).
-pub(super) struct Idle(watch::Receiver<usize>);
+pub(super) struct Idle(Arc<Counts>);
+
+struct Counts {
+    in_flight: AtomicUsize,
+    /// When a request last ended (or the connection started), in nanoseconds since `base`.
+    last_end: AtomicU64,
+    base: Instant,
+}
+
+impl Counts {
+    fn last_end(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last_end.load(Ordering::Acquire))
+    }
+}
 
 impl Activity {
-    /// A counter at zero and its watcher.
+    /// A counter at zero, idle from now, and its watcher.
     pub fn new() -> (Activity, Idle) {
-        let (tx, rx) = watch::channel(0);
-        (Activity(tx), Idle(rx))
+        let counts = Arc::new(Counts {
+            in_flight: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            base: Instant::now(),
+        });
+        (Activity(counts.clone()), Idle(counts))
     }
 
     /// A request has started: in flight until the returned guard is dropped.
     pub fn start(&self) -> Busy {
-        self.0.send_modify(|n| *n += 1);
+        self.0.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.0.clone())
     }
 }
 
 /// One request in flight.
-pub(super) struct Busy(watch::Sender<usize>);
+pub(super) struct Busy(Arc<Counts>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        // Stamped before the count falls, so a watcher that sees the count at zero sees this end
+        // too. Saturating: a connection would have to live for 584 years to overflow.
+        let since = u64::try_from(self.0.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.last_end.fetch_max(since, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Busy {
     /// Keeps the request in flight until its answer's body has been sent (or dropped): a long
     /// download is activity, not idleness.
-    pub fn hold_until_sent(self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
-        resp.map(|body| Holding { body, _busy: self }.boxed_unsync())
+    pub fn hold_until_sent(self, resp: Response<ProxyBody>) -> Response<Holding> {
+        resp.map(|body| Holding { body, _busy: self })
     }
 }
 
-/// A body that keeps its request counted as in flight while it lives.
-struct Holding {
+/// A body that keeps its request counted as in flight while it lives (what the served
+/// connections answer with: not boxed again, the answer's body already is).
+pub(super) struct Holding {
     body: ProxyBody,
     _busy: Busy,
 }
@@ -92,45 +114,6 @@ impl Body for Holding {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// How long a request runs before its client's departure is watched for: a departure matters
-/// for requests that wait (queued for a slot, a slow Label Studio), and a request answered sooner
-/// costs no system call for the watch (a timer entry instead).
-const DEPARTURE_CHECK_AFTER: Duration = Duration::from_millis(100);
-
-/// An HTTP/1 client's socket, shared between hyper (which reads and writes it through
-/// [`ClientIo`]) and the requests in flight on it (which watch it for the client's departure).
-#[derive(Clone)]
-pub(super) struct Departure(Arc<tokio::net::TcpStream>);
-
-impl Departure {
-    /// Shares `stream`: the I/O object for hyper, and the watch.
-    pub fn share(stream: tokio::net::TcpStream) -> (ClientIo, Departure) {
-        let stream = Arc::new(stream);
-        (ClientIo(stream.clone()), Departure(stream))
-    }
-
-    /// Resolves when the client has closed (end of stream) or reset the connection. Stays
-    /// pending once bytes are waiting to be read (a request body, a pipelined request): hyper
-    /// reads those itself and notices an end there. Looks only after [`DEPARTURE_CHECK_AFTER`]:
-    /// the look is a `recv` that usually finds nothing, and most requests are answered sooner.
-    pub async fn gone(&self) {
-        tokio::time::sleep(DEPARTURE_CHECK_AFTER).await;
-        let mut byte = [0u8; 1];
-        match self.0.peek(&mut byte).await {
-            Ok(0) | Err(_) => {}
-            Ok(_) => std::future::pending().await,
-        }
-    }
-
-    /// The answer put in place of one for a departed client: nobody reads it (nginx logs 499,
-    /// "client closed request", for the same case).
-    pub fn answer() -> Response<ProxyBody> {
-        let mut resp = empty();
-        *resp.status_mut() = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
-        resp
     }
 }
 
@@ -161,70 +144,6 @@ pub(super) fn head_too_large() -> Response<ProxyBody> {
     resp
 }
 
-/// A shared socket as hyper's I/O: reads and writes through the socket's readiness and
-/// `try_*` calls, which take `&TcpStream`, so [`Departure`] can peek at the same socket.
-pub(super) struct ClientIo(Arc<tokio::net::TcpStream>);
-
-/// Repeats a `try_*` call until it does not find the socket unready: each `WouldBlock` clears the
-/// readiness, so the next `poll_*_ready` registers the waker and waits.
-macro_rules! retry_ready {
-    ($ready:expr, $attempt:expr) => {
-        loop {
-            if let Err(e) = std::task::ready!($ready) {
-                return Poll::Ready(Err(e));
-            }
-            match $attempt {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
-    };
-}
-
-impl tokio::io::AsyncRead for ClientIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        retry_ready!(
-            self.0.poll_read_ready(cx),
-            self.0.try_read_buf(buf).map(|_| ())
-        )
-    }
-}
-
-impl tokio::io::AsyncWrite for ClientIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        retry_ready!(self.0.poll_write_ready(cx), self.0.try_write(buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        retry_ready!(self.0.poll_write_ready(cx), self.0.try_write_vectored(bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // Writes go straight to the socket: nothing is buffered here.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
-    }
-}
-
 fn empty() -> Response<ProxyBody> {
     Response::new(
         http_body_util::Empty::new()
@@ -234,19 +153,25 @@ fn empty() -> Response<ProxyBody> {
 }
 
 impl Idle {
-    /// Returns once no request has been in flight for `idle`.
-    pub async fn elapsed(&mut self, idle: Duration) {
+    /// Returns once no request has been in flight for `idle`. One timer, moved only when it
+    /// fires: requests in flight then → look again `idle` later; none → at the last one's end
+    /// plus `idle`, or now if that has passed.
+    pub async fn elapsed(&self, idle: Duration) {
+        let timer = tokio::time::sleep_until(self.0.base + idle);
+        tokio::pin!(timer);
         loop {
-            if *self.0.borrow_and_update() == 0 {
-                match tokio::time::timeout(idle, self.0.changed()).await {
-                    Err(_) => return,
-                    Ok(Ok(())) => {}
-                    // Every sender is gone: the service was dropped, no request can start.
-                    Ok(Err(_)) => return,
+            timer.as_mut().await;
+            let now = Instant::now();
+            let next = if self.0.in_flight.load(Ordering::Acquire) > 0 {
+                now + idle
+            } else {
+                let at = self.0.last_end() + idle;
+                if at <= now {
+                    return;
                 }
-            } else if self.0.changed().await.is_err() {
-                return;
-            }
+                at
+            };
+            timer.as_mut().reset(next);
         }
     }
 }
@@ -257,16 +182,33 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_is_measured_from_the_last_request_in_flight() {
-        let (activity, mut idle) = Activity::new();
-        let t0 = tokio::time::Instant::now();
-        let busy = activity.start();
-        let release = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(100)).await;
-            drop(busy);
+        let idle_for = Duration::from_secs(30);
+        // No request at all: idle from the start.
+        let (_activity, idle) = Activity::new();
+        let t0 = Instant::now();
+        idle.elapsed(idle_for).await;
+        assert_eq!(t0.elapsed(), idle_for);
+
+        // One request 0–100 s, another 50–140 s, one 150-155 s: idle from 155 s.
+        let (activity, idle) = Activity::new();
+        let t0 = Instant::now();
+        let first = activity.start();
+        let requests = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            let second = activity.start();
+            tokio::time::sleep(Duration::from_secs(50)).await;
+            drop(first);
+            tokio::time::sleep(Duration::from_secs(40)).await;
+            drop(second);
+            // Idle for 10 s here: less than the idle time, so this counts as activity.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let third = activity.start();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(third);
         });
-        idle.elapsed(Duration::from_secs(30)).await;
-        release.await.unwrap();
-        // In flight for 100 s, then idle for 30: never idle while a request was in flight.
-        assert_eq!(t0.elapsed(), Duration::from_secs(130));
+        idle.elapsed(idle_for).await;
+        requests.await.unwrap();
+        // Never idle while a request was in flight, and idle for exactly 30 s after the last.
+        assert_eq!(t0.elapsed(), Duration::from_secs(185));
     }
 }

@@ -17,12 +17,15 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 
 pub(crate) use super::upstream::Failure;
+use tokio::sync::watch;
+
 use super::{
+    client::Peer,
     standin,
     target::{self, Route},
     Shared,
 };
-use crate::{health::Held, reason::Reason, sink::memory::MemorySink, token::Authorization};
+use crate::{health::Held, reason::Reason, sink::memory::MemorySink, token::TokenSet};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body of every answer: a local JSON document or Label Studio's streamed body.
@@ -41,15 +44,20 @@ const LOCAL_BODY_WAIT: Duration = Duration::from_secs(5);
 /// Lifetime of a stand-in while the held token is a legacy one (which has no expiry).
 const LEGACY_STANDIN_SECS: i64 = 3600;
 
+// Header names checked once at compile time (`from_static` at run time validates every call).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// Handles one request: every problem is an HTTP answer.
 pub(super) async fn handle(
     shared: Arc<Shared>,
-    peer: IpAddr,
-    local: IpAddr,
+    peer: Arc<Peer>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let resp = route(&shared, peer, local, req, started).await;
+    let resp = route(&shared, &peer, req, started).await;
     let class = match resp.status().as_u16() / 100 {
         1 => 0,
         2 => 1,
@@ -63,12 +71,11 @@ pub(super) async fn handle(
 
 async fn route(
     shared: &Arc<Shared>,
-    peer: IpAddr,
-    local: IpAddr,
+    peer: &Peer,
     req: Request<Incoming>,
     started: Instant,
 ) -> Response<ProxyBody> {
-    match decide(shared, local, &req) {
+    match decide(shared, peer.local, &req) {
         Decision::Forward(auth, url) => forward(shared, peer, req, auth, url, started).await,
         Decision::Answer(answer) => finish_local(req.into_body(), answer).await,
     }
@@ -76,8 +83,8 @@ async fn route(
 
 /// Whether a request goes to Label Studio, and with which token.
 enum Decision {
-    /// Forward to this target with this token.
-    Forward(Authorization, http::uri::PathAndQuery),
+    /// Forward to this target with this token (its header value).
+    Forward(HeaderValue, http::uri::PathAndQuery),
     /// Answer here.
     Answer(Response<ProxyBody>),
 }
@@ -116,7 +123,7 @@ fn decide(shared: &Shared, local: IpAddr, req: &Request<Incoming>) -> Decision {
         Route::Forward => {}
     }
     // What was classified is what is sent: the URL library must not change the path.
-    let Some(url) = shared.http.target(path, req.uri().query()) else {
+    let Some(url) = shared.http.target(req.uri(), path) else {
         return Decision::Answer(json_error(
             StatusCode::BAD_REQUEST,
             "non_canonical",
@@ -192,10 +199,38 @@ fn held(shared: &Shared) -> Option<Held> {
     shared.health.held_valid(MemorySink::KIND)
 }
 
-/// The current token, if it is valid now.
-fn current(shared: &Shared) -> Option<Authorization> {
+/// The current token's header value, if the token is valid now.
+fn current(shared: &Shared) -> Option<HeaderValue> {
     held(shared)?;
-    shared.tokens.borrow().as_ref().map(|set| set.auth.clone())
+    shared.auth_header.get()
+}
+
+/// The current token's `Authorization` value, made once per token rather than once per request
+/// (a copy of the token, a `format!` and a validation pass each time, on every request).
+pub(super) struct AuthHeader(
+    std::sync::Mutex<(watch::Receiver<Option<TokenSet>>, Option<HeaderValue>)>,
+);
+
+impl AuthHeader {
+    /// Follows `tokens` (the memory sink's channel).
+    pub(super) fn new(tokens: watch::Receiver<Option<TokenSet>>) -> AuthHeader {
+        AuthHeader(std::sync::Mutex::new((tokens, None)))
+    }
+
+    /// The value for the token published last (None: none yet, or one that cannot be a header
+    /// value). Marked sensitive: hyper's HPACK never indexes it and `Debug` does not show it.
+    fn get(&self) -> Option<HeaderValue> {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, value) = &mut *guard;
+        if tokens.has_changed().unwrap_or(false) || value.is_none() {
+            *value = tokens.borrow_and_update().as_ref().and_then(|set| {
+                let mut v = HeaderValue::from_str(set.auth.header_value().expose()).ok()?;
+                v.set_sensitive(true);
+                Some(v)
+            });
+        }
+        value.clone()
+    }
 }
 
 fn local_refresh(shared: &Shared) -> Response<ProxyBody> {
@@ -240,9 +275,9 @@ fn unavailable(shared: &Shared) -> Response<ProxyBody> {
 
 async fn forward(
     shared: &Arc<Shared>,
-    peer: IpAddr,
+    peer: &Peer,
     req: Request<Incoming>,
-    auth: Authorization,
+    auth: HeaderValue,
     url: http::uri::PathAndQuery,
     started: Instant,
 ) -> Response<ProxyBody> {
@@ -255,24 +290,19 @@ async fn forward(
     });
     let mut headers = outgoing_headers(parts.headers, peer);
     if let Some(h) = &client_host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), h.clone());
+        headers.insert(X_FORWARDED_HOST, h.clone());
         if !shared.upstream_host {
             // Label Studio builds absolute URLs (pagination `next`) from Host: they must lead
             // back through us (docs/consumers.md).
             headers.insert(header::HOST, h.clone());
         }
     }
-    let Ok(mut value) = HeaderValue::from_str(auth.header_value().expose()) else {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "invalid_response",
-            "the current token cannot be sent as a header",
-        );
-    };
-    value.set_sensitive(true);
-    headers.insert(header::AUTHORIZATION, value);
+    headers.insert(header::AUTHORIZATION, auth);
     let prepared = started.elapsed();
-    let resp = match shared.http.send(parts.method, url, headers, body).await {
+    let sent = shared
+        .http
+        .send(parts.method, url, headers, body, peer.departure.as_ref());
+    let resp = match sent.await {
         Ok(r) => r,
         Err(f) => {
             let (resp, reason) =
@@ -308,23 +338,20 @@ async fn forward(
 /// The request headers to send upstream: hop-by-hop headers and every credential the client
 /// sent (`Authorization`, `X-Api-Key`; `Proxy-Authorization` is hop-by-hop) dropped, `Host` and
 /// `Expect` left to the upstream client, `X-Forwarded-For`/`-Proto` set.
-pub(crate) fn outgoing_headers(mut headers: HeaderMap, peer: IpAddr) -> HeaderMap {
+pub(crate) fn outgoing_headers(mut headers: HeaderMap, peer: &Peer) -> HeaderMap {
     strip_hop_by_hop(&mut headers);
     for name in [
         header::AUTHORIZATION,
         header::HOST,
         header::EXPECT,
-        HeaderName::from_static("x-api-key"),
+        X_API_KEY,
     ] {
         headers.remove(name);
     }
-    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-        headers.append(HeaderName::from_static("x-forwarded-for"), v);
+    if let Some(v) = &peer.forwarded_for {
+        headers.append(X_FORWARDED_FOR, v.clone());
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     headers
 }
 
@@ -360,6 +387,17 @@ pub(crate) fn failure_answer(
             ),
             None,
         ),
+        // The client left while its request waited: nobody reads this (nginx logs 499, "client
+        // closed request", for the same case).
+        Failure::ClientGone => (
+            json_error_from(
+                source,
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_gone",
+                "the client closed the connection while its request waited",
+            ),
+            None,
+        ),
         // The client broke off its own upload: not the upstream's failure (and nobody is left
         // to read this answer).
         Failure::ClientAborted => (
@@ -388,46 +426,48 @@ pub(crate) fn failure_answer(
     }
 }
 
-/// Whether a header is hop-by-hop by definition (RFC 9110 §7.6.1 and the non-standard
-/// `Keep-Alive`/`Proxy-Connection`): compared as `HeaderName`s, so the standard ones are an enum
-/// comparison, not a string hash.
+/// Whether a header is hop-by-hop by definition (see [`HOP_BY_HOP`]).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
+    HOP_BY_HOP.contains(name)
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): the fixed set and whatever `Connection` names.
-/// One scan of the map; it is only changed when something is to go (the usual request has none).
+/// One scan of the map when there are none (the usual request); otherwise lookups by name, with
+/// no list built for the usual `Connection: keep-alive` (an answer from a keep-alive upstream).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    // Names `Connection` lists beyond the fixed set (rare: no allocation without one).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !is_hop_by_hop(n))
         .collect();
     for name in named {
         headers.remove(name);
     }
-    let fixed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in fixed {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
 }
+
+/// The fixed hop-by-hop set: RFC 9110 §7.6.1's, with the non-standard `Keep-Alive` and
+/// `Proxy-Connection`.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// `Location: <upstream>/x` → `http://<client host>/x`, only when the location is the upstream
 /// itself or under it on a path boundary (`https://ls.example/ls` does not cover

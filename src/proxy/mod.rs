@@ -41,7 +41,8 @@
 //!   observed with 1.23.2, such a request runs with an empty body. Clients behind the proxy must
 //!   send a length, as label-studio-sdk, requests and httpx do for bytes, JSON and files.
 //! - Connections: at most `MAX_CONNECTIONS`; a client must send a complete request head within
-//!   `HEADER_READ_TIMEOUT` of connecting or of its previous answer, and the first bytes, which
+//!   `HEADER_READ_TIMEOUT` of connecting or of its previous answer (or its connection is closed,
+//!   at most `DRAIN` later), and the first bytes, which
 //!   tell HTTP/1 from HTTP/2 and which hyper itself would wait for forever, within the same time;
 //!   a connection of either protocol with no request in flight for that long is closed (see
 //!   `conn.rs`). A client that goes away while its request waits (queued for an upstream
@@ -53,6 +54,7 @@
 //!   `--proxy-upstream-host`: the upstream's `Host` is sent and `Location` headers are mapped back.
 
 mod body;
+pub(crate) mod client;
 mod conn;
 pub(crate) mod forward;
 pub mod origin;
@@ -66,7 +68,7 @@ use std::{
     time::Duration,
 };
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::{watch, Semaphore};
 
 use forward::ProxyBody;
@@ -161,7 +163,7 @@ struct Shared {
     http: upstream::Upstream,
     upstream_host: bool,
     admission: origin::Admission,
-    tokens: watch::Receiver<Option<TokenSet>>,
+    auth_header: forward::AuthHeader,
     health: Health,
     rejections: RejectionReport,
     metrics: Arc<Metrics>,
@@ -206,7 +208,7 @@ impl Proxy {
                 http,
                 upstream_host: args.proxy_upstream_host,
                 admission: origin::Admission::new(&args.proxy_allow_hosts),
-                tokens,
+                auth_header: forward::AuthHeader::new(tokens),
                 health,
                 rejections,
                 answered: ["1xx", "2xx", "3xx", "4xx", "5xx"]
@@ -243,7 +245,7 @@ impl Proxy {
         }
         let connections = self.shared.metrics.proxy_connections.clone();
         let shared = self.shared;
-        let handler = move |peer, local, req| forward::handle(shared.clone(), peer, local, req);
+        let handler = move |peer, req| forward::handle(shared.clone(), peer, req);
         Ok((
             local,
             serve(listener, handler, connections, "proxy", shutdown),
@@ -269,7 +271,7 @@ pub(crate) async fn listen(
 macro_rules! drive {
     ($conn:expr, $idle:expr, $shutdown:expr) => {{
         let mut conn = Box::pin($conn);
-        let mut idle = $idle;
+        let idle = $idle;
         let ended = tokio::select! {
             _ = conn.as_mut() => true,
             _ = idle.elapsed(HEADER_READ_TIMEOUT) => false,
@@ -284,7 +286,7 @@ macro_rules! drive {
 
 /// A client connection by the protocol its first bytes showed.
 enum Client {
-    Http1(conn::ClientIo),
+    Http1(client::ClientIo),
     Http2(tokio::net::TcpStream),
 }
 
@@ -297,8 +299,11 @@ struct Builders {
 impl Builders {
     fn new() -> Builders {
         let mut h1 = hyper::server::conn::http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+        // No timer for hyper's own header timeout: it boxes and arms a new one for every request
+        // (an allocation, a clock read and a timer-wheel insert and removal each), and
+        // `conn::Idle` bounds a slow head the same way (no request in flight for `HEADER_READ_TIMEOUT`) with one timer
+        // per connection.
+        h1.header_read_timeout(None)
             .max_buf_size(MAX_HEAD_BYTES)
             // Not for half-closing clients (a client that closes is gone, see `Departure`): with
             // it off, hyper reads the socket while a request is in flight to notice a close, and
@@ -312,8 +317,8 @@ impl Builders {
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 connections on `listener` with `handler` (called with the peer's
-/// and the local address of each request's connection) until `shutdown`, with the connection
+/// Serves HTTP/1.1 and HTTP/2 connections on `listener` with `handler` (called with what is known
+/// of each request's connection) until `shutdown`, with the connection
 /// hygiene described in the module docs; `connections` counts open connections and `what` names
 /// the server in logs.
 pub(crate) async fn serve<H, F>(
@@ -324,7 +329,7 @@ pub(crate) async fn serve<H, F>(
     shutdown: CancellationToken,
 ) -> std::io::Result<()>
 where
-    H: Fn(IpAddr, IpAddr, http::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
+    H: Fn(Arc<client::Peer>, http::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
     F: std::future::Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
     let handler = Arc::new(handler);
@@ -368,28 +373,23 @@ where
                 let (io, departure) = if h2 {
                     (Client::Http2(stream), None)
                 } else {
-                    let (io, departure) = conn::Departure::share(stream);
+                    let (io, departure) = client::Departure::share(stream);
                     (Client::Http1(io), Some(departure))
                 };
+                let peer = Arc::new(client::Peer::new(peer.ip(), local.ip(), departure));
                 let (activity, idle) = conn::Activity::new();
                 let service = hyper::service::service_fn(move |req| {
                     let busy = activity.start();
+                    // Boxed once here: hyper moves the service's future into its connection
+                    // state, and a request's future is large (`forward::handle`: 2.8 KiB), so
+                    // every move of it inline was a copy of that size (`memmove` was the top
+                    // user-space symbol in the profile, bench/RESULTS.md §3).
                     let handled = (conn::head_len(&req) <= MAX_HEAD_BYTES)
-                        .then(|| for_requests(peer.ip(), local.ip(), req));
-                    let departure = departure.clone();
+                        .then(|| Box::pin(for_requests(peer.clone(), req)));
                     async move {
-                        let Some(handled) = handled else {
-                            return Ok(busy.hold_until_sent(conn::head_too_large()));
-                        };
-                        let answer = match departure {
-                            // Biased: an answer that is ready wins over a departure noticed
-                            // in the same poll.
-                            Some(d) => tokio::select! {
-                                biased;
-                                answer = handled => answer,
-                                () = d.gone() => conn::Departure::answer(),
-                            },
-                            None => handled.await,
+                        let answer = match handled {
+                            Some(handled) => handled.await,
+                            None => conn::head_too_large(),
                         };
                         Ok::<_, std::convert::Infallible>(busy.hold_until_sent(answer))
                     }

@@ -128,11 +128,10 @@ pub fn check(path: &str) -> Result<(), NonCanonical> {
     }
     // The first segment is the empty one before the leading `/`; the last may be empty (a
     // trailing `/`).
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (n, s) in segments.iter().enumerate() {
-        match *s {
-            "" if n != last => return Err(NonCanonical::EmptySegment),
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(s) = segments.next() {
+        match s {
+            "" if segments.peek().is_some() => return Err(NonCanonical::EmptySegment),
             "." | ".." => return Err(NonCanonical::DotSegment),
             _ => {}
         }
@@ -228,17 +227,20 @@ pub fn route(method: &Method, path: &str) -> Route {
     if BLOCKED.iter().any(|b| under(b)) {
         return Route::Blocked;
     }
-    let segments: Vec<&str> = p.split('/').collect();
-    let allowed = match segments.as_slice() {
-        [root, ..] if FORWARDED_ROOTS.contains(root) => true,
-        [root, id, leaf] => {
-            RESOLVE_ROOTS.contains(root)
-                && !id.is_empty()
-                && id.bytes().all(|b| b.is_ascii_digit())
-                && RESOLVE_LEAVES.contains(leaf)
-        }
-        _ => false,
-    };
+    // Segments as an iterator (this runs for every request): the first, and whether there are
+    // exactly three.
+    let mut segments = p.split('/');
+    let root = segments.next().unwrap_or_default();
+    let allowed = FORWARDED_ROOTS.contains(&root)
+        || match (segments.next(), segments.next(), segments.next()) {
+            (Some(id), Some(leaf), None) => {
+                RESOLVE_ROOTS.contains(&root)
+                    && !id.is_empty()
+                    && id.bytes().all(|b| b.is_ascii_digit())
+                    && RESOLVE_LEAVES.contains(&leaf)
+            }
+            _ => false,
+        };
     if allowed {
         Route::Forward
     } else {

@@ -50,7 +50,10 @@ use tokio::{
     time::Instant,
 };
 
-use super::body::{IdleTimeout, Progress, Stall, Watched};
+use super::{
+    body::{IdleTimeout, Progress, Stall, Watched},
+    client::Departure,
+};
 use crate::{exchange::ClientError, reason::Reason, values::BaseUrl};
 
 /// What is sent upstream: the client's body, watched for silences.
@@ -69,6 +72,10 @@ struct Conn {
 /// gunicorn's 2 s) is noticed: hyper's connection task ends, the connection is skipped when taken
 /// from the idle list, and a request that raced the close is sent again on a new connection.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a request waits for its answer before its client's departure is watched for: a
+/// departure matters for requests that wait (a slow Label Studio), and most answers come sooner.
+const DEPARTURE_CHECK_AFTER: Duration = Duration::from_millis(100);
 
 /// Largest read buffer of one upstream connection. hyper grows a connection's buffer from 8 KiB
 /// while reads fill it and shrinks it again when they do not, so small answers keep 8 KiB; the cap
@@ -90,6 +97,8 @@ pub(crate) struct Gauges {
 pub(crate) enum Failure {
     /// Every slot stayed taken for the whole timeout.
     Busy,
+    /// The client closed its connection while the request waited.
+    ClientGone,
     /// The client's body stopped arriving for the whole timeout.
     ClientTimeout,
     /// Reading the client's body failed.
@@ -191,28 +200,37 @@ impl Upstream {
         })
     }
 
-    /// The request target for a canonical `path` and the client's `query` under the base URL's
-    /// path prefix, or `None` when it would not be sent as exactly that (see `target.rs`).
-    pub(crate) fn target(&self, path: &str, query: Option<&str>) -> Option<PathAndQuery> {
-        super::target::upstream_target(&self.prefix, path, query)
+    /// The request target for a request to `uri`, whose path `path` has been found canonical,
+    /// under the base URL's path prefix, or `None` when it would not be sent as exactly that path
+    /// and `uri`'s query (see `target.rs`). Without a prefix, that is `uri`'s own path and query as
+    /// parsed from the request line, sent as they are (not parsed a second time).
+    pub(crate) fn target(&self, uri: &Uri, path: &str) -> Option<PathAndQuery> {
+        match uri.path_and_query() {
+            Some(own) if self.prefix.is_empty() && own.path() == path => Some(own.clone()),
+            _ => super::target::upstream_target(&self.prefix, path, uri.query()),
+        }
     }
 
     /// Sends a request with the client's streamed `body` and waits for the answer's head. The
     /// timeout bounds silence, not the transfer: an upload may take as long as it keeps moving,
     /// and a silence is blamed on the side that was waited for (see `body.rs`). Without a `Host`
-    /// in `headers`, the upstream's is sent.
+    /// in `headers`, the upstream's is sent. With `departure`, a client that leaves while the
+    /// request waits (queued for a slot, or for the answer once it has waited
+    /// [`DEPARTURE_CHECK_AFTER`]) takes the request with it: never sent, or its connection closed.
     pub(crate) async fn send(
         &self,
         method: Method,
         target: PathAndQuery,
         mut headers: HeaderMap,
         body: Incoming,
+        departure: Option<&Departure>,
     ) -> Result<Response<Returning>, Failure> {
-        let slot = self.pool.slot(self.timeout).await.ok_or(Failure::Busy)?;
+        let slot = self.pool.slot(self.timeout, departure).await?;
         if !headers.contains_key(header::HOST) {
             headers.insert(header::HOST, self.pool.origin.host_header.clone());
         }
-        let progress = Progress::new();
+        let mut now = Instant::now();
+        let progress = Progress::new(now);
         let mut req = Request::new(Watched::new(body, progress.clone()));
         *req.method_mut() = method;
         *req.uri_mut() = Uri::from(target);
@@ -221,15 +239,30 @@ impl Upstream {
         // for a slot (or answered locally) should not carry this one's (~2 KiB with a connect
         // in it) for its whole life: with 1,000 clients, 936 wait while 64 are here.
         let mut exchange = Box::pin(self.pool.clone().exchange(req, slot));
+        // One timer per request serves both the silence and the departure watch: it first fires
+        // when the watch is due (a `recv` that usually finds nothing, so not started for answers
+        // that come sooner), then at the silence deadline.
+        let watch_from = now + DEPARTURE_CHECK_AFTER;
+        let mut watching = false;
         let answer = loop {
-            let deadline = match progress.stall(self.timeout, Instant::now()) {
+            let deadline = match progress.stall(self.timeout, now) {
                 Stall::Until(deadline) => deadline,
                 Stall::Client => return Err(Failure::ClientTimeout),
                 Stall::Upstream => return Err(Failure::Upstream(Reason::Timeout)),
             };
+            let wake = match departure {
+                Some(_) if !watching => deadline.min(watch_from),
+                _ => deadline,
+            };
+            // Biased: an answer that is ready wins over a departure noticed in the same poll.
             tokio::select! {
+                biased;
                 answer = &mut exchange => break answer,
-                _ = tokio::time::sleep_until(deadline) => {}
+                () = gone(departure), if watching => return Err(Failure::ClientGone),
+                () = tokio::time::sleep_until(wake) => {
+                    now = Instant::now();
+                    watching = departure.is_some() && now >= watch_from;
+                }
             }
         };
         match answer {
@@ -293,9 +326,17 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// Resolves when the client behind `departure` has left (never without one).
+async fn gone(departure: Option<&Departure>) {
+    match departure {
+        Some(d) => d.gone().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Pool {
-    /// A slot, waiting at most `wait` for one.
-    async fn slot(&self, wait: Duration) -> Option<Slot> {
+    /// A slot, waiting at most `wait` for one while the client behind `departure` stays.
+    async fn slot(&self, wait: Duration, departure: Option<&Departure>) -> Result<Slot, Failure> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -304,16 +345,22 @@ impl Pool {
                     g.queued.inc();
                 }
                 let _queued = Queued(gauges);
-                tokio::time::timeout(wait, self.slots.clone().acquire_owned())
-                    .await
-                    .ok()?
-                    .ok()?
+                let acquire = tokio::time::timeout(wait, self.slots.clone().acquire_owned());
+                tokio::select! {
+                    biased;
+                    permit = acquire => match permit {
+                        Ok(Ok(p)) => p,
+                        // Timed out, or (never: the pool does not close it) a closed semaphore.
+                        _ => return Err(Failure::Busy),
+                    },
+                    () = gone(departure) => return Err(Failure::ClientGone),
+                }
             }
         };
         if let Some(g) = &self.gauges {
             g.in_flight.inc();
         }
-        Some(Slot {
+        Ok(Slot {
             permit: Some(permit),
             gauges: self.gauges.clone(),
             conn_closed: None,
