@@ -2,7 +2,8 @@
 //!
 //! Modules, lowest first (a module imports only from modules above it in this list):
 //! - vocabulary: [`secret`], [`reason`], [`values`], [`clock`], [`token`], [`jwt`];
-//! - operating state: [`metrics`], [`health`], [`notify`], [`telemetry`];
+//! - operating state: [`metrics`], [`health`], [`notify`], [`telemetry`], [`memory`] (returning a
+//!   burst's freed heap);
 //! - concerns: [`schedule`] (when), [`exchange`] (Label Studio's API), [`cluster`] (Kubernetes
 //!   client and Events), [`leader`] (leader election and the fencing check), [`source`] (where
 //!   the PAT comes from), [`sink`] (where tokens go), [`rotate`] (replacing the PAT itself and
@@ -12,7 +13,8 @@
 //!   in front of an ML backend; uses the proxy's HTTP hygiene);
 //! - commands: [`cli`] (the command line, composed from each concern's argument group), [`check`],
 //!   [`cmd`] (wiring per command). `main.rs` only parses, starts telemetry and runs.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `memory` allows it for its one call (`malloc_trim`).
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms, clippy::dbg_macro, clippy::todo)]
 
@@ -24,6 +26,7 @@ pub mod token;
 pub mod values;
 
 pub mod health;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod telemetry;

@@ -335,6 +335,9 @@ where
     let handler = Arc::new(handler);
     let builders = Arc::new(Builders::new());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The memory a burst of connections leaves behind goes back to the system once it is over.
+    let bursts = crate::memory::BurstWatch::new();
+    let trimming = tokio::spawn(bursts.clone().run(crate::memory::release));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -360,7 +363,9 @@ where
         let for_requests = handler.clone();
         let builders = builders.clone();
         let shutdown = shutdown.clone();
+        let bursts = bursts.clone();
         connections.inc();
+        bursts.opened();
         tokio::spawn(async move {
             // Protocol detection waits for the first bytes: hyper has no timeout for that, and
             // a client that sends nothing would hold its slot forever.
@@ -412,10 +417,12 @@ where
                 }
             }
             connections.dec();
+            bursts.closed();
             drop(slot);
         });
     }
     drop(listener);
+    trimming.abort();
     // Every connection task holds a slot until it ends: all slots back means all drained (each
     // task bounds its own drain by DRAIN).
     let _ = tokio::time::timeout(
